@@ -1,0 +1,102 @@
+//! Collectors: one per sample section. The sampler runs them in order once
+//! per interval; a collector that fails leaves its section `None` and its
+//! error lands in `Sample::failures` — the agent keeps going.
+//!
+//! Contract for a collector: build the section locally, and assign it to the
+//! sample only at the end, on success. Later collectors may read sections
+//! filled by earlier ones (qdiscs and libvirt read `sample.links` to name
+//! interfaces), so `links` runs first.
+
+use std::path::PathBuf;
+use std::time::Instant as StdInstant;
+
+use thiserror::Error;
+
+use crate::sample::{CollectorFailure, Sample};
+
+/// Where a collector finds the OS. Every root is a parameter so tests can
+/// point collectors at captured files, and the agent at a namespace.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+    /// Bridges to look at; empty = all bridges.
+    pub bridges: Vec<String>,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context { proc_root: "/proc".into(), sys_root: "/sys".into(), bridges: Vec::new() }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum CollectError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}: {msg}")]
+    Parse { path: String, line: usize, msg: String },
+    #[error("netlink {what}: {msg}")]
+    Netlink { what: String, msg: String },
+    #[error("libvirt {uri}: {msg}")]
+    Libvirt { uri: String, msg: String },
+    #[error("timed out after {ms} ms: {what}")]
+    Timeout { what: String, ms: u64 },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl CollectError {
+    pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
+        CollectError::Io { path: path.into(), source }
+    }
+    pub fn timed_out(&self) -> bool {
+        matches!(self, CollectError::Timeout { .. })
+    }
+}
+
+pub trait Collector: Send {
+    /// Stable name, used in failures, config and metrics ("links", "bridge", …).
+    fn name(&self) -> &'static str;
+    fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError>;
+}
+
+/// Runs collectors in order into a fresh sample.
+pub struct Sampler {
+    pub ctx: Context,
+    pub host: String,
+    collectors: Vec<Box<dyn Collector>>,
+    seq: u64,
+}
+
+impl Sampler {
+    pub fn new(ctx: Context, host: String, collectors: Vec<Box<dyn Collector>>) -> Self {
+        Sampler { ctx, host, collectors, seq: 0 }
+    }
+
+    pub fn collector_names(&self) -> Vec<&'static str> {
+        self.collectors.iter().map(|c| c.name()).collect()
+    }
+
+    pub fn sample(&mut self) -> Sample {
+        self.seq += 1;
+        let started = StdInstant::now();
+        let mut sample = Sample::new(self.seq, &self.host, crate::clock::now());
+        for c in self.collectors.iter_mut() {
+            let t0 = StdInstant::now();
+            let result = c.collect(&self.ctx, &mut sample);
+            if let Err(e) = result {
+                let duration_us = t0.elapsed().as_micros() as u64;
+                tracing::debug!(collector = c.name(), error = %e, "collector failed");
+                sample.failures.push(CollectorFailure {
+                    collector: c.name().to_string(),
+                    error: e.to_string(),
+                    duration_us,
+                    timed_out: e.timed_out(),
+                });
+            }
+        }
+        sample.duration_us = started.elapsed().as_micros() as u64;
+        sample
+    }
+}

@@ -1,0 +1,16 @@
+//! hvflight: a flight recorder for the network of a KVM/libvirt hypervisor.
+//!
+//! The pipeline, one module per stage (see docs/architecture.md):
+//!
+//! ```text
+//! source/ (thin OS access) ─► kernel/ (pure parsers) ─► collect/ ─► sample/ ─► model (rates)
+//! events/ (rtnetlink, kmsg, libvirt) ─────────────────────────────────────┘
+//! agent (the run loop)   config   lab/ (namespace lab shared by tests, demo, bench)
+//! ```
+
+pub mod clock;
+pub mod collect;
+pub mod kernel;
+pub mod lab;
+pub mod sample;
+pub mod source;

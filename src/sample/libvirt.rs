@@ -1,0 +1,63 @@
+//! Sample section type for libvirt's view of the node: domains, their state
+//! and reason, their vNICs (from the domain XML) and nova metadata.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Libvirt {
+    pub uri: String,
+    #[serde(default)]
+    pub domains: Vec<Domain>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Domain {
+    pub name: String,
+    pub uuid: String,
+    /// libvirt domain id (-1 / None when not running).
+    #[serde(default)]
+    pub id: Option<u32>,
+    /// "running", "paused", "shutoff", "crashed", "pmsuspended", "shutdown", "blocked", "nostate".
+    pub state: String,
+    /// The state's reason as libvirt names it ("booted", "migrated", "crashed", "destroyed", …).
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub vnics: Vec<Vnic>,
+    #[serde(default)]
+    pub nova: Option<Nova>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Vnic {
+    pub mac: String,
+    /// <target dev=…> as libvirt reports it (the test driver renames these to testnetN).
+    #[serde(default)]
+    pub target_dev: String,
+    /// <source bridge=…> (or network).
+    #[serde(default)]
+    pub bridge: String,
+    #[serde(default)]
+    pub model: String,
+    /// The host interface this vNIC is, resolved by name when target_dev
+    /// names a real interface, else by MAC (host MAC = guest MAC with first octet fe).
+    #[serde(default)]
+    pub host_ifindex: Option<u32>,
+    #[serde(default)]
+    pub host_ifname: Option<String>,
+}
+
+/// OpenStack nova's `<nova:instance>` metadata.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Nova {
+    #[serde(default)]
+    pub instance_name: String,
+    #[serde(default)]
+    pub project_id: String,
+    #[serde(default)]
+    pub project_name: String,
+    #[serde(default)]
+    pub user_name: String,
+    #[serde(default)]
+    pub flavor: String,
+}

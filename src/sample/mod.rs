@@ -1,0 +1,106 @@
+//! The raw, versioned, serializable `Sample`: one snapshot of every layer a
+//! packet crosses between a guest vNIC and the uplink.
+//!
+//! Raw counters only — rates are derived in `model.rs`. Each collector fills
+//! one optional section; `None` means that collector failed (or is disabled),
+//! and the reason is in `failures`. Formats only grow: new fields get
+//! `#[serde(default)]`, nothing is renamed in place (readers of old store
+//! segments and bundles depend on it).
+
+use serde::{Deserialize, Serialize};
+
+pub mod bridge;
+pub mod event;
+pub mod libvirt;
+pub mod link;
+pub mod proc;
+
+pub use bridge::{Bridge, BridgePort, FdbEntry};
+pub use event::{Event, EventKind};
+pub use libvirt::{Domain, Libvirt, Vnic};
+pub use link::{Link, LinkStats, Qdisc};
+pub use proc::{Conntrack, Neighbours, Netfilter, Snmp, SoftnetCpu, System};
+
+/// Version of the `Sample` layout. Bump when a field changes meaning; adding
+/// an optional field does not need a bump.
+pub const SAMPLE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Sample {
+    pub version: u32,
+    /// Monotonically increasing per agent run.
+    pub seq: u64,
+    /// Wall clock (CLOCK_REALTIME) at the start of the sample, ns since epoch.
+    pub ts_unix_ns: i64,
+    /// CLOCK_MONOTONIC at the start of the sample, ns. Rates use this, so a
+    /// wall-clock step never produces a negative or huge interval.
+    pub mono_ns: u64,
+    /// CLOCK_BOOTTIME, ns: tells a reboot (boottime restarts) from a clock step.
+    #[serde(default)]
+    pub boot_ns: u64,
+    pub host: String,
+    /// How long collecting took, µs.
+    #[serde(default)]
+    pub duration_us: u64,
+
+    #[serde(default)]
+    pub links: Option<Vec<Link>>,
+    #[serde(default)]
+    pub bridges: Option<Vec<Bridge>>,
+    #[serde(default)]
+    pub fdb: Option<Vec<FdbEntry>>,
+    #[serde(default)]
+    pub neighbours: Option<Neighbours>,
+    #[serde(default)]
+    pub qdiscs: Option<Vec<Qdisc>>,
+    #[serde(default)]
+    pub conntrack: Option<Conntrack>,
+    #[serde(default)]
+    pub softnet: Option<Vec<SoftnetCpu>>,
+    #[serde(default)]
+    pub snmp: Option<Snmp>,
+    #[serde(default)]
+    pub system: Option<System>,
+    #[serde(default)]
+    pub netfilter: Option<Netfilter>,
+    #[serde(default)]
+    pub libvirt: Option<Libvirt>,
+
+    /// Collectors that failed (or timed out) in this sample, with why.
+    #[serde(default)]
+    pub failures: Vec<CollectorFailure>,
+}
+
+/// A collector that could not fill its section. A partial sample is data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CollectorFailure {
+    pub collector: String,
+    pub error: String,
+    #[serde(default)]
+    pub duration_us: u64,
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+impl Sample {
+    pub fn new(seq: u64, host: &str, clock: crate::clock::Instant) -> Self {
+        Sample {
+            version: SAMPLE_FORMAT_VERSION,
+            seq,
+            ts_unix_ns: clock.unix_ns,
+            mono_ns: clock.mono_ns,
+            boot_ns: clock.boot_ns,
+            host: host.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Looks up a link by name.
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.as_ref()?.iter().find(|l| l.name == name)
+    }
+
+    pub fn failure(&self, collector: &str) -> Option<&CollectorFailure> {
+        self.failures.iter().find(|f| f.collector == collector)
+    }
+}

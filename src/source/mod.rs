@@ -1,0 +1,1 @@
+//! Thin OS access: /proc and /sys roots, rtnetlink sockets, libvirt connections, network namespaces. No logic worth a unit test lives here.
