@@ -10,7 +10,9 @@
 
 pub mod clock;
 pub mod collect;
+pub mod config;
 pub mod kernel;
 pub mod lab;
+pub mod model;
 pub mod sample;
 pub mod source;

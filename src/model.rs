@@ -1,0 +1,282 @@
+//! Rates and deltas from two raw samples — the only place that derives.
+//!
+//! `Model::new(&cur, prev)` is pure: the live view (tail, metrics, detector)
+//! and replay (history, analyzer) share it, so they can never disagree.
+//! Counter semantics:
+//! - the interval comes from CLOCK_MONOTONIC, never the wall clock, so a
+//!   clock step cannot produce a negative or huge rate; a reboot between the
+//!   samples (boottime went backwards) gives no rates at all;
+//! - an interface that was re-created (same name, new ifindex) or whose
+//!   counter went backwards without a plausible wrap is a *reset*: its rates
+//!   are absent for that interval (marked `reset`), never negative or spiking;
+//! - 32-bit counters (softnet, carrier_changes) wrap at 2^32; a decrease
+//!   from the top quarter into the bottom quarter is taken as a wrap.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::sample::{LinkStats, Sample};
+
+/// Width of a kernel counter, for wrap handling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Width {
+    U32,
+    U64,
+}
+
+/// Increase of a counter between two readings, or None when it was reset.
+pub fn counter_delta(prev: u64, cur: u64, width: Width) -> Option<u64> {
+    if cur >= prev {
+        return Some(cur - prev);
+    }
+    match width {
+        Width::U32 if prev >= 0xC000_0000 && prev <= u32::MAX as u64 && cur < 0x4000_0000 => {
+            Some(cur + (1u64 << 32) - prev)
+        }
+        Width::U64 if prev >= 0xC000_0000_0000_0000 && cur < 0x4000_0000_0000_0000 => {
+            Some(cur.wrapping_sub(prev))
+        }
+        _ => None,
+    }
+}
+
+fn rate(prev: u64, cur: u64, width: Width, interval_s: f64) -> Option<f64> {
+    counter_delta(prev, cur, width).map(|d| d as f64 / interval_s)
+}
+
+/// Per-second rates of one interface.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct LinkRates {
+    pub ifindex: u32,
+    pub rx_packets_per_s: f64,
+    pub tx_packets_per_s: f64,
+    pub rx_bytes_per_s: f64,
+    pub tx_bytes_per_s: f64,
+    pub rx_dropped_per_s: f64,
+    pub tx_dropped_per_s: f64,
+    pub rx_errors_per_s: f64,
+    pub tx_errors_per_s: f64,
+    /// carrier_changes increase in the interval.
+    pub carrier_changes: u64,
+}
+
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct Model {
+    /// Seconds between the two samples (monotonic). 0 when there is no previous sample.
+    pub interval_s: f64,
+    /// Rates per interface name; interfaces new or reset in this interval are absent.
+    pub links: BTreeMap<String, LinkRates>,
+    /// Interfaces whose counters were reset (re-created or went backwards).
+    pub resets: Vec<String>,
+    /// Sum over CPUs of softnet drops / time_squeeze per second.
+    pub softnet_dropped_per_s: Option<f64>,
+    pub softnet_time_squeeze_per_s: Option<f64>,
+    /// Conntrack stat rates ("drop", "early_drop", "insert_failed", …) per second.
+    pub conntrack_per_s: BTreeMap<String, f64>,
+    /// Qdisc drops per second, keyed "dev handle".
+    pub qdisc_drops_per_s: BTreeMap<String, f64>,
+    /// Fraction of CPU time busy (0..1) over the interval, all CPUs.
+    pub cpu_busy: Option<f64>,
+}
+
+impl Model {
+    /// Derives rates of `cur` against `prev`. With no usable previous sample
+    /// (none, older boot, monotonic clock not advancing) the model is empty.
+    pub fn new(cur: &Sample, prev: Option<&Sample>) -> Model {
+        let mut m = Model::default();
+        let Some(prev) = prev else { return m };
+        if cur.boot_ns != 0 && prev.boot_ns != 0 && cur.boot_ns < prev.boot_ns {
+            return m; // rebooted in between: counters restarted from zero
+        }
+        if cur.mono_ns <= prev.mono_ns {
+            return m;
+        }
+        let dt = (cur.mono_ns - prev.mono_ns) as f64 / 1e9;
+        m.interval_s = dt;
+
+        if let (Some(cl), Some(pl)) = (&cur.links, &prev.links) {
+            let prev_by_name: BTreeMap<&str, _> = pl.iter().map(|l| (l.name.as_str(), l)).collect();
+            for l in cl {
+                let Some(p) = prev_by_name.get(l.name.as_str()) else { continue };
+                if p.ifindex != l.ifindex {
+                    m.resets.push(l.name.clone());
+                    continue;
+                }
+                match link_rates(&p.stats, &l.stats, dt) {
+                    Some(mut r) => {
+                        r.ifindex = l.ifindex;
+                        r.carrier_changes = match (p.carrier_changes, l.carrier_changes) {
+                            (Some(a), Some(b)) => {
+                                counter_delta(a as u64, b as u64, Width::U32).unwrap_or(0)
+                            }
+                            _ => 0,
+                        };
+                        m.links.insert(l.name.clone(), r);
+                    }
+                    None => m.resets.push(l.name.clone()),
+                }
+            }
+        }
+
+        if let (Some(cs), Some(ps)) = (&cur.softnet, &prev.softnet) {
+            let (mut drops, mut squeeze, mut ok) = (0.0, 0.0, true);
+            for c in cs {
+                if let Some(p) = ps.iter().find(|p| p.cpu == c.cpu) {
+                    match (
+                        rate(p.dropped, c.dropped, Width::U32, dt),
+                        rate(p.time_squeeze, c.time_squeeze, Width::U32, dt),
+                    ) {
+                        (Some(d), Some(s)) => {
+                            drops += d;
+                            squeeze += s;
+                        }
+                        _ => ok = false,
+                    }
+                }
+            }
+            if ok {
+                m.softnet_dropped_per_s = Some(drops);
+                m.softnet_time_squeeze_per_s = Some(squeeze);
+            }
+        }
+
+        if let (Some(cc), Some(pc)) = (&cur.conntrack, &prev.conntrack) {
+            for (k, v) in &cc.stats {
+                if let Some(r) = pc.stats.get(k).and_then(|p| rate(*p, *v, Width::U64, dt)) {
+                    m.conntrack_per_s.insert(k.clone(), r);
+                }
+            }
+        }
+
+        if let (Some(cq), Some(pq)) = (&cur.qdiscs, &prev.qdiscs) {
+            for q in cq {
+                if let Some(p) = pq.iter().find(|p| p.ifindex == q.ifindex && p.handle == q.handle) {
+                    if let Some(r) = rate(p.drops, q.drops, Width::U32, dt) {
+                        m.qdisc_drops_per_s.insert(format!("{} {}", q.dev, q.handle), r);
+                    }
+                }
+            }
+        }
+
+        if let (Some(cs), Some(ps)) = (&cur.system, &prev.system) {
+            let busy = |c: &crate::sample::proc::CpuTimes| {
+                c.user + c.nice + c.system + c.irq + c.softirq + c.steal
+            };
+            let total = |c: &crate::sample::proc::CpuTimes| busy(c) + c.idle + c.iowait;
+            if let (Some(db), Some(dt_)) = (
+                counter_delta(busy(&ps.cpu), busy(&cs.cpu), Width::U64),
+                counter_delta(total(&ps.cpu), total(&cs.cpu), Width::U64),
+            ) {
+                if dt_ > 0 {
+                    m.cpu_busy = Some(db as f64 / dt_ as f64);
+                }
+            }
+        }
+        m
+    }
+}
+
+/// Rates of one interface, or None if any main counter went backwards
+/// (the interface was reset; 64-bit kernel counters do not wrap in practice).
+fn link_rates(p: &LinkStats, c: &LinkStats, dt: f64) -> Option<LinkRates> {
+    let r = |a: u64, b: u64| rate(a, b, Width::U64, dt);
+    Some(LinkRates {
+        ifindex: 0,
+        rx_packets_per_s: r(p.rx_packets, c.rx_packets)?,
+        tx_packets_per_s: r(p.tx_packets, c.tx_packets)?,
+        rx_bytes_per_s: r(p.rx_bytes, c.rx_bytes)?,
+        tx_bytes_per_s: r(p.tx_bytes, c.tx_bytes)?,
+        rx_dropped_per_s: r(p.rx_dropped, c.rx_dropped)?,
+        tx_dropped_per_s: r(p.tx_dropped, c.tx_dropped)?,
+        rx_errors_per_s: r(p.rx_errors, c.rx_errors)?,
+        tx_errors_per_s: r(p.tx_errors, c.tx_errors)?,
+        carrier_changes: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::{Link, SoftnetCpu};
+
+    fn sample(mono_s: u64, links: Vec<Link>) -> Sample {
+        Sample {
+            mono_ns: mono_s * 1_000_000_000,
+            boot_ns: mono_s * 1_000_000_000,
+            links: Some(links),
+            ..Default::default()
+        }
+    }
+
+    fn link(name: &str, ifindex: u32, rx_packets: u64, tx_bytes: u64) -> Link {
+        Link {
+            name: name.into(),
+            ifindex,
+            stats: LinkStats { rx_packets, tx_bytes, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rates_are_per_second_of_monotonic_time() {
+        let a = sample(10, vec![link("vnet0", 5, 100, 1000)]);
+        let b = sample(12, vec![link("vnet0", 5, 300, 5000)]);
+        let m = Model::new(&b, Some(&a));
+        assert_eq!(m.interval_s, 2.0);
+        let r = &m.links["vnet0"];
+        assert_eq!(r.rx_packets_per_s, 100.0);
+        assert_eq!(r.tx_bytes_per_s, 2000.0);
+    }
+
+    #[test]
+    fn missing_samples_average_over_the_gap() {
+        // Samples at t=10 and t=15 (four missed): the rate is the average, not a spike.
+        let a = sample(10, vec![link("br0", 1, 0, 0)]);
+        let b = sample(15, vec![link("br0", 1, 500, 0)]);
+        assert_eq!(Model::new(&b, Some(&a)).links["br0"].rx_packets_per_s, 100.0);
+    }
+
+    #[test]
+    fn recreated_interface_is_a_reset_not_a_spike() {
+        let a = sample(10, vec![link("vnet0", 5, 1_000_000, 0)]);
+        let b = sample(11, vec![link("vnet0", 9, 10, 0)]);
+        let m = Model::new(&b, Some(&a));
+        assert!(!m.links.contains_key("vnet0"));
+        assert_eq!(m.resets, vec!["vnet0".to_string()]);
+    }
+
+    #[test]
+    fn counter_going_backwards_is_a_reset() {
+        let a = sample(10, vec![link("vnet0", 5, 1_000_000, 0)]);
+        let b = sample(11, vec![link("vnet0", 5, 10, 0)]);
+        let m = Model::new(&b, Some(&a));
+        assert!(m.links.is_empty());
+        assert_eq!(m.resets.len(), 1);
+    }
+
+    #[test]
+    fn u32_counters_wrap() {
+        assert_eq!(counter_delta(0xFFFF_FFF0, 0x10, Width::U32), Some(0x20));
+        assert_eq!(counter_delta(5, 3, Width::U32), None);
+        assert_eq!(counter_delta(u64::MAX - 1, 3, Width::U64), Some(5));
+        let mut a = sample(1, vec![]);
+        let mut b = sample(2, vec![]);
+        a.softnet = Some(vec![SoftnetCpu { cpu: 0, dropped: 0xFFFF_FFFE, ..Default::default() }]);
+        b.softnet = Some(vec![SoftnetCpu { cpu: 0, dropped: 3, ..Default::default() }]);
+        assert_eq!(Model::new(&b, Some(&a)).softnet_dropped_per_s, Some(5.0));
+    }
+
+    #[test]
+    fn wall_clock_step_does_not_matter_and_reboot_gives_nothing() {
+        let mut a = sample(10, vec![link("br0", 1, 0, 0)]);
+        let mut b = sample(11, vec![link("br0", 1, 50, 0)]);
+        a.ts_unix_ns = 2_000_000_000_000_000_000;
+        b.ts_unix_ns = 1_000_000_000_000_000_000; // wall clock stepped back
+        assert_eq!(Model::new(&b, Some(&a)).links["br0"].rx_packets_per_s, 50.0);
+        let mut c = sample(3, vec![link("br0", 1, 5, 0)]);
+        c.boot_ns = 3; // rebooted
+        assert!(Model::new(&c, Some(&b)).links.is_empty());
+        assert_eq!(Model::new(&c, None), Model::default());
+    }
+}
