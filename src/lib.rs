@@ -8,9 +8,13 @@
 //! agent (the run loop)   config   lab/ (namespace lab shared by tests, demo, bench)
 //! ```
 
+pub mod agent;
+pub mod cli;
 pub mod clock;
 pub mod collect;
 pub mod config;
+pub mod demo;
+pub mod events;
 pub mod kernel;
 pub mod lab;
 pub mod model;

@@ -1,3 +1,139 @@
-fn main() {
-    println!("hvflight");
+//! hvflight: parse the command line, start logging, dispatch.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+
+use hvflight::agent::{self, print, Agent, Output};
+use hvflight::cli::{AgentOpts, Cli, Command, ConfigCommand};
+use hvflight::config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hvflight: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn dispatch(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Run { opts, print, count } => run(&opts, print, count),
+        Command::Sample { opts, once, json, count } => sample(&opts, once, json, count),
+        Command::Demo { guests, short, interval_ms } => hvflight::demo::run(guests, short, interval_ms),
+        Command::Config { command: ConfigCommand::Default } => {
+            print!("{}", config::DEFAULT_FILE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Check { file } } => config_check(file),
+    }
+}
+
+/// Loads settings, warns about unknown keys and enters the namespace. Runs
+/// before any thread exists (setns applies to the calling thread only).
+fn prepare(opts: &AgentOpts) -> Result<agent::Resolved> {
+    let resolved = agent::resolve(opts)?;
+    for u in &resolved.unknown {
+        tracing::warn!("{u}");
+    }
+    if !resolved.config.agent.netns.is_empty() {
+        hvflight::source::netns::enter_process(&resolved.config.agent.netns)?;
+    }
+    Ok(resolved)
+}
+
+fn shutdown_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&flag)).context("installing signal handler")?;
+    }
+    Ok(flag)
+}
+
+fn run(opts: &AgentOpts, print: bool, count: Option<u64>) -> Result<ExitCode> {
+    let resolved = prepare(opts)?;
+    let shutdown = shutdown_flag()?;
+    let mut agent = Agent::new(resolved.config);
+    agent.start_event_sources();
+    tracing::info!(
+        host = %agent::hostname(&agent.config),
+        interval_ms = agent.config.agent.interval_ms,
+        unknown_config_keys = resolved.unknown.len(),
+        "agent running"
+    );
+    let mut out = std::io::stdout().lock();
+    agent.run(&shutdown, count, |o| {
+        if !print {
+            return;
+        }
+        let line = match o {
+            Output::Sample { sample, model } => print::sample_line(sample, model),
+            Output::Event(e) => print::event_line(e),
+        };
+        use std::io::Write;
+        // A closed stdout (e.g. `| head`) must not kill the agent.
+        let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sample(opts: &AgentOpts, once: bool, json: bool, count: Option<u64>) -> Result<ExitCode> {
+    let resolved = prepare(opts)?;
+    let shutdown = shutdown_flag()?;
+    let count = count.or(if once { Some(1) } else { None });
+    let mut agent = Agent::new(resolved.config);
+    let mut out = std::io::stdout().lock();
+    let mut failed = false;
+    agent.run(&shutdown, count, |o| {
+        use std::io::Write;
+        if let Output::Sample { sample, model } = o {
+            let line = if json {
+                serde_json::to_string(sample).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            } else {
+                print::sample_line(sample, model)
+            };
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                failed = true;
+            }
+        }
+    });
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn config_check(file: Option<std::path::PathBuf>) -> Result<ExitCode> {
+    let path = file.unwrap_or_else(|| config::DEFAULT_PATH.into());
+    match config::load(Some(&path)) {
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(loaded) if !loaded.unknown.is_empty() => {
+            for u in &loaded.unknown {
+                eprintln!("{u}");
+            }
+            eprintln!(
+                "{}: {} unknown key(s); the agent would ignore them",
+                path.display(),
+                loaded.unknown.len()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(_) => {
+            println!("{}: OK", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -42,6 +42,9 @@ pub struct Sample {
     /// How long collecting took, µs.
     #[serde(default)]
     pub duration_us: u64,
+    /// How late the sample started against its schedule, µs (the agent's own stalls, F23).
+    #[serde(default)]
+    pub lag_us: u64,
 
     #[serde(default)]
     pub links: Option<Vec<Link>>,

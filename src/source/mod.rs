@@ -1,1 +1,2 @@
 //! Thin OS access: /proc and /sys roots, rtnetlink sockets, libvirt connections, network namespaces. No logic worth a unit test lives here.
+pub mod netns;

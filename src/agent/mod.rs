@@ -1,0 +1,158 @@
+//! The agent: resolves settings, builds the sampler and the event sources,
+//! and runs the sampling loop at a fixed cadence until told to stop.
+//!
+//! Cadence: ticks are scheduled on the monotonic clock at start + k·interval,
+//! so the loop does not drift; a sample that overruns skips the missed ticks
+//! (recorded as an agent event) instead of bursting to catch up. Events are
+//! handed on as they arrive, between samples, not batched per second.
+
+pub mod print;
+pub mod settings;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::collect::{Collector, Context, Sampler};
+use crate::config::Config;
+use crate::model::Model;
+use crate::sample::{Event, EventKind, Sample};
+
+pub use settings::{resolve, Resolved};
+
+/// What the loop hands to its consumer (printer, store, control socket).
+pub enum Output<'a> {
+    Sample { sample: &'a Sample, model: &'a Model },
+    Event(&'a Event),
+}
+
+/// A running event source (rtnetlink, kmsg, libvirt) that can be told to stop.
+pub trait EventSource: Send {
+    fn name(&self) -> &'static str;
+    fn stop(&mut self);
+}
+
+pub struct Agent {
+    pub config: Config,
+    sampler: Sampler,
+    events_tx: Sender<Event>,
+    events_rx: Receiver<Event>,
+    sources: Vec<Box<dyn EventSource>>,
+}
+
+pub fn hostname(cfg: &Config) -> String {
+    if !cfg.agent.hostname.is_empty() {
+        return cfg.agent.hostname.clone();
+    }
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The collectors the config enables, in sampling order (links first: later
+/// collectors name interfaces from it).
+pub fn collectors(cfg: &Config) -> Vec<Box<dyn Collector>> {
+    let all: Vec<Box<dyn Collector>> = crate::collect::all(cfg);
+    all.into_iter().filter(|c| !cfg.collect.disabled.iter().any(|d| d == c.name())).collect()
+}
+
+impl Agent {
+    /// Builds the sampler; starts no threads. Call after entering the netns.
+    pub fn new(config: Config) -> Agent {
+        let ctx = Context {
+            proc_root: config.collect.proc_root.clone(),
+            sys_root: config.collect.sys_root.clone(),
+            bridges: config.agent.bridges.clone(),
+        };
+        let sampler = Sampler::new(ctx, hostname(&config), collectors(&config));
+        let (events_tx, events_rx) = mpsc::channel();
+        Agent { config, sampler, events_tx, events_rx, sources: Vec::new() }
+    }
+
+    /// Starts the event sources (rtnetlink, kmsg, libvirt lifecycle). A
+    /// source that cannot start is reported as an event; the agent goes on.
+    pub fn start_event_sources(&mut self) {
+        let (sources, failures) = crate::events::start_all(&self.config, self.events_tx.clone());
+        self.sources = sources;
+        for (source, error) in failures {
+            tracing::warn!(source, %error, "event source not started");
+            let _ = self.events_tx.send(Event {
+                ts_unix_ns: crate::clock::now().unix_ns,
+                mono_ns: crate::clock::now().mono_ns,
+                kind: EventKind::Agent { what: format!("{source}_unavailable"), detail: error },
+            });
+        }
+    }
+
+    pub fn events_sender(&self) -> Sender<Event> {
+        self.events_tx.clone()
+    }
+
+    pub fn sample_once(&mut self) -> Sample {
+        self.sampler.sample()
+    }
+
+    /// Samples every interval until `shutdown` is set or `count` samples were
+    /// taken; hands every sample (with its rates) and event to `sink`.
+    pub fn run(&mut self, shutdown: &Arc<AtomicBool>, count: Option<u64>, mut sink: impl FnMut(Output<'_>)) {
+        let interval = Duration::from_millis(self.config.agent.interval_ms);
+        let poll = Duration::from_millis(100).min(interval);
+        let mut prev: Option<Sample> = None;
+        let mut next = Instant::now();
+        let mut taken = 0u64;
+        self.note(&mut sink, "started", format!("interval {} ms", interval.as_millis()));
+        while !shutdown.load(Ordering::Relaxed) {
+            let lag = Instant::now().saturating_duration_since(next);
+            let mut sample = self.sampler.sample();
+            sample.lag_us = lag.as_micros() as u64;
+            let model = Model::new(&sample, prev.as_ref());
+            sink(Output::Sample { sample: &sample, model: &model });
+            prev = Some(sample);
+            taken += 1;
+            if count.is_some_and(|c| taken >= c) {
+                break;
+            }
+
+            next += interval;
+            let now = Instant::now();
+            if next < now {
+                let behind = now - next;
+                let skipped = (behind.as_nanos() / interval.as_nanos()) as u32 + 1;
+                next += interval * skipped;
+                self.note(&mut sink, "sample_overrun", format!("skipped {skipped} tick(s), {} ms behind", behind.as_millis()));
+            }
+            // Between samples: hand on events as they arrive.
+            loop {
+                let now = Instant::now();
+                if now >= next || shutdown.load(Ordering::Relaxed) {
+                    break;
+                }
+                match self.events_rx.recv_timeout((next - now).min(poll)) {
+                    Ok(ev) => sink(Output::Event(&ev)),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(poll),
+                }
+            }
+        }
+        while let Ok(ev) = self.events_rx.try_recv() {
+            sink(Output::Event(&ev));
+        }
+        self.note(&mut sink, "stopped", format!("{taken} samples"));
+    }
+
+    fn note(&self, sink: &mut impl FnMut(Output<'_>), what: &str, detail: String) {
+        let t = crate::clock::now();
+        let ev = Event { ts_unix_ns: t.unix_ns, mono_ns: t.mono_ns, kind: EventKind::Agent { what: what.into(), detail } };
+        sink(Output::Event(&ev));
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for s in self.sources.iter_mut() {
+            s.stop();
+        }
+    }
+}

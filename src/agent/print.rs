@@ -1,0 +1,156 @@
+//! Human one-line renderings of samples and events, for `run --print`,
+//! `sample` and the demo. Machine consumers use the JSON forms instead.
+
+use std::fmt::Write as _;
+
+use crate::clock::format_rfc3339;
+use crate::model::Model;
+use crate::sample::{Event, EventKind, Sample};
+
+fn hms(unix_ns: i64) -> String {
+    // "2026-11-24T04:31:02.001Z" → "04:31:02.001"
+    let s = format_rfc3339(unix_ns);
+    s[11..23].to_string()
+}
+
+fn pps(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.0}k", v / 1000.0)
+    } else if v >= 10.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// A vNIC is a bridge port with libvirt's tap MAC prefix (fe:…) or one that
+/// libvirt maps to a domain; every other bridge port is an uplink.
+pub fn is_vnic(sample: &Sample, ifname: &str, mac: &str) -> bool {
+    if mac.starts_with("fe:") {
+        return true;
+    }
+    sample.libvirt.as_ref().is_some_and(|l| {
+        l.domains.iter().flat_map(|d| &d.vnics).any(|v| v.host_ifname.as_deref() == Some(ifname))
+    })
+}
+
+pub fn sample_line(s: &Sample, m: &Model) -> String {
+    let mut out = format!("{} #{}", hms(s.ts_unix_ns), s.seq);
+    let rates = |name: &str| m.links.get(name);
+    for br in s.bridges.iter().flatten() {
+        if let Some(r) = rates(&br.name) {
+            let _ = write!(out, " | {} rx {} tx {} pps", br.name, pps(r.rx_packets_per_s), pps(r.tx_packets_per_s));
+        } else {
+            let _ = write!(out, " | {}", br.name);
+        }
+        let (mut vnics, mut silent) = (0, Vec::new());
+        for p in &br.ports {
+            let mac = s.link(&p.name).map(|l| l.mac.as_str()).unwrap_or("");
+            let state = if p.state == 3 { String::new() } else { format!(" state {}", p.state) };
+            if is_vnic(s, &p.name, mac) {
+                vnics += 1;
+                if rates(&p.name).is_some_and(|r| r.rx_packets_per_s == 0.0 && r.tx_packets_per_s == 0.0) {
+                    silent.push(p.name.clone());
+                }
+                if !state.is_empty() {
+                    let _ = write!(out, " {}{}", p.name, state);
+                }
+            } else if let Some(r) = rates(&p.name) {
+                let link = s.link(&p.name);
+                let carrier = match link.and_then(|l| l.carrier) {
+                    Some(false) => " NO-CARRIER",
+                    _ => "",
+                };
+                let _ = write!(
+                    out,
+                    " · uplink {} rx {} tx {} pps drop {}{}{}",
+                    p.name,
+                    pps(r.rx_packets_per_s),
+                    pps(r.tx_packets_per_s),
+                    pps(r.rx_dropped_per_s + r.tx_dropped_per_s),
+                    carrier,
+                    state
+                );
+            }
+        }
+        let _ = write!(out, " · vnics {vnics}");
+        if !silent.is_empty() {
+            silent.truncate(5);
+            let _ = write!(out, " (silent: {})", silent.join(" "));
+        }
+    }
+    if let Some(f) = &s.fdb {
+        let _ = write!(out, " · fdb {}", f.len());
+    }
+    if let Some(n) = &s.neighbours {
+        let _ = write!(out, " · neigh {}", n.total_inet + n.total_inet6);
+    }
+    if let Some(c) = &s.conntrack {
+        if let (Some(count), Some(max)) = (c.count, c.max) {
+            let _ = write!(out, " · ct {count}/{max}");
+        }
+    }
+    if let Some(d) = m.softnet_dropped_per_s.filter(|d| *d > 0.0) {
+        let _ = write!(out, " · softnet drops {}/s", pps(d));
+    }
+    if let Some(l) = &s.libvirt {
+        let running = l.domains.iter().filter(|d| d.state == "running").count();
+        let _ = write!(out, " · domains {running}/{} running", l.domains.len());
+    }
+    if !s.failures.is_empty() {
+        let names: Vec<&str> = s.failures.iter().map(|f| f.collector.as_str()).collect();
+        let _ = write!(out, " · FAILED: {}", names.join(","));
+    }
+    let _ = write!(out, " · {} µs", s.duration_us);
+    out
+}
+
+pub fn event_line(e: &Event) -> String {
+    let t = hms(e.ts_unix_ns);
+    match &e.kind {
+        EventKind::Link { action, name, operstate, carrier, mtu, port_state, master, .. } => {
+            let mut s = format!("{t} EVENT link {action} {name} {operstate}");
+            if let Some(c) = carrier {
+                let _ = write!(s, " carrier={}", if *c { "on" } else { "off" });
+            }
+            if let Some(m) = mtu {
+                let _ = write!(s, " mtu={m}");
+            }
+            if let Some(m) = master {
+                let _ = write!(s, " master={m}");
+            }
+            if let Some(p) = port_state {
+                let _ = write!(s, " port_state={p}");
+            }
+            s
+        }
+        EventKind::Fdb { action, mac, port, vlan, state, .. } => {
+            let vlan = vlan.map(|v| format!(" vlan {v}")).unwrap_or_default();
+            format!("{t} EVENT fdb {action} {mac} on {port}{vlan} {state}")
+        }
+        EventKind::Neigh { action, ip, mac, dev, state, .. } => {
+            format!("{t} EVENT neigh {action} {ip} {mac} dev {dev} {state}")
+        }
+        EventKind::Addr { action, dev, addr, prefix_len, .. } => {
+            format!("{t} EVENT addr {action} {addr}/{prefix_len} dev {dev}")
+        }
+        EventKind::Kmsg { text, tags, .. } => {
+            let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join(",")) };
+            format!("{t} KERNEL{tags} {text}")
+        }
+        EventKind::Libvirt { domain, event, detail, .. } => {
+            format!("{t} EVENT libvirt {domain} {event} {detail}")
+        }
+        EventKind::LibvirtConnection { uri, connected, error } => {
+            if *connected {
+                format!("{t} EVENT libvirt connected to {uri}")
+            } else {
+                format!("{t} EVENT libvirt DISCONNECTED from {uri}: {error}")
+            }
+        }
+        EventKind::Loss { source, detail, count } => {
+            format!("{t} LOSS {source}: {count} lost ({detail})")
+        }
+        EventKind::Agent { what, detail } => format!("{t} AGENT {what} {detail}"),
+    }
+}

@@ -1,0 +1,98 @@
+//! The command line: clap derive definitions only; dispatch is in main.rs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "hvflight", version, about = "Flight recorder for the network of a KVM/libvirt hypervisor")]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "hvflight=debug". Also HVFLIGHT_LOG.
+    #[arg(long, global = true, env = "HVFLIGHT_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every agent-side command accepts; each overrides a config key.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AgentOpts {
+    /// Config file (default /etc/hvflight/hvflight.toml; a missing default file = all defaults).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// libvirt URI (config agent.libvirt_uri), opened read-only.
+    #[arg(long, value_name = "URI")]
+    pub libvirt_uri: Option<String>,
+    /// Directory holding store/, bundles/, spool/ (config agent.state_dir).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Control socket path (config agent.socket).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Bridge to watch; repeatable (config agent.bridges).
+    #[arg(long = "bridge", value_name = "NAME")]
+    pub bridges: Vec<String>,
+    /// Network namespace to watch: a name under /run/netns or a path (config agent.netns).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Sampling interval in milliseconds (config agent.interval_ms).
+    #[arg(long, value_name = "MS")]
+    pub interval_ms: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent: sample every interval until SIGTERM/SIGINT.
+    Run {
+        #[command(flatten)]
+        opts: AgentOpts,
+        /// Also print one summary line per sample (and every event) to stdout.
+        #[arg(long)]
+        print: bool,
+        /// Stop after this many samples (for tests and benchmarks).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Take samples and print them.
+    Sample {
+        #[command(flatten)]
+        opts: AgentOpts,
+        /// Take exactly one sample.
+        #[arg(long)]
+        once: bool,
+        /// Print the complete raw sample as JSON (one object per line).
+        #[arg(long)]
+        json: bool,
+        /// Number of samples to take (default 1 with --once, else until interrupted).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Throwaway lab: bridge + fake guests in network namespaces, the agent, faults; cleans up after.
+    Demo {
+        /// Number of guests.
+        #[arg(long, default_value_t = 4)]
+        guests: usize,
+        /// Short run (CI): fewer seconds per phase.
+        #[arg(long)]
+        short: bool,
+        /// Sampling interval of the agent in the demo, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
+    /// Validate or print the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a config file: errors name file, line and key; unknown keys are flagged (exit 1).
+    Check {
+        /// File to check (default /etc/hvflight/hvflight.toml).
+        file: Option<PathBuf>,
+    },
+    /// Print the documented default configuration file.
+    Default,
+}
