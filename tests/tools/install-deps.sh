@@ -1,0 +1,36 @@
+#!/bin/bash
+# Installs the Debian packages hvflight's build, tests, demo and benchmark
+# need. Idempotent: does nothing (and touches no network) when all are present.
+set -euo pipefail
+
+PKGS=(
+  build-essential pkg-config
+  libvirt-dev libvirt-daemon libvirt-clients   # virt crate + in-process test driver
+  libpcap-dev                                  # pcap crate
+  iproute2 nftables iptables ebtables ethtool conntrack tcpdump  # lab + deep state
+  iputils-ping arping procps psmisc kmod python3
+)
+PKGS+=("$@")
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: need root to install packages (run as root, or install: ${missing[*]})" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
