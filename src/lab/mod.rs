@@ -1,1 +1,385 @@
-//! The namespace lab: a throwaway hypervisor (bridge, uplink, guests) in network namespaces, shared by tests, `hvflight demo` and the benchmark.
+//! The namespace lab: a throwaway hypervisor in network namespaces, shared by
+//! tests, `hvflight demo` and the benchmark.
+//!
+//! ```text
+//!  guest ns hvfNg0 ── eth0 ═ vnet0 ─┐
+//!  guest ns hvfNg1 ── eth0 ═ vnet1 ─┤  hypervisor ns hvfNhv: bridge br0
+//!  …                                 ├─ uplink0 ═ sw0 ── switch ns hvfNsw (gateway 10.77.0.1)
+//! ```
+//!
+//! It drives the real Debian tools (`ip`, `bridge`, `nft`, `ping`) — what an
+//! operator would type to build or break such a host — and checks every exit
+//! status. Names carry the creating process id (`hvf<pid>x<n>…`) so labs run
+//! in parallel and `cleanup_stale()` can remove labs of dead processes. The
+//! lab is torn down on drop, which also runs when a test panics.
+
+pub mod faults;
+pub mod node_xml;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use thiserror::Error;
+
+pub use faults::Fault;
+
+#[derive(Debug, Error)]
+pub enum LabError {
+    #[error("lab command `{cmd}` failed ({status}): {stderr}")]
+    Command { cmd: String, status: String, stderr: String },
+    #[error("lab: cannot run `{cmd}`: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("lab: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("lab: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// Guests on veth ports.
+    pub guests: usize,
+    /// Extra guests on tap ports, held open by a process that never reads
+    /// (used for the "tap not drained" fault, F14).
+    pub tap_guests: usize,
+    pub bridge: String,
+    /// Each veth guest pings the gateway once a second.
+    pub traffic: bool,
+    /// Put nova metadata into the libvirt node XML.
+    pub nova_metadata: bool,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        LabConfig { guests: 2, tap_guests: 0, bridge: "br0".into(), traffic: false, nova_metadata: false }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Guest {
+    pub name: String,
+    pub uuid: String,
+    /// The guest's own namespace (None for tap guests: the "guest" is a holder process).
+    pub ns: Option<String>,
+    /// Guest-side MAC, 52:54:00:…
+    pub mac: String,
+    /// Host-side port on the bridge (vnetN or tapN).
+    pub host_port: String,
+    /// Host-side MAC, fe:54:00:… (libvirt's convention: keeps the bridge MAC stable).
+    pub host_mac: String,
+    pub ip: Ipv4Addr,
+    pub tap: bool,
+}
+
+pub struct Lab {
+    pub id: String,
+    pub hv_ns: String,
+    pub switch_ns: String,
+    pub bridge: String,
+    /// The bridge's uplink port in the hypervisor namespace.
+    pub uplink: String,
+    /// The uplink's peer in the switch namespace.
+    pub switch_port: String,
+    pub gateway_ip: Ipv4Addr,
+    pub guests: Vec<Guest>,
+    pub node_xml: PathBuf,
+    dir: tempfile::TempDir,
+    children: std::sync::Mutex<Vec<Child>>,
+    /// Tap name → pid of the process holding it open.
+    tap_holders: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+const PREFIX: &str = "hvf";
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn run(args: &[&str]) -> Result<String, LabError> {
+    run_input(args, None)
+}
+
+fn run_input(args: &[&str], input: Option<&str>) -> Result<String, LabError> {
+    let cmd = args.join(" ");
+    let mut c = Command::new(args[0]);
+    c.args(&args[1..]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if input.is_some() {
+        c.stdin(Stdio::piped());
+    }
+    let mut child = c.spawn().map_err(|source| LabError::Spawn { cmd: cmd.clone(), source })?;
+    if let Some(text) = input {
+        use std::io::Write;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(text.as_bytes())?;
+        }
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        let mut shown = cmd;
+        shown.truncate(200);
+        return Err(LabError::Command {
+            cmd: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip -n NS -batch -`: one process for many link operations (50 guests in one call).
+fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<(), LabError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let script = lines.join("\n") + "\n";
+    match ns {
+        Some(ns) => run_input(&["ip", "-n", ns, "-batch", "-"], Some(&script)),
+        None => run_input(&["ip", "-batch", "-"], Some(&script)),
+    }
+    .map(|_| ())
+}
+
+pub fn list_namespaces() -> Vec<String> {
+    run(&["ip", "netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Removes namespaces of labs whose creating process is gone; returns how many.
+pub fn cleanup_stale() -> usize {
+    let mut removed = 0;
+    for ns in list_namespaces() {
+        let Some(rest) = ns.strip_prefix(PREFIX) else { continue };
+        let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let Ok(pid) = pid.parse::<i32>() else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if run(&["ip", "netns", "del", &ns]).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Guest i's MAC under `prefix` (the last three octets encode i + 1).
+pub fn mac(prefix: &str, i: usize) -> String {
+    let n = i + 1;
+    format!("{prefix}:{:02x}:{:02x}:{:02x}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)
+}
+
+/// Deterministic UUID per lab and guest (the test driver needs valid ones).
+fn uuid(lab: u32, pid: u32, i: usize) -> String {
+    format!("{pid:08x}-{:04x}-4000-8000-{:012x}", lab & 0xffff, i)
+}
+
+impl Lab {
+    pub fn start(cfg: LabConfig) -> Result<Lab, LabError> {
+        if cfg.bridge.is_empty() || cfg.bridge.len() > 15 {
+            return Err(LabError::Invalid(format!("bad bridge name {:?}", cfg.bridge)));
+        }
+        let total = cfg.guests + cfg.tap_guests;
+        if total > 4000 {
+            return Err(LabError::Invalid("at most 4000 guests".into()));
+        }
+        let pid = std::process::id();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{PREFIX}{pid}x{n}");
+        let dir = tempfile::Builder::new().prefix("hvflight-lab-").tempdir()?;
+        let mut lab = Lab {
+            hv_ns: format!("{id}hv"),
+            switch_ns: format!("{id}sw"),
+            bridge: cfg.bridge.clone(),
+            uplink: "uplink0".into(),
+            switch_port: "sw0".into(),
+            gateway_ip: Ipv4Addr::new(10, 77, 0, 1),
+            guests: Vec::new(),
+            node_xml: dir.path().join("node.xml"),
+            id,
+            dir,
+            children: Default::default(),
+            tap_holders: Default::default(),
+        };
+        // From here on, Drop cleans up whatever was built if a step fails.
+        lab.build(&cfg)?;
+        Ok(lab)
+    }
+
+    fn build(&mut self, cfg: &LabConfig) -> Result<(), LabError> {
+        let (hv, sw) = (self.hv_ns.clone(), self.switch_ns.clone());
+        run(&["ip", "netns", "add", &hv])?;
+        run(&["ip", "netns", "add", &sw])?;
+        let br = &self.bridge;
+        ip_batch(
+            Some(&hv),
+            &[
+                "link set lo up".into(),
+                format!("link add {br} type bridge stp_state 0 forward_delay 0"),
+                format!("link add {} type veth peer name {} netns {sw}", self.uplink, self.switch_port),
+                format!("link set {} master {br} up", self.uplink),
+                format!("link set {br} up"),
+            ],
+        )?;
+        ip_batch(
+            Some(&sw),
+            &[
+                "link set lo up".into(),
+                format!("addr add {}/16 dev {}", self.gateway_ip, self.switch_port),
+                format!("link set {} up", self.switch_port),
+            ],
+        )?;
+
+        let pid = std::process::id();
+        let lab_n: u32 = self.id.rsplit('x').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let total = cfg.guests + cfg.tap_guests;
+        let mut hv_lines = Vec::new();
+        for i in 0..total {
+            let tap = i >= cfg.guests;
+            let host_port = if tap { format!("tap{}", i - cfg.guests) } else { format!("vnet{i}") };
+            let ip = Ipv4Addr::new(10, 77, 1 + (i / 250) as u8, 10 + (i % 250) as u8);
+            let g = Guest {
+                name: format!("guest{i}"),
+                uuid: uuid(lab_n, pid, i),
+                ns: if tap { None } else { Some(format!("{}g{i}", self.id)) },
+                mac: mac("52:54:00", i),
+                host_port: host_port.clone(),
+                host_mac: mac("fe:54:00", i),
+                ip,
+                tap,
+            };
+            if let Some(ns) = &g.ns {
+                run(&["ip", "netns", "add", ns])?;
+                hv_lines.push(format!(
+                    "link add {host_port} address {} type veth peer name eth0 address {} netns {ns}",
+                    g.host_mac, g.mac
+                ));
+            } else {
+                hv_lines.push(format!("tuntap add dev {host_port} mode tap"));
+                hv_lines.push(format!("link set {host_port} address {} txqueuelen 16", g.host_mac));
+            }
+            hv_lines.push(format!("link set {host_port} master {br} up"));
+            self.guests.push(g);
+        }
+        ip_batch(Some(&hv), &hv_lines)?;
+        for g in &self.guests {
+            if let Some(ns) = &g.ns {
+                ip_batch(
+                    Some(ns),
+                    &[
+                        "link set lo up".into(),
+                        format!("addr add {}/16 dev eth0", g.ip),
+                        "link set eth0 up".into(),
+                        format!("route add default via {}", self.gateway_ip),
+                    ],
+                )?;
+            }
+        }
+        for g in self.guests.clone() {
+            if g.tap {
+                let child = faults::hold_tap(&self.hv_ns, &g.host_port)?;
+                self.tap_holders.lock().unwrap_or_else(|e| e.into_inner()).insert(g.host_port.clone(), child.id());
+                self.spawned(child);
+            }
+        }
+        if cfg.traffic {
+            for g in &self.guests {
+                if let Some(ns) = &g.ns {
+                    let child = Command::new("ip")
+                        .args(["netns", "exec", ns, "ping", "-q", "-i", "1", &self.gateway_ip.to_string()])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .map_err(|source| LabError::Spawn { cmd: "ping".into(), source })?;
+                    self.spawned(child);
+                }
+            }
+        }
+        std::fs::write(&self.node_xml, node_xml::render(self, cfg.nova_metadata))?;
+        Ok(())
+    }
+
+    /// Keeps a child process to be killed when the lab goes away.
+    pub fn spawned(&self, child: Child) {
+        self.children.lock().unwrap_or_else(|e| e.into_inner()).push(child);
+    }
+
+    pub(crate) fn tap_holder(&self, tap: &str) -> Option<u32> {
+        self.tap_holders.lock().unwrap_or_else(|e| e.into_inner()).get(tap).copied()
+    }
+
+    /// `test:///…/node.xml` for libvirt's in-process test driver.
+    pub fn libvirt_uri(&self) -> String {
+        format!("test://{}", self.node_xml.display())
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Runs a command inside a namespace of the lab.
+    pub fn exec_in(&self, ns: &str, args: &[&str]) -> Result<String, LabError> {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Pings the gateway from guest `i` (`count` pings, 0.2 s apart, 1 s
+    /// deadline per ping); true if any answered.
+    pub fn ping_from_guest(&self, i: usize, count: u32) -> bool {
+        let Some(ns) = self.guests.get(i).and_then(|g| g.ns.clone()) else { return false };
+        let c = count.max(1).to_string();
+        let deadline = (count.max(1) + 1).to_string();
+        self.exec_in(&ns, &["ping", "-q", "-c", &c, "-i", "0.2", "-w", &deadline, &self.gateway_ip.to_string()])
+            .is_ok()
+    }
+
+    pub fn set_link(&self, ns: &str, dev: &str, up: bool) -> Result<(), LabError> {
+        run(&["ip", "-n", ns, "link", "set", dev, if up { "up" } else { "down" }]).map(|_| ())
+    }
+
+    pub fn inject(&self, f: &Fault) -> Result<(), LabError> {
+        faults::inject(self, f)
+    }
+
+    pub fn revert(&self, f: &Fault) -> Result<(), LabError> {
+        faults::revert(self, f)
+    }
+
+    /// Namespaces this lab created.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.hv_ns.clone(), self.switch_ns.clone()];
+        v.extend(self.guests.iter().filter_map(|g| g.ns.clone()));
+        v
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let children = self.children.get_mut().unwrap_or_else(|e| e.into_inner());
+        for c in children.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Deleting a namespace removes the veths and taps inside it.
+        for ns in self.namespaces() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_follow_libvirts_convention_and_are_unique() {
+        let a: Vec<String> = (0..1000).map(|i| mac("52:54:00", i)).collect();
+        let mut b = a.clone();
+        b.sort();
+        b.dedup();
+        assert_eq!(a.len(), b.len());
+        assert_eq!(mac("fe:54:00", 3)[3..], mac("52:54:00", 3)[3..]);
+    }
+}

@@ -1,0 +1,37 @@
+//! The libvirt test-driver node XML describing the lab's guests as running
+//! domains with bridge interfaces (and, optionally, nova metadata), so the
+//! libvirt collector sees what a real node would describe.
+
+use std::fmt::Write as _;
+
+use super::Lab;
+
+pub fn render(lab: &Lab, nova: bool) -> String {
+    let mut x = String::from("<node>\n");
+    for (i, g) in lab.guests.iter().enumerate() {
+        let _ = write!(
+            x,
+            "  <domain type='test'>\n    <name>{name}</name>\n    <uuid>{uuid}</uuid>\n    <memory>131072</memory>\n    <vcpu>1</vcpu>\n    <os><type>hvm</type></os>\n",
+            name = g.name,
+            uuid = g.uuid
+        );
+        if nova {
+            let _ = write!(
+                x,
+                "    <metadata>\n      <nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'>\n        <nova:name>{inst}</nova:name>\n        <nova:flavor name='m1.tiny'/>\n        <nova:owner>\n          <nova:user uuid='00000000-0000-4000-8000-00000000a001'>demo</nova:user>\n          <nova:project uuid='00000000-0000-4000-8000-00000000b00{p}'>{project}</nova:project>\n        </nova:owner>\n      </nova:instance>\n    </metadata>\n",
+                inst = if i == 0 { "tools-webproxy-01".to_string() } else { format!("instance-{i:04}") },
+                p = i % 2,
+                project = if i % 2 == 0 { "tools" } else { "deployment-prep" }
+            );
+        }
+        let _ = write!(
+            x,
+            "    <devices>\n      <interface type='bridge'>\n        <mac address='{mac}'/>\n        <source bridge='{br}'/>\n        <target dev='{dev}'/>\n        <model type='virtio'/>\n      </interface>\n    </devices>\n  </domain>\n",
+            mac = g.mac,
+            br = lab.bridge,
+            dev = g.host_port
+        );
+    }
+    x.push_str("</node>\n");
+    x
+}
