@@ -101,7 +101,19 @@ impl Sampler {
     }
 }
 
-/// Every collector, in sampling order (links first).
-pub fn all(_cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
-    Vec::new()
+/// Every collector, in sampling order (links first: later ones name
+/// interfaces from it).
+pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
+    let timeout = std::time::Duration::from_millis(cfg.collect.netlink_timeout_ms);
+    let bridges = !cfg.collect.disabled.iter().any(|d| d == "bridge");
+    vec![
+        Box::new(links::LinksCollector::new(timeout, bridges)),
+        Box::new(fdb::FdbCollector::new(timeout, cfg.collect.fdb_max_entries as usize)),
+        Box::new(neigh::NeighCollector::new(timeout)),
+        Box::new(qdisc::QdiscCollector::new(timeout)),
+    ]
 }
+pub mod links;
+pub mod fdb;
+pub mod neigh;
+pub mod qdisc;

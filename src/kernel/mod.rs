@@ -1,1 +1,2 @@
 //! Pure parsers, one file per kernel interface. They take `&str` or `impl Read` and never touch the OS; tests feed them captured files from tests/fixtures/.
+pub mod stat_table;

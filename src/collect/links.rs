@@ -1,0 +1,225 @@
+//! Links and bridges from ONE rtnetlink link dump: every interface with its
+//! 64-bit counters, carrier and operstate; bridges (IFLA_INFO_DATA) with
+//! their ports (IFLA_INFO_SLAVE_DATA) — so 500 ports cost one dump, never
+//! 500 sysfs reads.
+
+use std::time::Duration;
+
+use netlink_packet_route::link::{
+    BridgeId, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage, State,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::{CollectError, Collector, Context};
+use crate::sample::{Bridge, BridgePort, Link, LinkStats, Sample};
+use crate::source::netlink::{mac_string, RouteSocket};
+
+pub struct LinksCollector {
+    socket: Option<RouteSocket>,
+    timeout: Duration,
+    /// Also fill the `bridges` section (config: "bridge" not disabled).
+    with_bridges: bool,
+}
+
+impl LinksCollector {
+    pub fn new(timeout: Duration, with_bridges: bool) -> Self {
+        LinksCollector { socket: None, timeout, with_bridges }
+    }
+}
+
+fn operstate(s: &State) -> String {
+    match s {
+        State::Up => "up",
+        State::Down => "down",
+        State::LowerLayerDown => "lowerlayerdown",
+        State::Testing => "testing",
+        State::Dormant => "dormant",
+        State::NotPresent => "notpresent",
+        State::Unknown => "unknown",
+        _ => "other",
+    }
+    .to_string()
+}
+
+fn bridge_id(id: &BridgeId) -> String {
+    format!("{:04x}.{}", id.priority, mac_string(&id.address))
+}
+
+/// What one link message says, beyond the `Link` itself.
+#[derive(Default)]
+pub struct Parsed {
+    pub link: Link,
+    pub bridge_info: Option<Vec<InfoBridge>>,
+    pub port_info: Option<Vec<InfoBridgePort>>,
+}
+
+/// Pure conversion of one RTM_NEWLINK message (dump reply or event).
+pub fn parse_link(m: &LinkMessage) -> Parsed {
+    let mut p = Parsed::default();
+    let l = &mut p.link;
+    l.ifindex = m.header.index;
+    l.admin_up = m.header.flags.contains(LinkFlags::Up);
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Address(b) => l.mac = mac_string(b),
+            LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::Controller(v) => l.master = Some(*v),
+            LinkAttribute::Link(v) => l.link = Some(*v),
+            LinkAttribute::OperState(s) => l.operstate = operstate(s),
+            LinkAttribute::Carrier(c) => l.carrier = Some(*c != 0),
+            LinkAttribute::CarrierChanges(c) => l.carrier_changes = Some(*c),
+            LinkAttribute::TxQueueLen(q) => l.txqlen = Some(*q),
+            LinkAttribute::Stats64(s) => {
+                l.stats = LinkStats {
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                    rx_errors: s.rx_errors,
+                    tx_errors: s.tx_errors,
+                    rx_dropped: s.rx_dropped,
+                    tx_dropped: s.tx_dropped,
+                    multicast: s.multicast,
+                    collisions: s.collisions,
+                    rx_length_errors: s.rx_length_errors,
+                    rx_over_errors: s.rx_over_errors,
+                    rx_crc_errors: s.rx_crc_errors,
+                    rx_frame_errors: s.rx_frame_errors,
+                    rx_fifo_errors: s.rx_fifo_errors,
+                    rx_missed_errors: s.rx_missed_errors,
+                    tx_aborted_errors: s.tx_aborted_errors,
+                    tx_carrier_errors: s.tx_carrier_errors,
+                    tx_fifo_errors: s.tx_fifo_errors,
+                    tx_heartbeat_errors: s.tx_heartbeat_errors,
+                    tx_window_errors: s.tx_window_errors,
+                    rx_compressed: s.rx_compressed,
+                    tx_compressed: s.tx_compressed,
+                    rx_nohandler: s.rx_nohandler,
+                }
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = kind_name(k),
+                        LinkInfo::Data(InfoData::Bridge(b)) => p.bridge_info = Some(b.clone()),
+                        LinkInfo::PortData(InfoPortData::BridgePort(bp)) => p.port_info = Some(bp.clone()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+fn kind_name(k: &InfoKind) -> String {
+    // InfoKind's Display is not stable across crate versions; Debug of the
+    // unit variants is, lower-cased it matches the kernel's names.
+    match k {
+        InfoKind::Other(s) => s.clone(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+pub fn bridge_from(link: &Link, info: &[InfoBridge]) -> Bridge {
+    let mut b = Bridge { ifindex: link.ifindex, name: link.name.clone(), mac: link.mac.clone(), ..Default::default() };
+    for a in info {
+        match a {
+            InfoBridge::StpState(s) => b.stp_state = Some(u32::from(*s)),
+            InfoBridge::ForwardDelay(v) => b.forward_delay_cs = Some(*v),
+            InfoBridge::HelloTime(v) => b.hello_time_cs = Some(*v),
+            InfoBridge::MaxAge(v) => b.max_age_cs = Some(*v),
+            InfoBridge::AgeingTime(v) => b.ageing_time_cs = Some(*v),
+            InfoBridge::Priority(v) => b.priority = Some(*v),
+            InfoBridge::VlanFiltering(v) => b.vlan_filtering = Some(*v),
+            InfoBridge::VlanDefaultPvid(v) => b.default_pvid = Some(*v),
+            InfoBridge::MulticastSnooping(v) => b.multicast_snooping = Some(*v),
+            InfoBridge::MulticastQuerier(v) => b.multicast_querier = Some(*v),
+            InfoBridge::TopologyChange(v) => b.topology_change = Some(*v != 0),
+            InfoBridge::TopologyChangeDetected(v) => b.topology_change_detected = Some(*v != 0),
+            InfoBridge::RootId(id) => b.root_id = Some(bridge_id(id)),
+            InfoBridge::BridgeId(id) => b.bridge_id = Some(bridge_id(id)),
+            _ => {}
+        }
+    }
+    b
+}
+
+pub fn port_from(link: &Link, info: &[InfoBridgePort]) -> BridgePort {
+    let mut p = BridgePort { ifindex: link.ifindex, name: link.name.clone(), ..Default::default() };
+    for a in info {
+        match a {
+            InfoBridgePort::State(s) => p.state = u8::from(*s),
+            InfoBridgePort::Learning(v) => p.learning = Some(*v),
+            InfoBridgePort::UnicastFlood(v) => p.unicast_flood = Some(*v),
+            InfoBridgePort::MulticastFlood(v) => p.multicast_flood = Some(*v),
+            InfoBridgePort::BroadcastFlood(v) => p.broadcast_flood = Some(*v),
+            InfoBridgePort::Guard(v) => p.bpdu_guard = Some(*v),
+            InfoBridgePort::Protect(v) => p.root_block = Some(*v),
+            InfoBridgePort::HairpinMode(v) => p.hairpin = Some(*v),
+            InfoBridgePort::Isolated(v) => p.isolated = Some(*v),
+            InfoBridgePort::NeighSupress(v) => p.neigh_suppress = Some(*v),
+            InfoBridgePort::Cost(v) => p.cost = Some(*v),
+            InfoBridgePort::Priority(v) => p.priority = Some(*v),
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Builds the links and bridges sections from a link dump. `wanted`
+/// restricts bridges (empty = all).
+pub fn sections(msgs: &[RouteNetlinkMessage], wanted: &[String]) -> (Vec<Link>, Vec<Bridge>) {
+    let mut links = Vec::with_capacity(msgs.len());
+    let mut bridges: Vec<Bridge> = Vec::new();
+    let mut ports: Vec<(u32, BridgePort)> = Vec::new();
+    for m in msgs {
+        let RouteNetlinkMessage::NewLink(m) = m else { continue };
+        let p = parse_link(m);
+        if let Some(info) = &p.bridge_info {
+            if wanted.is_empty() || wanted.contains(&p.link.name) {
+                bridges.push(bridge_from(&p.link, info));
+            }
+        }
+        if let (Some(info), Some(master)) = (&p.port_info, p.link.master) {
+            ports.push((master, port_from(&p.link, info)));
+        }
+        links.push(p.link);
+    }
+    for (master, port) in ports {
+        if let Some(b) = bridges.iter_mut().find(|b| b.ifindex == master) {
+            b.ports.push(port);
+        }
+    }
+    (links, bridges)
+}
+
+impl Collector for LinksCollector {
+    fn name(&self) -> &'static str {
+        "links"
+    }
+
+    fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
+        if self.socket.is_none() {
+            self.socket = Some(RouteSocket::new(self.timeout)?);
+        }
+        let socket = self.socket.as_mut().expect("just set");
+        let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        let msgs = match socket.dump("link", req) {
+            Ok(m) => m,
+            Err(e) => {
+                self.socket = None; // reopen next time: a timed-out socket may hold stale replies
+                return Err(e);
+            }
+        };
+        let (links, bridges) = sections(&msgs, &ctx.bridges);
+        sample.links = Some(links);
+        if self.with_bridges {
+            sample.bridges = Some(bridges);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! Neighbour (ARP/ND) tables: entries counted by family, NUD state and
+//! device from two rtnetlink dumps, plus the limits and stats the kernel
+//! keeps in /proc (gc_thresh*, arp_cache/ndisc_cache — global, so absent in
+//! a child namespace, which is normal and not a failure).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use netlink_packet_route::neighbour::NeighbourMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use super::fdb::nud_name;
+use super::{CollectError, Collector, Context};
+use crate::sample::{Neighbours, Sample};
+use crate::source::netlink::RouteSocket;
+
+pub struct NeighCollector {
+    socket: Option<RouteSocket>,
+    timeout: Duration,
+}
+
+impl NeighCollector {
+    pub fn new(timeout: Duration) -> Self {
+        NeighCollector { socket: None, timeout }
+    }
+}
+
+fn read_thresh(proc_root: &Path, family: &str) -> Option<[u32; 3]> {
+    let mut out = [0u32; 3];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let p = proc_root.join(format!("sys/net/{family}/neigh/default/gc_thresh{}", i + 1));
+        *slot = std::fs::read_to_string(p).ok()?.trim().parse().ok()?;
+    }
+    Some(out)
+}
+
+fn read_stat(proc_root: &Path, name: &str) -> Result<Option<BTreeMap<String, u64>>, CollectError> {
+    let p = proc_root.join("net/stat").join(name);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => crate::kernel::stat_table::parse(&t)
+            .map(Some)
+            .map_err(|e| CollectError::Parse { path: p.display().to_string(), line: e.line, msg: e.msg }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CollectError::io(p.display().to_string(), e)),
+    }
+}
+
+impl Collector for NeighCollector {
+    fn name(&self) -> &'static str {
+        "neighbours"
+    }
+
+    fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
+        if self.socket.is_none() {
+            self.socket = Some(RouteSocket::new(self.timeout)?);
+        }
+        let names: std::collections::HashMap<u32, &str> =
+            sample.links.iter().flatten().map(|l| (l.ifindex, l.name.as_str())).collect();
+        let mut n = Neighbours::default();
+        for (family, key) in [(AddressFamily::Inet, "inet"), (AddressFamily::Inet6, "inet6")] {
+            let mut req = NeighbourMessage::default();
+            req.header.family = family;
+            let socket = self.socket.as_mut().expect("set above");
+            let msgs = socket.dump(key, RouteNetlinkMessage::GetNeighbour(req)).inspect_err(|_| self.socket = None)?;
+            let by_state = n.by_state.entry(key.to_string()).or_default();
+            let mut total = 0u32;
+            for m in &msgs {
+                let RouteNetlinkMessage::NewNeighbour(m) = m else { continue };
+                total += 1;
+                *by_state.entry(nud_name(m.header.state)).or_default() += 1;
+                let dev = names.get(&m.header.ifindex).copied().unwrap_or("?");
+                *n.by_dev.entry(dev.to_string()).or_default() += 1;
+            }
+            if key == "inet" {
+                n.total_inet = total;
+            } else {
+                n.total_inet6 = total;
+            }
+        }
+        n.gc_thresh = read_thresh(&ctx.proc_root, "ipv4");
+        n.gc_thresh6 = read_thresh(&ctx.proc_root, "ipv6");
+        n.arp_cache = read_stat(&ctx.proc_root, "arp_cache")?;
+        n.ndisc_cache = read_stat(&ctx.proc_root, "ndisc_cache")?;
+        sample.neighbours = Some(n);
+        Ok(())
+    }
+}

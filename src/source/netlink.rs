@@ -1,0 +1,141 @@
+//! A small synchronous rtnetlink client: send one dump request, collect
+//! every reply until NLMSG_DONE. Messages are built and parsed by
+//! netlink-packet-route; this file only moves bytes.
+//!
+//! Synchronous on purpose: the sampler is a plain thread, a dump of 1000
+//! links is a few hundred µs, and a receive timeout (SO_RCVTIMEO) bounds
+//! what a stuck kernel can cost. The receive buffer is reused across dumps.
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::collect::CollectError;
+
+pub struct RouteSocket {
+    socket: Socket,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> CollectError {
+    CollectError::Netlink { what: what.to_string(), msg: e.to_string() }
+}
+
+/// Sets SO_RCVTIMEO; netlink-sys has no setter for it.
+pub fn set_recv_timeout(socket: &Socket, timeout: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: valid fd, valid pointer to a timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl RouteSocket {
+    pub fn new(timeout: Duration) -> Result<RouteSocket, CollectError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| err("socket", e))?;
+        socket.bind_auto().map_err(|e| err("bind", e))?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| err("connect", e))?;
+        set_recv_timeout(&socket, timeout).map_err(|e| err("SO_RCVTIMEO", e))?;
+        Ok(RouteSocket { socket, buf: vec![0; 64 * 1024], seq: 0 })
+    }
+
+    /// Sends `msg` as a dump request and returns every reply message.
+    /// An interrupted dump (NLM_F_DUMP_INTR: the table changed meanwhile) is
+    /// retried once; its partial result is returned if it happens again.
+    pub fn dump(&mut self, what: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, CollectError> {
+        let first = self.dump_once(what, msg.clone())?;
+        if first.1 {
+            let second = self.dump_once(what, msg)?;
+            return Ok(second.0);
+        }
+        Ok(first.0)
+    }
+
+    fn dump_once(
+        &mut self,
+        what: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<(Vec<RouteNetlinkMessage>, bool), CollectError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.seq;
+        let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        req.finalize();
+        let mut out = vec![0u8; req.buffer_len()];
+        req.serialize(&mut out);
+        self.socket.send(&out, 0).map_err(|e| err(what, format!("send: {e}")))?;
+
+        let mut replies = Vec::new();
+        let mut interrupted = false;
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(CollectError::Timeout { what: format!("netlink {what} dump"), ms: 0 })
+                }
+                Err(e) => return Err(err(what, format!("recv: {e}"))),
+            };
+            let mut offset = 0;
+            while offset < n {
+                let bytes = &self.buf[offset..n];
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                    .map_err(|e| err(what, format!("decode at offset {offset}: {e}")))?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    return Err(err(what, "zero-length message"));
+                }
+                offset += (len + 3) & !3;
+                if msg.header.sequence_number != self.seq {
+                    continue; // a late reply to an earlier, timed-out request
+                }
+                if msg.header.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok((replies, interrupted)),
+                    NetlinkPayload::Error(e) => {
+                        if let Some(code) = e.code {
+                            return Err(err(what, std::io::Error::from_raw_os_error(-code.get())));
+                        }
+                        return Ok((replies, interrupted));
+                    }
+                    NetlinkPayload::InnerMessage(m) => replies.push(m),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Formats a MAC address as the kernel tools do.
+pub fn mac_string(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
