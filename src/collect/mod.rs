@@ -111,9 +111,15 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
         Box::new(fdb::FdbCollector::new(timeout, cfg.collect.fdb_max_entries as usize)),
         Box::new(neigh::NeighCollector::new(timeout)),
         Box::new(qdisc::QdiscCollector::new(timeout)),
+        Box::new(procnet::ConntrackCollector),
+        Box::new(procnet::SoftnetCollector),
+        Box::new(procnet::SnmpCollector),
+        Box::new(procnet::SystemCollector),
+        Box::new(procnet::NetfilterCollector::new()),
     ]
 }
 pub mod links;
 pub mod fdb;
 pub mod neigh;
 pub mod qdisc;
+pub mod procnet;
