@@ -116,6 +116,12 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
         Box::new(procnet::SnmpCollector),
         Box::new(procnet::SystemCollector),
         Box::new(procnet::NetfilterCollector::new()),
+        Box::new(libvirt::LibvirtCollector::new(
+            cfg.agent.libvirt_uri.clone(),
+            cfg.collect.libvirt_timeout_ms,
+            cfg.collect.libvirt_reconnect_ms,
+            cfg.collect.libvirt_xml_refresh_s,
+        )),
     ]
 }
 pub mod links;
@@ -123,3 +129,4 @@ pub mod fdb;
 pub mod neigh;
 pub mod qdisc;
 pub mod procnet;
+pub mod libvirt;

@@ -3,3 +3,5 @@ pub mod stat_table;
 pub mod softnet;
 pub mod snmp;
 pub mod softirqs;
+pub mod kmsg;
+pub mod domain_xml;

@@ -3,3 +3,4 @@ pub mod netns;
 pub mod netlink;
 pub mod procfs;
 pub mod nfgen;
+pub mod libvirt;
