@@ -49,6 +49,9 @@ pub enum Command {
         /// Also print one summary line per sample (and every event) to stdout.
         #[arg(long)]
         print: bool,
+        /// Also print every raw sample and event to stdout as JSON lines (with "kind").
+        #[arg(long, conflicts_with = "print")]
+        json: bool,
         /// Stop after this many samples (for tests and benchmarks).
         #[arg(long, value_name = "N")]
         count: Option<u64>,

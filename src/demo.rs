@@ -1,7 +1,131 @@
-//! `hvflight demo`: a throwaway lab with the agent watching it (filled in below).
+//! `hvflight demo`: the main job in one command. Builds a throwaway lab
+//! (bridge, uplink to a "switch" namespace, guests, libvirt test-driver
+//! node), starts the real agent inside the lab's hypervisor namespace,
+//! injects faults from the catalogue one after the other, shows what the
+//! agent sees, and tears everything down — also on Ctrl-C or a panic.
 
-use std::process::ExitCode;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-pub fn run(_guests: usize, _short: bool, _interval_ms: u64) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("demo: not built yet")
+use anyhow::{Context as _, Result};
+
+use crate::lab::{Fault, Lab, LabConfig};
+
+struct AgentChild(Child);
+
+impl Drop for AgentChild {
+    fn drop(&mut self) {
+        // SIGTERM first so the agent shuts down cleanly; then make sure.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pause(secs: f64, stop: &AtomicBool) -> bool {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let phase_s = if short { 2.5 } else { 6.0 };
+
+    let removed = crate::lab::cleanup_stale();
+    if removed > 0 {
+        println!("demo: removed {removed} namespace(s) left by an earlier lab whose process is gone");
+    }
+    println!("demo: building a lab with {guests} guests …");
+    let t0 = Instant::now();
+    let lab = Lab::start(LabConfig { guests, traffic: true, nova_metadata: true, ..LabConfig::default() })
+        .context("building the lab")?;
+    println!(
+        "demo: lab up in {:.1} s — hypervisor namespace {}, bridge {}, uplink {} → switch namespace {} (gateway {})",
+        t0.elapsed().as_secs_f64(),
+        lab.hv_ns,
+        lab.bridge,
+        lab.uplink,
+        lab.switch_ns,
+        lab.gateway_ip
+    );
+    for g in &lab.guests {
+        println!("demo:   guest {} {} on port {} ({})", g.name, g.ip, g.host_port, g.mac);
+    }
+    println!("demo: libvirt test driver: {}", lab.libvirt_uri());
+
+    let state_dir = tempfile::tempdir().context("state dir")?;
+    let exe = std::env::current_exe().context("locating the hvflight binary")?;
+    let mut child = Command::new(exe)
+        .args(["run", "--print", "--netns", &lab.hv_ns, "--libvirt-uri", &lab.libvirt_uri()])
+        .arg("--state-dir")
+        .arg(state_dir.path())
+        .arg("--socket")
+        .arg(state_dir.path().join("hvflight.sock"))
+        .args(["--interval-ms", &interval_ms.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the agent")?;
+    let stdout = child.stdout.take().context("agent stdout")?;
+    let agent = AgentChild(child);
+    let relay = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("  agent │ {line}");
+        }
+    });
+
+    let faults: Vec<(Fault, &str)> = vec![
+        (Fault::PortDisabled { port: lab.uplink.clone() }, "uplink bridge port leaves forwarding (F8)"),
+        (Fault::UplinkDown, "uplink peer down on the switch side (F2)"),
+        (Fault::FdbHijack { guest: 0 }, "guest 0's MAC pinned on the uplink in the FDB (F6)"),
+    ];
+    let mut ok = pause(phase_s, &stop);
+    for (fault, what) in &faults {
+        if !ok {
+            break;
+        }
+        println!("demo: ── injecting: {what}");
+        lab.inject(fault).with_context(|| format!("injecting {what}"))?;
+        ok = pause(phase_s, &stop);
+        let reach = lab.ping_from_guest(0, 1);
+        println!("demo:    guest 0 → gateway ping: {}", if reach { "answered" } else { "NO ANSWER" });
+        println!("demo: ── reverting: {what}");
+        lab.revert(fault).with_context(|| format!("reverting {what}"))?;
+        ok = ok && pause(phase_s, &stop);
+    }
+
+    drop(agent);
+    let _ = relay.join();
+    let names = lab.namespaces();
+    drop(lab);
+    let left: Vec<String> = crate::lab::list_namespaces().into_iter().filter(|n| names.contains(n)).collect();
+    if left.is_empty() {
+        println!("demo: lab torn down, no namespace left behind");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("demo: namespaces left behind: {left:?}");
+        Ok(ExitCode::FAILURE)
+    }
 }

@@ -31,7 +31,7 @@ fn init_logging(filter: &str) {
 
 fn dispatch(cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Run { opts, print, count } => run(&opts, print, count),
+        Command::Run { opts, print, json, count } => run(&opts, print, json, count),
         Command::Sample { opts, once, json, count } => sample(&opts, once, json, count),
         Command::Demo { guests, short, interval_ms } => hvflight::demo::run(guests, short, interval_ms),
         Command::Config { command: ConfigCommand::Default } => {
@@ -63,7 +63,7 @@ fn shutdown_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn run(opts: &AgentOpts, print: bool, count: Option<u64>) -> Result<ExitCode> {
+fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<ExitCode> {
     let resolved = prepare(opts)?;
     let shutdown = shutdown_flag()?;
     let mut agent = Agent::new(resolved.config);
@@ -76,12 +76,12 @@ fn run(opts: &AgentOpts, print: bool, count: Option<u64>) -> Result<ExitCode> {
     );
     let mut out = std::io::stdout().lock();
     agent.run(&shutdown, count, |o| {
-        if !print {
-            return;
-        }
-        let line = match o {
-            Output::Sample { sample, model } => print::sample_line(sample, model),
-            Output::Event(e) => print::event_line(e),
+        let line = match (o, print, json) {
+            (Output::Sample { sample, model }, true, _) => print::sample_line(sample, model),
+            (Output::Event(e), true, _) => print::event_line(e),
+            (Output::Sample { sample, .. }, _, true) => print::sample_json(sample),
+            (Output::Event(e), _, true) => serde_json::to_string(e).unwrap_or_default(),
+            _ => return,
         };
         use std::io::Write;
         // A closed stdout (e.g. `| head`) must not kill the agent.

@@ -105,6 +105,17 @@ pub fn sample_line(s: &Sample, m: &Model) -> String {
     out
 }
 
+/// A raw sample as one JSON line, tagged `"kind": "sample"` like events are.
+pub fn sample_json(s: &Sample) -> String {
+    match serde_json::to_value(s) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.insert("kind".into(), "sample".into());
+            serde_json::Value::Object(m).to_string()
+        }
+        _ => String::new(),
+    }
+}
+
 pub fn event_line(e: &Event) -> String {
     let t = hms(e.ts_unix_ns);
     match &e.kind {
@@ -136,7 +147,7 @@ pub fn event_line(e: &Event) -> String {
         }
         EventKind::Kmsg { text, tags, .. } => {
             let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join(",")) };
-            format!("{t} KERNEL{tags} {text}")
+            format!("{t} KERNEL{tags} {}", text.replace('\n', " "))
         }
         EventKind::Libvirt { domain, event, detail, .. } => {
             format!("{t} EVENT libvirt {domain} {event} {detail}")

@@ -44,6 +44,9 @@ struct State {
 
 impl LibvirtWorker {
     pub fn start(uri: String, reconnect: Duration, xml_refresh: Duration) -> LibvirtWorker {
+        // libvirt prints every error to stderr by default; ours are recorded
+        // in the sample instead.
+        virt::error::clear_error_callback();
         let (tx, rx) = mpsc::channel::<Sender<Reply>>();
         let mut st = State { uri: uri.clone(), conn: None, last_attempt: None, reconnect, xml_refresh, xml_cache: HashMap::new() };
         let spawned = std::thread::Builder::new().name("hvflight-libvirt".into()).spawn(move || {
