@@ -82,6 +82,17 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
     },
+    /// Build a namespace lab and keep it until interrupted (for benchmarks and
+    /// manual experiments); prints one JSON line describing it.
+    Lab {
+        #[arg(long, default_value_t = 4)]
+        guests: usize,
+        #[arg(long, default_value_t = 0)]
+        tap_guests: usize,
+        /// Guests ping the gateway once a second.
+        #[arg(long)]
+        traffic: bool,
+    },
     /// Validate or print the configuration.
     Config {
         #[command(subcommand)]

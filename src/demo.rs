@@ -129,3 +129,40 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
         Ok(ExitCode::FAILURE)
     }
 }
+
+/// `hvflight lab`: builds a lab, prints it as one JSON line, and holds it
+/// until SIGINT/SIGTERM (or stdin closes), then tears it down.
+pub fn hold_lab(guests: usize, tap_guests: usize, traffic: bool) -> Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    crate::lab::cleanup_stale();
+    let t0 = Instant::now();
+    let lab = Lab::start(LabConfig { guests, tap_guests, traffic, nova_metadata: true, ..LabConfig::default() })?;
+    let desc = serde_json::json!({
+        "hv_ns": lab.hv_ns,
+        "switch_ns": lab.switch_ns,
+        "bridge": lab.bridge,
+        "uplink": lab.uplink,
+        "libvirt_uri": lab.libvirt_uri(),
+        "guests": lab.guests.len(),
+        "build_ms": t0.elapsed().as_millis() as u64,
+    });
+    println!("{desc}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // stdin closing (the caller went away) also ends the lab.
+    let stdin_closed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stdin_closed);
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        flag.store(true, Ordering::Relaxed);
+    });
+    while !stop.load(Ordering::Relaxed) && !stdin_closed.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(lab);
+    Ok(ExitCode::SUCCESS)
+}

@@ -34,6 +34,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         Command::Run { opts, print, json, count } => run(&opts, print, json, count),
         Command::Sample { opts, once, json, count } => sample(&opts, once, json, count),
         Command::Demo { guests, short, interval_ms } => hvflight::demo::run(guests, short, interval_ms),
+        Command::Lab { guests, tap_guests, traffic } => hvflight::demo::hold_lab(guests, tap_guests, traffic),
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", config::DEFAULT_FILE);
             Ok(ExitCode::SUCCESS)

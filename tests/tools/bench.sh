@@ -1,0 +1,79 @@
+#!/bin/bash
+# Cost of `hvflight run` on a namespace lab: CPU per sample (utime+stime from
+# /proc), time per sample (the sample's own duration_us), peak RSS (VmHWM).
+# Usage: bench.sh [GUESTS...]   (default: 50)   DURATION_S=60 to change the run.
+# Writes bench/out/results.json and prints a table.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=./target/release/hvflight
+DURATION_S=${DURATION_S:-60}
+WARMUP_S=${WARMUP_S:-5}
+GUESTS=("$@")
+[ ${#GUESTS[@]} -eq 0 ] && GUESTS=(50)
+OUT=bench/out
+mkdir -p "$OUT"
+HZ=$(getconf CLK_TCK)
+results=()
+
+for n in "${GUESTS[@]}"; do
+  work=$(mktemp -d)
+  # The lab lives as long as its stdin stays open.
+  mkfifo "$work/lab.in"
+  "$BIN" lab --guests "$n" --traffic < "$work/lab.in" > "$work/lab.json" &
+  labpid=$!
+  exec 7> "$work/lab.in"
+  for _ in $(seq 1 300); do [ -s "$work/lab.json" ] && break; sleep 0.1; done
+  hv=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["hv_ns"])' "$work/lab.json")
+  uri=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["libvirt_uri"])' "$work/lab.json")
+  echo "bench: lab of $n guests up ($hv); running the agent for ${DURATION_S}s after ${WARMUP_S}s warm-up" >&2
+
+  "$BIN" run --json --netns "$hv" --libvirt-uri "$uri" --state-dir "$work/state" \
+    --socket "$work/sock" > "$work/agent.jsonl" 2>"$work/agent.err" &
+  apid=$!
+  sleep "$WARMUP_S"
+  read -r u0 s0 < <(awk '{print $14, $15}' /proc/$apid/stat)
+  c0=$(grep -c '"kind":"sample"' "$work/agent.jsonl" || true)
+  sleep "$DURATION_S"
+  read -r u1 s1 < <(awk '{print $14, $15}' /proc/$apid/stat)
+  c1=$(grep -c '"kind":"sample"' "$work/agent.jsonl" || true)
+  hwm_kb=$(awk '/VmHWM/ {print $2}' /proc/$apid/status)
+  threads=$(awk '/Threads/ {print $2}' /proc/$apid/status)
+  kill -TERM $apid; wait $apid || true
+  exec 7>&-
+  wait $labpid || true
+
+  res=$(python3 - "$work/agent.jsonl" "$n" "$u0" "$s0" "$u1" "$s1" "$c0" "$c1" "$hwm_kb" "$HZ" "$threads" <<'PY'
+import json, sys
+path, n, u0, s0, u1, s1, c0, c1, hwm, hz, threads = sys.argv[1:]
+samples = [json.loads(l) for l in open(path) if '"kind":"sample"' in l]
+d = sorted(s["duration_us"] for s in samples[int(c0):int(c1)])
+lag = sorted(s.get("lag_us", 0) for s in samples[int(c0):int(c1)])
+cpu_ms = (int(u1) + int(s1) - int(u0) - int(s0)) * 1000 / int(hz)
+k = max(1, int(c1) - int(c0))
+pct = lambda v, p: v[min(len(v) - 1, int(len(v) * p))] if v else 0
+links = len(samples[-1].get("links") or [])
+print(json.dumps({
+  "guests": int(n), "links": links, "samples": k,
+  "cpu_ms_per_sample": round(cpu_ms / k, 3),
+  "sample_duration_us_p50": pct(d, .5), "sample_duration_us_p99": pct(d, .99),
+  "lag_us_p99": pct(lag, .99),
+  "peak_rss_kib": int(hwm), "threads": int(threads),
+  "failures": sorted({f["collector"] for s in samples for f in s.get("failures", [])}),
+}))
+PY
+)
+  results+=("$res")
+  rm -rf "$work"
+done
+
+printf '%s\n' "${results[@]}" | python3 -c '
+import json, sys, platform, os
+rows = [json.loads(l) for l in sys.stdin]
+doc = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count()}, "hvflight": rows}
+open("bench/out/results.json", "w").write(json.dumps(doc, indent=2) + "\n")
+print(f"{\"guests\":>7} {\"links\":>6} {\"samples\":>8} {\"cpu ms/sample\":>14} {\"dur p50 µs\":>11} {\"dur p99 µs\":>11} {\"lag p99 µs\":>11} {\"peak RSS MiB\":>13}")
+for r in rows:
+    print(f"{r[\"guests\"]:>7} {r[\"links\"]:>6} {r[\"samples\"]:>8} {r[\"cpu_ms_per_sample\"]:>14} {r[\"sample_duration_us_p50\"]:>11} {r[\"sample_duration_us_p99\"]:>11} {r[\"lag_us_p99\"]:>11} {r[\"peak_rss_kib\"]/1024:>13.1f}")
+    if r["failures"]:
+        print("   collector failures:", ", ".join(r["failures"]))
+'
