@@ -263,3 +263,29 @@ fn interfaces_vanishing_while_sampling_never_crash_the_agent_needs_root() {
     assert_eq!(samples, 60);
     assert!(rounds > 0);
 }
+
+#[test]
+fn bridges_default_to_libvirts_and_ip_netns_exec_works_needs_root() {
+    let lab = Lab::start(LabConfig { guests: 1, ..Default::default() }).unwrap();
+    lab::run(&["ip", "-n", &lab.hv_ns, "link", "add", "br9", "type", "bridge"]).unwrap();
+    let names = |s: &Sample| s.bridges.as_ref().unwrap().iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+    // libvirt's domains use br0 only.
+    assert_eq!(names(&lab_sample(&lab)), vec!["br0"]);
+    // Explicit --bridge wins.
+    let s = sample_in(&lab.hv_ns, &["--libvirt-uri", &lab.libvirt_uri(), "--bridge", "br9"]);
+    assert_eq!(names(&s), vec!["br9"]);
+    // libvirt unreachable: all bridges.
+    let s = sample_in(&lab.hv_ns, &["--libvirt-uri", "qemu:///system?socket=/nonexistent"]);
+    let mut all = names(&s);
+    all.sort();
+    assert_eq!(all, vec!["br0", "br9"]);
+    // `ip netns exec NS hvflight …` (what operators type) sees the same bridge.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.hv_ns, env!("CARGO_BIN_EXE_hvflight"), "sample", "--once", "--json", "--libvirt-uri", &lab.libvirt_uri()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: Sample = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(names(&s), vec!["br0"]);
+    assert!(s.link(&lab.guests[0].host_port).is_some());
+}

@@ -96,8 +96,28 @@ impl Sampler {
                 });
             }
         }
+        if self.ctx.bridges.is_empty() {
+            scope_to_libvirt_bridges(&mut sample);
+        }
         sample.duration_us = started.elapsed().as_micros() as u64;
         sample
+    }
+}
+
+/// With no bridges configured, watch the bridges libvirt's domains use —
+/// else all bridges (a host whose libvirt is down still gets sampled).
+/// Links stay complete: an uplink may sit under a bond or VLAN.
+pub fn scope_to_libvirt_bridges(sample: &mut Sample) {
+    let Some(lv) = &sample.libvirt else { return };
+    let used: Vec<&str> = lv.domains.iter().flat_map(|d| &d.vnics).map(|v| v.bridge.as_str()).collect();
+    let Some(bridges) = &mut sample.bridges else { return };
+    if !bridges.iter().any(|b| used.contains(&b.name.as_str())) {
+        return;
+    }
+    bridges.retain(|b| used.contains(&b.name.as_str()));
+    let kept: Vec<u32> = bridges.iter().map(|b| b.ifindex).collect();
+    if let Some(fdb) = &mut sample.fdb {
+        fdb.retain(|e| e.master.is_none_or(|m| kept.contains(&m)));
     }
 }
 

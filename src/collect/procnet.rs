@@ -90,8 +90,17 @@ impl Collector for SystemCollector {
     }
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
         let root = &ctx.proc_root;
-        let si = procfs::current_system_info();
-        let stat = procfs::KernelStats::from_read(open(root, "stat")?, si).map_err(|e| procfs_err(root, "stat", e))?;
+        // Explicit, from sysconf: procfs's own lookup reads the aux vector
+        // through rustix, which crashes under valgrind (our profiler).
+        // SAFETY: sysconf with valid names has no preconditions.
+        let (tps, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let si = procfs::ExplicitSystemInfo {
+            boot_time_secs: 0,
+            ticks_per_second: tps.max(1) as u64,
+            page_size: page.max(1) as u64,
+            is_little_endian: cfg!(target_endian = "little"),
+        };
+        let stat = procfs::KernelStats::from_read(open(root, "stat")?, &si).map_err(|e| procfs_err(root, "stat", e))?;
         let t = &stat.total;
         let mut s = System {
             cpu: CpuTimes {

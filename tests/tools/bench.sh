@@ -66,14 +66,16 @@ PY
   rm -rf "$work"
 done
 
-printf '%s\n' "${results[@]}" | python3 -c '
+printf '%s\n' "${results[@]}" > "$OUT/rows.jsonl"
+python3 - "$OUT/rows.jsonl" <<'PY'
 import json, sys, platform, os
-rows = [json.loads(l) for l in sys.stdin]
+rows = [json.loads(l) for l in open(sys.argv[1])]
 doc = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count()}, "hvflight": rows}
 open("bench/out/results.json", "w").write(json.dumps(doc, indent=2) + "\n")
-print(f"{\"guests\":>7} {\"links\":>6} {\"samples\":>8} {\"cpu ms/sample\":>14} {\"dur p50 µs\":>11} {\"dur p99 µs\":>11} {\"lag p99 µs\":>11} {\"peak RSS MiB\":>13}")
+cols = ["guests", "links", "samples", "cpu_ms_per_sample", "sample_duration_us_p50", "sample_duration_us_p99", "lag_us_p99", "peak_rss_kib", "threads"]
+print(" ".join(f"{c:>22}" for c in cols))
 for r in rows:
-    print(f"{r[\"guests\"]:>7} {r[\"links\"]:>6} {r[\"samples\"]:>8} {r[\"cpu_ms_per_sample\"]:>14} {r[\"sample_duration_us_p50\"]:>11} {r[\"sample_duration_us_p99\"]:>11} {r[\"lag_us_p99\"]:>11} {r[\"peak_rss_kib\"]/1024:>13.1f}")
+    print(" ".join(f"{r[c]:>22}" for c in cols))
     if r["failures"]:
         print("   collector failures:", ", ".join(r["failures"]))
-'
+PY
