@@ -20,11 +20,12 @@ pub struct LinksCollector {
     timeout: Duration,
     /// Also fill the `bridges` section (config: "bridge" not disabled).
     with_bridges: bool,
+    last_count: usize,
 }
 
 impl LinksCollector {
     pub fn new(timeout: Duration, with_bridges: bool) -> Self {
-        LinksCollector { socket: None, timeout, with_bridges }
+        LinksCollector { socket: None, timeout, with_bridges, last_count: 64 }
     }
 }
 
@@ -170,6 +171,37 @@ pub fn port_from(link: &Link, info: &[InfoBridgePort]) -> BridgePort {
     p
 }
 
+/// Decodes one RTM_NEWLINK payload, but only the attributes a sample keeps:
+/// the kernel also sends per-family configuration and IPv6 statistics
+/// (IFLA_AF_SPEC, most of each message) that would cost more to decode than
+/// everything else together.
+pub fn parse_link_payload(payload: &[u8]) -> Option<LinkMessage> {
+    use netlink_packet_core::{NlaBuffer, NlasIterator, ParseableParametrized};
+    use netlink_packet_route::link::{LinkFlags, LinkHeader};
+    use netlink_packet_route::AddressFamily;
+    const WANTED: &[u16] = &[1, 3, 4, 5, 10, 13, 16, 18, 23, 33, 35];
+    // IFLA_ADDRESS, IFNAME, MTU, LINK, MASTER, TXQLEN, OPERSTATE, LINKINFO, STATS64, CARRIER, CARRIER_CHANGES
+    if payload.len() < 16 {
+        return None;
+    }
+    let mut m = LinkMessage::default();
+    let mut header = LinkHeader::default();
+    header.index = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
+    header.flags = LinkFlags::from_bits_retain(u32::from_ne_bytes(payload[8..12].try_into().ok()?));
+    m.header = header;
+    for nla in NlasIterator::new(&payload[16..]) {
+        let Ok(nla) = nla else { break };
+        if !WANTED.contains(&nla.kind()) {
+            continue;
+        }
+        let nla: NlaBuffer<&[u8]> = nla;
+        if let Ok(a) = LinkAttribute::parse_with_param(&nla, AddressFamily::Unspec) {
+            m.attributes.push(a);
+        }
+    }
+    Some(m)
+}
+
 /// Builds the links and bridges sections from a link dump. `wanted`
 /// restricts bridges (empty = all).
 pub fn sections(msgs: &[RouteNetlinkMessage], wanted: &[String]) -> (Vec<Link>, Vec<Bridge>) {
@@ -208,13 +240,28 @@ impl Collector for LinksCollector {
         }
         let socket = self.socket.as_mut().expect("just set");
         let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
-        let msgs = match socket.dump("link", req) {
-            Ok(m) => m,
-            Err(e) => {
-                self.socket = None; // reopen next time: a timed-out socket may hold stale replies
-                return Err(e);
-            }
+        let mut msgs: Vec<RouteNetlinkMessage> = Vec::with_capacity(self.last_count);
+        let res = {
+            let msgs_cell = std::cell::RefCell::new(&mut msgs);
+            socket.dump_raw(
+                "link",
+                req,
+                &mut || msgs_cell.borrow_mut().clear(),
+                &mut |ty, payload| {
+                    if ty == 16 {
+                        // RTM_NEWLINK
+                        if let Some(m) = parse_link_payload(payload) {
+                            msgs_cell.borrow_mut().push(RouteNetlinkMessage::NewLink(m));
+                        }
+                    }
+                },
+            )
         };
+        if let Err(e) = res {
+            self.socket = None; // reopen next time: a timed-out socket may hold stale replies
+            return Err(e);
+        }
+        self.last_count = msgs.len();
         let (links, bridges) = sections(&msgs, &ctx.bridges);
         sample.links = Some(links);
         if self.with_bridges {

@@ -71,6 +71,89 @@ impl RouteSocket {
         Ok(first.0)
     }
 
+    /// Like `dump`, but hands each reply's raw payload (after the netlink
+    /// header) to `f` instead of decoding it, so a caller can decode only
+    /// the attributes it needs. Retries an interrupted dump once (calling
+    /// `f` again for the second pass: `reset` is called before each pass).
+    pub fn dump_raw(
+        &mut self,
+        what: &str,
+        msg: RouteNetlinkMessage,
+        reset: &mut dyn FnMut(),
+        f: &mut dyn FnMut(u16, &[u8]),
+    ) -> Result<(), CollectError> {
+        reset();
+        if self.dump_raw_once(what, msg.clone(), f)? {
+            reset();
+            self.dump_raw_once(what, msg, f)?;
+        }
+        Ok(())
+    }
+
+    fn send_request(&mut self, what: &str, msg: RouteNetlinkMessage) -> Result<(), CollectError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.seq;
+        let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        req.finalize();
+        let mut out = vec![0u8; req.buffer_len()];
+        req.serialize(&mut out);
+        self.socket.send(&out, 0).map_err(|e| err(what, format!("send: {e}")))?;
+        Ok(())
+    }
+
+    fn dump_raw_once(
+        &mut self,
+        what: &str,
+        msg: RouteNetlinkMessage,
+        f: &mut dyn FnMut(u16, &[u8]),
+    ) -> Result<bool, CollectError> {
+        const NLMSG_ERROR: u16 = 2;
+        const NLMSG_DONE: u16 = 3;
+        self.send_request(what, msg)?;
+        let mut interrupted = false;
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(CollectError::Timeout { what: format!("netlink {what} dump"), ms: 0 })
+                }
+                Err(e) => return Err(err(what, format!("recv: {e}"))),
+            };
+            let mut off = 0;
+            while off + 16 <= n {
+                let b = &self.buf[off..n];
+                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                let ty = u16::from_ne_bytes([b[4], b[5]]);
+                let flags = u16::from_ne_bytes([b[6], b[7]]);
+                let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+                if len < 16 || len > b.len() {
+                    return Err(err(what, format!("malformed message at offset {off}")));
+                }
+                let payload = &b[16..len];
+                off += (len + 3) & !3;
+                if seq != self.seq {
+                    continue;
+                }
+                if flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(interrupted),
+                    NLMSG_ERROR => {
+                        let code = payload.get(..4).map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]])).unwrap_or(0);
+                        if code != 0 {
+                            return Err(err(what, std::io::Error::from_raw_os_error(-code)));
+                        }
+                        return Ok(interrupted);
+                    }
+                    _ => f(ty, payload),
+                }
+            }
+        }
+    }
+
     fn dump_once(
         &mut self,
         what: &str,
