@@ -93,6 +93,26 @@ pub enum Command {
         #[arg(long)]
         traffic: bool,
     },
+    /// What the store holds for a time range (works without the agent, and while it runs).
+    History {
+        #[command(flatten)]
+        opts: AgentOpts,
+        /// Start: a duration ago (10m, 90s, 2h) or a UTC time (2026-11-24T04:30:00Z).
+        #[arg(long, default_value = "10m")]
+        since: String,
+        /// End (same forms); default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this interface (rates per second), and its events.
+        #[arg(long)]
+        iface: Option<String>,
+        /// Only this domain's vNICs (name or UUID).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Raw records as JSON lines (samples tagged "kind": "sample").
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate or print the configuration.
     Config {
         #[command(subcommand)]

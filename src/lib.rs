@@ -18,5 +18,6 @@ pub mod events;
 pub mod kernel;
 pub mod lab;
 pub mod model;
+pub mod store;
 pub mod sample;
 pub mod source;

@@ -34,6 +34,9 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         Command::Run { opts, print, json, count } => run(&opts, print, json, count),
         Command::Sample { opts, once, json, count } => sample(&opts, once, json, count),
         Command::Demo { guests, short, interval_ms } => hvflight::demo::run(guests, short, interval_ms),
+        Command::History { opts, since, until, iface, domain, json } => {
+            history(&opts, &since, until.as_deref(), iface, domain, json)
+        }
         Command::Lab { guests, tap_guests, traffic } => hvflight::demo::hold_lab(guests, tap_guests, traffic),
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", config::DEFAULT_FILE);
@@ -75,8 +78,25 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
         unknown_config_keys = resolved.unknown.len(),
         "agent running"
     );
+    let mut store = open_store(&agent.config);
+    let mut pending: Vec<hvflight::sample::Event> = Vec::new();
     let mut out = std::io::stdout().lock();
     agent.run(&shutdown, count, |o| {
+        if let Some(w) = store.as_mut() {
+            let r = match &o {
+                Output::Event(e) => {
+                    pending.push((*e).clone());
+                    Ok(true)
+                }
+                Output::Sample { sample, .. } => w
+                    .write_events(&pending)
+                    .and_then(|_| w.write_sample(sample))
+                    .inspect(|_| pending.clear()),
+            };
+            if let Err(e) = r {
+                tracing::error!(error = %e, "store write failed");
+            }
+        }
         let line = match (o, print, json) {
             (Output::Sample { sample, model }, true, _) => print::sample_line(sample, model),
             (Output::Event(e), true, _) => print::event_line(e),
@@ -88,6 +108,60 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
         // A closed stdout (e.g. `| head`) must not kill the agent.
         let _ = writeln!(out, "{line}").and_then(|_| out.flush());
     });
+    if let Some(w) = store.as_mut() {
+        let _ = w.write_events(&pending);
+        w.sync_now();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_store(cfg: &config::Config) -> Option<hvflight::store::StoreWriter> {
+    let wc = hvflight::store::WriterConfig::from_config(cfg, &agent::hostname(cfg));
+    let dir = wc.dir.clone();
+    match hvflight::store::StoreWriter::open(wc) {
+        Ok(w) => {
+            tracing::info!(dir = %dir.display(), "store open");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store unavailable: sampling goes on, nothing is recorded on disk");
+            None
+        }
+    }
+}
+
+fn history(
+    opts: &AgentOpts,
+    since: &str,
+    until: Option<&str>,
+    iface: Option<String>,
+    domain: Option<String>,
+    json: bool,
+) -> Result<ExitCode> {
+    let resolved = agent::resolve(opts)?;
+    let now = hvflight::clock::now().unix_ns;
+    let since_ns = hvflight::store::history::parse_time(since, now).map_err(|e| anyhow::anyhow!("--since {e}"))?;
+    let until_ns = match until {
+        Some(u) => hvflight::store::history::parse_time(u, now).map_err(|e| anyhow::anyhow!("--until {e}"))?,
+        None => i64::MAX,
+    };
+    let dir = resolved.config.agent.state_dir.join("store");
+    if !dir.is_dir() {
+        anyhow::bail!("no store at {} (is --state-dir right? has the agent run here?)", dir.display());
+    }
+    let q = hvflight::store::history::HistoryQuery { since_ns, until_ns, iface, domain, json };
+    let mut out = std::io::stdout().lock();
+    let (shown, warnings) = match hvflight::store::history::history(&dir, &q, &mut out) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        Err(e) => return Err(e.into()),
+    };
+    for w in &warnings {
+        eprintln!("hvflight history: warning: {w}");
+    }
+    if shown == 0 {
+        eprintln!("hvflight history: nothing recorded in that range");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
