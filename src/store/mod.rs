@@ -3,8 +3,10 @@
 //!
 //! # On-disk format (version 1) — also in docs/store-format.md
 //!
-//! A store is a directory of segment files `seg-<first wall ms, 16 digits>-<pid>-<n>.hvs`,
-//! written append-only, one active segment per writer. A writer never
+//! A store is a directory of segment files `seg-<sequence, 8 digits>-<first
+//! record's wall time in ms, 16 digits>.hvs`, written append-only, one active
+//! segment per writer; the sequence orders them even across clock steps, and
+//! a clock step starts a new segment so wall time only rises within one. A writer never
 //! appends to a segment it did not create: after a restart (or a crash) it
 //! starts a new one, so a torn tail is only ever at the end of a closed file.
 //!

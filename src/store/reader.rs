@@ -45,15 +45,17 @@ pub fn read_range(dir: &Path, since_ns: i64, until_ns: i64) -> (Vec<Record>, Rea
     let mut report = ReadReport::default();
     let segs = segments(dir);
     for (i, seg) in segs.iter().enumerate() {
-        // Skip files wholly outside the range (by the next file's start time).
-        // Wall time can step backwards, so only skip by names when ordered.
-        let start = start_ms(seg).unwrap_or(0) as i128 * 1_000_000;
-        let next_start = segs.get(i + 1).and_then(|n| start_ms(n)).map(|ms| ms as i128 * 1_000_000);
-        if start > until_ns as i128 && next_start.is_none_or(|n| n >= start) {
+        // Skip files wholly outside the range. Wall time only rises inside
+        // a segment (the writer rotates on a clock step), so a segment that
+        // starts after `until` holds nothing in range, and one whose
+        // successor starts before `since` (without a step between) neither.
+        let start = start_ms(seg).unwrap_or(i64::MIN / 1_000_000) as i128 * 1_000_000;
+        if start > until_ns as i128 + 1_000_000_000 {
             continue;
         }
+        let next_start = segs.get(i + 1).and_then(|n| start_ms(n)).map(|ms| ms as i128 * 1_000_000);
         if let Some(n) = next_start {
-            if n < since_ns as i128 && n >= start {
+            if n >= start && n + 1_000_000_000 < since_ns as i128 {
                 continue;
             }
         }

@@ -111,12 +111,10 @@ impl StoreWriter {
 
     fn new_segment(&mut self, ts_unix_ns: i64) -> Result<(), StoreError> {
         self.close_active();
-        let name = format!(
-            "seg-{:016}-{}-{}.hvs",
-            (ts_unix_ns.max(0) / 1_000_000),
-            std::process::id(),
-            self.n_segments
-        );
+        // Sequence first: file order is write order even when the wall
+        // clock steps backwards; the first record's wall time second.
+        let seq = segments(&self.cfg.dir).last().and_then(|p| seq_of(p)).map_or(1, |n| n + 1);
+        let name = format!("seg-{seq:08}-{:016}.hvs", ts_unix_ns.max(0) / 1_000_000);
         self.n_segments += 1;
         let path = self.cfg.dir.join(name);
         let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(|e| io(&path, e))?;
@@ -230,8 +228,10 @@ impl StoreWriter {
 
     /// Writes one sample; returns false if it was dropped (disk full).
     pub fn write_sample(&mut self, s: &Sample) -> Result<bool, StoreError> {
-        self.check_clock(s.ts_unix_ns, s.mono_ns)?;
-        if self.needs_new_segment() {
+        let jumped = self.check_clock(s.ts_unix_ns, s.mono_ns)?;
+        // A new segment after a clock step keeps wall time monotonic inside
+        // each segment, which is what lets readers skip segments by name.
+        if self.needs_new_segment() || jumped {
             self.new_segment(s.ts_unix_ns)?;
             self.enforce_retention(s.ts_unix_ns);
         }
@@ -269,8 +269,10 @@ impl StoreWriter {
         Ok(w)
     }
 
-    /// Records a wall-clock step (wall − monotonic moved by more than 1 s).
-    fn check_clock(&mut self, unix_ns: i64, mono_ns: u64) -> Result<(), StoreError> {
+    /// Records a wall-clock step (wall − monotonic moved by more than 1 s);
+    /// true if there was one.
+    fn check_clock(&mut self, unix_ns: i64, mono_ns: u64) -> Result<bool, StoreError> {
+        let mut jumped = false;
         let offset = unix_ns - mono_ns as i64;
         if let Some(prev) = self.last_offset_ns {
             let jump = offset - prev;
@@ -285,10 +287,11 @@ impl StoreWriter {
                 };
                 tracing::warn!(jump_s = jump as f64 / 1e9, "wall clock stepped");
                 self.write_events(&[ev])?;
+                jumped = true;
             }
         }
         self.last_offset_ns = Some(offset);
-        Ok(())
+        Ok(jumped)
     }
 
     fn maybe_sync(&mut self) {
@@ -315,7 +318,12 @@ impl Drop for StoreWriter {
     }
 }
 
+/// The write-order sequence number of a segment, from its name.
+pub fn seq_of(p: &Path) -> Option<u64> {
+    p.file_name()?.to_str()?.strip_prefix("seg-")?.split('-').next()?.parse().ok()
+}
+
 /// The first wall time (ms) of a segment, from its name.
 pub fn start_ms(p: &Path) -> Option<i64> {
-    p.file_name()?.to_str()?.strip_prefix("seg-")?.split('-').next()?.parse().ok()
+    p.file_name()?.to_str()?.strip_prefix("seg-")?.split('-').nth(1)?.trim_end_matches(".hvs").parse().ok()
 }

@@ -1,0 +1,373 @@
+//! The flight-recorder store under the faults it exists to survive:
+//! SIGKILL, torn writes, corrupt bytes, a full disk, clock steps — and the
+//! format kept readable across versions.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hvflight::sample::{Event, EventKind, Link, LinkStats, Sample};
+use hvflight::store::reader::read_segment;
+use hvflight::store::writer::segments;
+use hvflight::store::{read_range, ReadReport, Record, StoreWriter, WriterConfig};
+
+fn cfg(dir: &Path) -> WriterConfig {
+    WriterConfig {
+        dir: dir.to_path_buf(),
+        host: "node1".into(),
+        max_bytes: 1 << 30,
+        max_age_s: 48 * 3600,
+        segment_bytes: 64 << 20,
+        sync_interval: Duration::from_millis(100),
+        min_free_bytes: 0,
+        zstd_level: 3,
+    }
+}
+
+/// A sample like a 1 Hz agent's on a host with `n` vNICs.
+fn sample(seq: u64, n: usize, t_s: i64) -> Sample {
+    let links = (0..n)
+        .map(|i| Link {
+            ifindex: i as u32 + 2,
+            name: format!("vnet{i}"),
+            kind: "tun".into(),
+            master: Some(1),
+            mac: format!("fe:54:00:00:{:02x}:{:02x}", i / 256, i % 256),
+            mtu: 1500,
+            operstate: "up".into(),
+            admin_up: true,
+            carrier: Some(true),
+            carrier_changes: Some(2),
+            txqlen: Some(1000),
+            stats: LinkStats {
+                rx_packets: seq * 10 + i as u64,
+                tx_packets: seq * 12 + i as u64,
+                rx_bytes: seq * 1200 + i as u64 * 7,
+                tx_bytes: seq * 1500 + i as u64 * 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .collect();
+    Sample {
+        version: 1,
+        seq,
+        ts_unix_ns: t_s * 1_000_000_000,
+        mono_ns: seq * 1_000_000_000,
+        boot_ns: seq * 1_000_000_000,
+        host: "node1".into(),
+        links: Some(links),
+        ..Default::default()
+    }
+}
+
+fn samples_of(records: &[Record]) -> Vec<&Sample> {
+    records.iter().filter_map(|r| if let Record::Sample(s) = r { Some(s.as_ref()) } else { None }).collect()
+}
+
+const T0: i64 = 1_795_000_000;
+
+#[test]
+fn round_trip_with_events_and_keyframes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = StoreWriter::open(cfg(dir.path())).unwrap();
+    for i in 0..150 {
+        let s = sample(i, 20, T0 + i as i64);
+        w.write_sample(&s).unwrap();
+        let ev = Event { ts_unix_ns: s.ts_unix_ns + 1, mono_ns: s.mono_ns + 1, kind: EventKind::Agent { what: format!("e{i}"), detail: String::new() } };
+        w.write_events(&[ev]).unwrap();
+    }
+    drop(w);
+    let (recs, report) = read_range(dir.path(), i64::MIN, i64::MAX);
+    assert!(report.warnings.is_empty() && report.torn_tails.is_empty(), "{report:?}");
+    let s = samples_of(&recs);
+    assert_eq!(s.len(), 150);
+    assert_eq!(*s[149], sample(149, 20, T0 + 149));
+    assert_eq!(recs.iter().filter(|r| matches!(r, Record::Events(_))).count(), 150);
+    // A range in the middle.
+    let (recs, _) = read_range(dir.path(), (T0 + 100) * 1_000_000_000, (T0 + 109) * 1_000_000_000);
+    let s = samples_of(&recs);
+    assert_eq!(s.iter().map(|s| s.seq).collect::<Vec<_>>(), (100..110).collect::<Vec<_>>());
+}
+
+fn write_store(dir: &Path, n: u64) -> PathBuf {
+    let mut w = StoreWriter::open(cfg(dir)).unwrap();
+    for i in 0..n {
+        w.write_sample(&sample(i, 10, T0 + i as i64)).unwrap();
+    }
+    drop(w);
+    segments(dir).remove(0)
+}
+
+#[test]
+fn torn_writes_recover_every_complete_record() {
+    use hvflight::store::format::{decode_frame_header, decode_header, FRAME_HEADER_LEN};
+    let dir = tempfile::tempdir().unwrap();
+    let seg = write_store(dir.path(), 130);
+    let full = std::fs::read(&seg).unwrap();
+    // Where each record ends, from the intact file.
+    let (_, mut off) = decode_header(&full).unwrap();
+    let header_end = off;
+    let mut ends = Vec::new();
+    while let Some(h) = decode_frame_header(&full[off..]) {
+        off += FRAME_HEADER_LEN + h.len;
+        ends.push(off);
+    }
+    assert_eq!(ends.len(), 130);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..60 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let cut = header_end + (rng % (full.len() - header_end) as u64) as usize;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join(seg.file_name().unwrap());
+        std::fs::write(&p, &full[..cut]).unwrap();
+        let mut out = Vec::new();
+        let mut report = ReadReport::default();
+        read_segment(&p, i64::MIN, i64::MAX, &mut out, &mut report);
+        assert!(report.warnings.is_empty(), "cut {cut}: {:?}", report.warnings);
+        let complete = ends.iter().filter(|e| **e <= cut).count();
+        let got: Vec<u64> = samples_of(&out).iter().map(|s| s.seq).collect();
+        assert_eq!(got, (0..complete as u64).collect::<Vec<_>>(), "cut {cut}");
+        let at_boundary = cut == header_end || ends.contains(&cut);
+        assert_eq!(report.torn_tails.len(), usize::from(!at_boundary), "cut {cut}: torn tail {:?}", report.torn_tails);
+        if !at_boundary {
+            assert_eq!(report.torn_tails[0].1 as usize, ends.iter().rev().find(|e| **e <= cut).copied().unwrap_or(header_end));
+        }
+    }
+}
+
+#[test]
+fn corrupt_bytes_skip_one_record_with_segment_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = write_store(dir.path(), 50);
+    let mut b = std::fs::read(&seg).unwrap();
+    // Damage the middle of the 10th sample record (a delta, not the keyframe).
+    let magic = 0x5246_5648u32.to_le_bytes();
+    let starts: Vec<usize> = b.windows(4).enumerate().filter(|(_, w)| *w == magic).map(|(i, _)| i).collect();
+    let victim = starts[10] + 40;
+    b[victim] ^= 0xff;
+    std::fs::write(&seg, &b).unwrap();
+    let (recs, report) = read_range(dir.path(), i64::MIN, i64::MAX);
+    let seqs: Vec<u64> = samples_of(&recs).iter().map(|s| s.seq).collect();
+    assert_eq!(seqs.len(), 49, "{:?}", report.warnings);
+    assert!(!seqs.contains(&10));
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let w = &report.warnings[0];
+    assert!(w.contains(seg.file_name().unwrap().to_str().unwrap()) && w.contains(&format!("offset {}", starts[10])), "{w}");
+}
+
+#[test]
+fn clock_steps_keep_records_ordered_and_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = StoreWriter::open(cfg(dir.path())).unwrap();
+    for i in 0..10 {
+        w.write_sample(&sample(i, 3, T0 + i as i64)).unwrap();
+    }
+    // The wall clock steps back one hour; monotonic time goes on.
+    for i in 10..20 {
+        w.write_sample(&sample(i, 3, T0 - 3600 + i as i64)).unwrap();
+    }
+    drop(w);
+    let (recs, report) = read_range(dir.path(), i64::MIN, i64::MAX);
+    assert!(report.warnings.is_empty());
+    let seqs: Vec<u64> = samples_of(&recs).iter().map(|s| s.seq).collect();
+    assert_eq!(seqs, (0..20).collect::<Vec<_>>(), "file order = sampling order");
+    let jumps: Vec<&Event> = recs
+        .iter()
+        .filter_map(|r| if let Record::Events(e) = r { Some(e) } else { None })
+        .flatten()
+        .filter(|e| matches!(&e.kind, EventKind::Agent { what, .. } if what == "clock_jump"))
+        .collect();
+    assert_eq!(jumps.len(), 1);
+    assert!(format!("{:?}", jumps[0].kind).contains("-3600"), "{:?}", jumps[0]);
+    // Both sides of the step are queryable by their own wall times.
+    let (recs, _) = read_range(dir.path(), (T0 - 3600 + 10) * 1_000_000_000, (T0 - 3600 + 19) * 1_000_000_000);
+    assert_eq!(samples_of(&recs).len(), 10);
+}
+
+#[test]
+fn retention_drops_oldest_segments_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.segment_bytes = 64 * 1024;
+    c.max_bytes = 256 * 1024;
+    let mut w = StoreWriter::open(c).unwrap();
+    for i in 0..3000 {
+        w.write_sample(&sample(i, 40, T0 + i as i64)).unwrap();
+    }
+    drop(w);
+    let total: u64 = segments(dir.path()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert!(total <= 256 * 1024 + 80 * 1024, "{total}");
+    let (recs, report) = read_range(dir.path(), i64::MIN, i64::MAX);
+    assert!(report.warnings.is_empty());
+    let seqs: Vec<u64> = samples_of(&recs).iter().map(|s| s.seq).collect();
+    assert_eq!(*seqs.last().unwrap(), 2999, "newest kept");
+    assert!(seqs[0] > 0, "oldest dropped");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "no hole in what is kept");
+
+    // Age bound: segments whose successor started before max_age are deleted.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.segment_bytes = 64 * 1024;
+    c.max_age_s = 600;
+    let mut w = StoreWriter::open(c).unwrap();
+    for i in 0..3000 {
+        w.write_sample(&sample(i, 40, T0 + i as i64)).unwrap();
+    }
+    drop(w);
+    let (recs, _) = read_range(dir.path(), i64::MIN, i64::MAX);
+    let oldest = samples_of(&recs)[0].ts_unix_ns / 1_000_000_000;
+    // Whole segments go: at most one segment's span (~250 s here) beyond the bound.
+    assert!(oldest >= T0 + 2999 - 600 - 300, "oldest kept {} s before the newest", T0 + 2999 - oldest);
+    assert!(oldest > T0, "nothing deleted by age");
+}
+
+#[test]
+fn reader_accepts_format_v1_fixture() {
+    // tests/fixtures/store/v1: written by hvflight 0.1.0 (format 1) with the
+    // generator below (`cargo test --test store -- --ignored write_v1_fixture`).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store/v1");
+    let (recs, report) = read_range(&dir, i64::MIN, i64::MAX);
+    assert!(report.warnings.is_empty(), "{report:?}");
+    let s = samples_of(&recs);
+    assert_eq!(s.len(), 70);
+    assert_eq!(*s[69], sample(69, 4, T0 + 69));
+}
+
+#[test]
+#[ignore = "generator for tests/fixtures/store/v1; run by hand when the format changes"]
+fn write_v1_fixture() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store/v1");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut w = StoreWriter::open(cfg(&dir)).unwrap();
+    for i in 0..70 {
+        w.write_sample(&sample(i, 4, T0 + i as i64)).unwrap();
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_that_was_written_needs_root() {
+    // The real agent, killed again and again; each run appends a new segment.
+    let dir = tempfile::tempdir().unwrap();
+    let mut printed: Vec<(i64, u64)> = Vec::new();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for _round in 0..12 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hvflight"))
+            .args(["run", "--json", "--interval-ms", "20", "--libvirt-uri", "test:///default", "--state-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            // A sample is printed only after the store wrote it.
+            let mut seen = Vec::new();
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(s) = serde_json::from_str::<Sample>(&l) {
+                    if l.contains("\"kind\":\"sample\"") {
+                        seen.push((s.ts_unix_ns, s.seq));
+                    }
+                }
+            }
+            seen
+        });
+        std::thread::sleep(Duration::from_millis(150 + rng % 400));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        printed.extend(reader.join().unwrap());
+        let (recs, report) = read_range(&dir.path().join("store"), i64::MIN, i64::MAX);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        let stored: std::collections::HashSet<(i64, u64)> =
+            samples_of(&recs).iter().map(|s| (s.ts_unix_ns, s.seq)).collect();
+        for p in &printed {
+            assert!(stored.contains(p), "sample {p:?} was written before the kill but is not in the store");
+        }
+    }
+    assert!(printed.len() > 50, "{}", printed.len());
+    assert!(segments(&dir.path().join("store")).len() >= 12, "each restart starts its own segment");
+}
+
+struct Tmpfs(PathBuf);
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_pauses_or_frees_space_never_corrupts_and_recovers_needs_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"]).arg(&mnt).status().unwrap();
+    assert!(ok.success(), "cannot mount a tmpfs for the disk-full test");
+    let _guard = Tmpfs(mnt.clone());
+    let store = mnt.join("store");
+    let mut c = cfg(&store);
+    c.segment_bytes = 256 * 1024;
+    c.min_free_bytes = 512 * 1024;
+    c.max_bytes = 1 << 30; // only the free-space rule limits us here
+    let mut w = StoreWriter::open(c).unwrap();
+    // Something else fills the filesystem (guest disks often share it).
+    let filler = mnt.join("guest-disk.img");
+    std::fs::write(&filler, vec![0u8; 2 * 1024 * 1024]).unwrap();
+    let mut written = 0;
+    for i in 0..2000 {
+        if w.write_sample(&sample(i, 60, T0 + i as i64)).unwrap() {
+            written += 1;
+        }
+    }
+    assert!(w.dropped > 0 || segments(&store).len() > 1, "neither paused nor rotated");
+    let (recs, report) = read_range(&store, i64::MIN, i64::MAX);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert!(!samples_of(&recs).is_empty() && written > 0);
+    // Space returns: recording resumes by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let before = w.dropped;
+    for i in 2000..2050 {
+        assert!(w.write_sample(&sample(i, 60, T0 + i as i64)).unwrap(), "sample {i} not written after space returned");
+    }
+    assert_eq!(w.dropped, before);
+    drop(w);
+    let (recs, report) = read_range(&store, i64::MIN, i64::MAX);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert_eq!(samples_of(&recs).last().unwrap().seq, 2049);
+}
+
+#[test]
+fn history_reads_while_the_agent_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_hvflight"))
+        .args(["run", "--interval-ms", "100", "--libvirt-uri", "test:///default", "--state-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = Command::new(env!("CARGO_BIN_EXE_hvflight"))
+        .args(["history", "--since", "1m", "--json", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let human = Command::new(env!("CARGO_BIN_EXE_hvflight"))
+        .args(["history", "--since", "1m", "--iface", "lo", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let n = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("\"kind\":\"sample\"")).count();
+    assert!(n >= 5, "{n} samples");
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.lines().filter(|l| l.contains("| lo ") && l.contains(" rx ")).count() >= 4, "{text}");
+    assert!(text.contains("pps"), "rates, not raw counters: {text}");
+}
