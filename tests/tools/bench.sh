@@ -38,6 +38,7 @@ for n in "${GUESTS[@]}"; do
   hwm_kb=$(awk '/VmHWM/ {print $2}' /proc/$apid/status)
   threads=$(awk '/Threads/ {print $2}' /proc/$apid/status)
   kill -TERM $apid; wait $apid || true
+  store_bytes=$(du -sb "$work/state/store" | cut -f1)
   # A second, short run prints its samples to read their own durations.
   "$BIN" run --json --netns "$hv" --libvirt-uri "$uri" --interval-ms 250 --count 40 \
     --state-dir "$work/state" --socket "$work/sock" > "$work/agent.jsonl" 2>>"$work/agent.err"
@@ -45,9 +46,9 @@ for n in "${GUESTS[@]}"; do
   exec 7>&-
   wait $labpid || true
 
-  res=$(DURATION_S=$DURATION_S python3 - "$work/agent.jsonl" "$n" "$u0" "$s0" "$u1" "$s1" "$c0" "$c1" "$hwm_kb" "$HZ" "$threads" <<'PY'
+  res=$(DURATION_S=$DURATION_S WARMUP_S=$WARMUP_S python3 - "$work/agent.jsonl" "$n" "$u0" "$s0" "$u1" "$s1" "$c0" "$c1" "$hwm_kb" "$HZ" "$threads" "$store_bytes" <<'PY'
 import json, os, sys
-path, n, u0, s0, u1, s1, c0, c1, hwm, hz, threads = sys.argv[1:]
+path, n, u0, s0, u1, s1, c0, c1, hwm, hz, threads, store = sys.argv[1:]
 samples = [json.loads(l) for l in open(path) if '"kind":"sample"' in l]
 d = sorted(s["duration_us"] for s in samples[int(c0):int(c1)])
 lag = sorted(s.get("lag_us", 0) for s in samples[int(c0):int(c1)])
@@ -61,6 +62,8 @@ print(json.dumps({
   "sample_duration_us_p50": pct(d, .5), "sample_duration_us_p99": pct(d, .99),
   "lag_us_p99": pct(lag, .99),
   "peak_rss_kib": int(hwm), "threads": int(threads),
+  # the store also holds the kernel log read at start: an upper bound
+  "store_mib_per_hour": round(int(store) * 3600 / (int(os.environ["DURATION_S"]) + int(os.environ["WARMUP_S"])) / 2**20, 1),
   "failures": sorted({f["collector"] for s in samples for f in s.get("failures", [])}),
 }))
 PY
@@ -75,10 +78,14 @@ import json, sys, platform, os
 rows = [json.loads(l) for l in open(sys.argv[1])]
 doc = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count()}, "hvflight": rows}
 open("bench/out/results.json", "w").write(json.dumps(doc, indent=2) + "\n")
-cols = ["guests", "links", "seconds", "cpu_ms_per_sample", "sample_duration_us_p50", "sample_duration_us_p99", "lag_us_p99", "peak_rss_kib", "threads"]
-print(" ".join(f"{c:>22}" for c in cols))
+cols = ["guests", "links", "cpu_ms_per_sample", "sample_duration_us_p50", "sample_duration_us_p99", "lag_us_p99", "peak_rss_kib", "store_mib_per_hour"]
+print(" ".join(f"{c:>23}" for c in cols))
 for r in rows:
-    print(" ".join(f"{r[c]:>22}" for c in cols))
+    print(" ".join(f"{r[c]:>23}" for c in cols))
     if r["failures"]:
         print("   collector failures:", ", ".join(r["failures"]))
 PY
+
+echo
+echo "store (synthetic busy host, 15 minutes at 1 Hz):"
+cargo test --release --test store_bench -- --ignored --nocapture 2>/dev/null | grep -E "vNICs|^ +[0-9]|GiB/day"
