@@ -20,6 +20,7 @@ pub const DEFAULT_PATH: &str = "/etc/hvflight/hvflight.toml";
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default)]
+#[derive(Default)]
 pub struct Config {
     pub agent: AgentConfig,
     pub collect: CollectConfig,
@@ -79,11 +80,6 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config { agent: AgentConfig::default(), collect: CollectConfig::default(), store: StoreConfig::default() }
-    }
-}
 
 impl Default for AgentConfig {
     fn default() -> Self {

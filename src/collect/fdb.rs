@@ -72,10 +72,7 @@ impl Collector for FdbCollector {
     }
 
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        if self.socket.is_none() {
-            self.socket = Some(RouteSocket::new(self.timeout)?);
-        }
-        let socket = self.socket.as_mut().expect("just set");
+        let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
         let mut req = NeighbourMessage::default();
         req.header.family = AddressFamily::Bridge;
         let msgs = socket.dump("fdb", RouteNetlinkMessage::GetNeighbour(req)).inspect_err(|_| self.socket = None)?;

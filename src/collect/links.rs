@@ -185,10 +185,11 @@ pub fn parse_link_payload(payload: &[u8]) -> Option<LinkMessage> {
         return None;
     }
     let mut m = LinkMessage::default();
-    let mut header = LinkHeader::default();
-    header.index = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
-    header.flags = LinkFlags::from_bits_retain(u32::from_ne_bytes(payload[8..12].try_into().ok()?));
-    m.header = header;
+    m.header = LinkHeader {
+        index: u32::from_ne_bytes(payload[4..8].try_into().ok()?),
+        flags: LinkFlags::from_bits_retain(u32::from_ne_bytes(payload[8..12].try_into().ok()?)),
+        ..Default::default()
+    };
     for nla in NlasIterator::new(&payload[16..]) {
         let Ok(nla) = nla else { break };
         if !WANTED.contains(&nla.kind()) {
@@ -235,10 +236,7 @@ impl Collector for LinksCollector {
     }
 
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        if self.socket.is_none() {
-            self.socket = Some(RouteSocket::new(self.timeout)?);
-        }
-        let socket = self.socket.as_mut().expect("just set");
+        let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
         let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
         let mut msgs: Vec<RouteNetlinkMessage> = Vec::with_capacity(self.last_count);
         let res = {

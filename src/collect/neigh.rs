@@ -52,16 +52,13 @@ impl Collector for NeighCollector {
     }
 
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        if self.socket.is_none() {
-            self.socket = Some(RouteSocket::new(self.timeout)?);
-        }
         let names: std::collections::HashMap<u32, &str> =
             sample.links.iter().flatten().map(|l| (l.ifindex, l.name.as_str())).collect();
         let mut n = Neighbours::default();
         for (family, key) in [(AddressFamily::Inet, "inet"), (AddressFamily::Inet6, "inet6")] {
             let mut req = NeighbourMessage::default();
             req.header.family = family;
-            let socket = self.socket.as_mut().expect("set above");
+            let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
             let msgs = socket.dump(key, RouteNetlinkMessage::GetNeighbour(req)).inspect_err(|_| self.socket = None)?;
             let by_state = n.by_state.entry(key.to_string()).or_default();
             let mut total = 0u32;

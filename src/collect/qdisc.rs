@@ -80,10 +80,7 @@ impl Collector for QdiscCollector {
     }
 
     fn collect(&mut self, _ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        if self.socket.is_none() {
-            self.socket = Some(RouteSocket::new(self.timeout)?);
-        }
-        let socket = self.socket.as_mut().expect("just set");
+        let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
         let msgs = socket
             .dump("qdisc", RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()))
             .inspect_err(|_| self.socket = None)?;

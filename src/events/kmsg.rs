@@ -11,38 +11,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::agent::EventSource;
+use super::Worker;
 use crate::kernel::kmsg::{parse_record, tags};
 use crate::sample::{Event, EventKind};
 
-pub struct KmsgEvents {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EventSource for KmsgEvents {
-    fn name(&self) -> &'static str {
-        "kmsg"
-    }
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-pub fn start(path: PathBuf, max_lines_per_s: u64, tx: Sender<Event>) -> std::io::Result<KmsgEvents> {
+pub fn start(path: PathBuf, max_lines_per_s: u64, tx: Sender<Event>) -> std::io::Result<Worker> {
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = Arc::clone(&stop);
-    let thread = std::thread::Builder::new()
-        .name("hvflight-kmsg".into())
-        .spawn(move || run(file, max_lines_per_s, tx, stop2))?;
-    Ok(KmsgEvents { stop, thread: Some(thread) })
+    Worker::spawn("kmsg", move |stop| run(file, max_lines_per_s, tx, stop))
 }
 
 fn wait_readable(file: &File, timeout: Duration) {

@@ -11,32 +11,14 @@ use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Once};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 use virt_sys as sys;
 
-use crate::agent::EventSource;
+use super::Worker;
 use crate::kernel::domain_xml::event_name;
 use crate::sample::{Event, EventKind};
-
-pub struct LibvirtEvents {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EventSource for LibvirtEvents {
-    fn name(&self) -> &'static str {
-        "libvirt-events"
-    }
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 static EVENT_IMPL: Once = Once::new();
 
@@ -53,14 +35,9 @@ pub fn register_event_loop() {
     });
 }
 
-pub fn start(uri: String, reconnect_ms: u64, tx: Sender<Event>) -> std::io::Result<LibvirtEvents> {
+pub fn start(uri: String, reconnect_ms: u64, tx: Sender<Event>) -> std::io::Result<Worker> {
     register_event_loop();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = Arc::clone(&stop);
-    let thread = std::thread::Builder::new()
-        .name("hvflight-libvirt-events".into())
-        .spawn(move || run(uri, Duration::from_millis(reconnect_ms), tx, stop2))?;
-    Ok(LibvirtEvents { stop, thread: Some(thread) })
+    Worker::spawn("libvirt-events", move |stop| run(uri, Duration::from_millis(reconnect_ms), tx, stop))
 }
 
 struct CallbackData {

@@ -8,7 +8,6 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -18,7 +17,7 @@ use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, Neig
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::agent::EventSource;
+use super::Worker;
 use crate::collect::fdb::{nud_name, parse_fdb};
 use crate::collect::links::parse_link;
 use crate::sample::{Event, EventKind};
@@ -28,23 +27,6 @@ const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV6_IFADDR: u32 = 9;
-
-pub struct RtnetlinkEvents {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EventSource for RtnetlinkEvents {
-    fn name(&self) -> &'static str {
-        "rtnetlink"
-    }
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 fn open() -> std::io::Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
@@ -74,14 +56,9 @@ fn open() -> std::io::Result<Socket> {
 
 /// Starts the thread. The socket is opened before returning so that a
 /// change made right after `start` is seen.
-pub fn start(tx: Sender<Event>) -> std::io::Result<RtnetlinkEvents> {
+pub fn start(tx: Sender<Event>) -> std::io::Result<Worker> {
     let socket = open()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = Arc::clone(&stop);
-    let thread = std::thread::Builder::new()
-        .name("hvflight-rtnl".into())
-        .spawn(move || run(socket, tx, stop2))?;
-    Ok(RtnetlinkEvents { stop, thread: Some(thread) })
+    Worker::spawn("rtnl", move |stop| run(socket, tx, stop))
 }
 
 fn names_from_dump() -> HashMap<u32, String> {

@@ -79,7 +79,7 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<(), LabError> {
         .map_err(|e| LabError::Invalid(format!("signal {sig} to tap holder {pid}: {e}")))
 }
 
-fn guest<'a>(lab: &'a Lab, i: usize) -> Result<&'a super::Guest, LabError> {
+fn guest(lab: &Lab, i: usize) -> Result<&super::Guest, LabError> {
     lab.guests.get(i).ok_or_else(|| LabError::Invalid(format!("no guest {i}")))
 }
 

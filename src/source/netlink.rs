@@ -59,16 +59,34 @@ impl RouteSocket {
         Ok(RouteSocket { socket, buf: vec![0; 64 * 1024], seq: 0 })
     }
 
+    /// The socket in `slot`, opened on first use (and again after a
+    /// collector dropped it on error: a timed-out socket may hold stale replies).
+    pub fn ensure(slot: &mut Option<RouteSocket>, timeout: Duration) -> Result<&mut RouteSocket, CollectError> {
+        if slot.is_none() {
+            *slot = Some(RouteSocket::new(timeout)?);
+        }
+        Ok(slot.as_mut().expect("just set"))
+    }
+
     /// Sends `msg` as a dump request and returns every reply message.
     /// An interrupted dump (NLM_F_DUMP_INTR: the table changed meanwhile) is
     /// retried once; its partial result is returned if it happens again.
     pub fn dump(&mut self, what: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, CollectError> {
-        let first = self.dump_once(what, msg.clone())?;
-        if first.1 {
-            let second = self.dump_once(what, msg)?;
-            return Ok(second.0);
+        use netlink_packet_core::NetlinkDeserializable;
+        let out = std::cell::RefCell::new(Vec::new());
+        let mut decode_err = None;
+        self.dump_raw(what, msg, &mut || out.borrow_mut().clear(), &mut |ty, payload| {
+            let mut h = NetlinkHeader::default();
+            h.message_type = ty;
+            match RouteNetlinkMessage::deserialize(&h, payload) {
+                Ok(m) => out.borrow_mut().push(m),
+                Err(e) => decode_err = Some(format!("decode message type {ty}: {e}")),
+            }
+        })?;
+        if let Some(e) = decode_err {
+            return Err(err(what, e));
         }
-        Ok(first.0)
+        Ok(out.into_inner())
     }
 
     /// Like `dump`, but hands each reply's raw payload (after the netlink
@@ -149,62 +167,6 @@ impl RouteSocket {
                         return Ok(interrupted);
                     }
                     _ => f(ty, payload),
-                }
-            }
-        }
-    }
-
-    fn dump_once(
-        &mut self,
-        what: &str,
-        msg: RouteNetlinkMessage,
-    ) -> Result<(Vec<RouteNetlinkMessage>, bool), CollectError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = self.seq;
-        let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        req.finalize();
-        let mut out = vec![0u8; req.buffer_len()];
-        req.serialize(&mut out);
-        self.socket.send(&out, 0).map_err(|e| err(what, format!("send: {e}")))?;
-
-        let mut replies = Vec::new();
-        let mut interrupted = false;
-        loop {
-            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(CollectError::Timeout { what: format!("netlink {what} dump"), ms: 0 })
-                }
-                Err(e) => return Err(err(what, format!("recv: {e}"))),
-            };
-            let mut offset = 0;
-            while offset < n {
-                let bytes = &self.buf[offset..n];
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-                    .map_err(|e| err(what, format!("decode at offset {offset}: {e}")))?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    return Err(err(what, "zero-length message"));
-                }
-                offset += (len + 3) & !3;
-                if msg.header.sequence_number != self.seq {
-                    continue; // a late reply to an earlier, timed-out request
-                }
-                if msg.header.flags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok((replies, interrupted)),
-                    NetlinkPayload::Error(e) => {
-                        if let Some(code) = e.code {
-                            return Err(err(what, std::io::Error::from_raw_os_error(-code.get())));
-                        }
-                        return Ok((replies, interrupted));
-                    }
-                    NetlinkPayload::InnerMessage(m) => replies.push(m),
-                    _ => {}
                 }
             }
         }

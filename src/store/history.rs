@@ -90,7 +90,7 @@ fn domain_ifaces(records: &[Record], domain: &str) -> BTreeSet<String> {
 }
 
 fn iface_line(s: &Sample, m: &Model, ifaces: &BTreeSet<String>) -> String {
-    let mut line = format!("{}", crate::clock::format_rfc3339(s.ts_unix_ns));
+    let mut line = crate::clock::format_rfc3339(s.ts_unix_ns).to_string();
     for name in ifaces {
         match (s.link(name), m.links.get(name)) {
             (Some(l), Some(r)) => line.push_str(&format!(
