@@ -93,6 +93,37 @@ pub enum Command {
         #[arg(long)]
         traffic: bool,
     },
+    /// Live stream from the running agent: one line per sample and every event.
+    /// Works as `ssh node hvflight tail`. Exit codes: 0 reader gone, 1 agent went away,
+    /// 3 agent not running, 4 permission denied.
+    Tail {
+        #[command(flatten)]
+        opts: AgentOpts,
+        /// One JSON object per line, each with "ts" and "kind".
+        #[arg(long)]
+        json: bool,
+        /// Only this interface's rates and events.
+        #[arg(long)]
+        iface: Option<String>,
+        /// Only this domain's vNICs (and its libvirt events).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Events only, no per-sample lines.
+        #[arg(long)]
+        events_only: bool,
+        /// Start with history from the store (10m, 90s, or a UTC time).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Agent health: uptime, sample lag, failing collectors, libvirt, store usage.
+    /// Exit codes: 0 ok, 3 agent not running, 4 permission denied.
+    Status {
+        #[command(flatten)]
+        opts: AgentOpts,
+        /// The status object as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// What the store holds for a time range (works without the agent, and while it runs).
     History {
         #[command(flatten)]

@@ -36,6 +36,10 @@ pub struct AgentConfig {
     /// store/, bundles/ and spool/ live under it.
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// Group allowed to use the control socket (besides root); empty = root only.
+    pub socket_group: String,
+    /// Lines a tail client may fall behind before the oldest are dropped.
+    pub tail_queue_lines: u64,
     /// Bridges to watch; empty = the bridges libvirt's domains use, else all bridges.
     pub bridges: Vec<String>,
     /// Network namespace (name under /run/netns, or a path) to watch; empty = the agent's own.
@@ -88,6 +92,8 @@ impl Default for AgentConfig {
             libvirt_uri: "qemu:///system".into(),
             state_dir: "/var/lib/hvflight".into(),
             socket: "/run/hvflight/hvflight.sock".into(),
+            socket_group: String::new(),
+            tail_queue_lines: 2000,
             bridges: Vec::new(),
             netns: String::new(),
             hostname: String::new(),
@@ -303,6 +309,7 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
         }
     }
     for (key, v) in [
+        ("agent.tail_queue_lines", c.agent.tail_queue_lines),
         ("collect.netlink_timeout_ms", c.collect.netlink_timeout_ms),
         ("collect.libvirt_timeout_ms", c.collect.libvirt_timeout_ms),
         ("collect.libvirt_reconnect_ms", c.collect.libvirt_reconnect_ms),

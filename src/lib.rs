@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod collect;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod events;
 pub mod kernel;

@@ -34,6 +34,10 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         Command::Run { opts, print, json, count } => run(&opts, print, json, count),
         Command::Sample { opts, once, json, count } => sample(&opts, once, json, count),
         Command::Demo { guests, short, interval_ms } => hvflight::demo::run(guests, short, interval_ms),
+        Command::Tail { opts, json, iface, domain, events_only, since } => {
+            tail(&opts, json, hvflight::control::client::TailFilter { iface, domain, events_only }, since.as_deref())
+        }
+        Command::Status { opts, json } => status(&opts, json),
         Command::History { opts, since, until, iface, domain, json } => {
             history(&opts, &since, until.as_deref(), iface, domain, json)
         }
@@ -79,9 +83,52 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
         "agent running"
     );
     let mut store = open_store(&agent.config);
+    let status = Arc::new(std::sync::Mutex::new(agent::status::AgentStatus::new(
+        agent::hostname(&agent.config),
+        agent.config.agent.interval_ms,
+        agent.config.agent.libvirt_uri.clone(),
+    )));
+    {
+        let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
+        st.config_file = resolved.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default();
+        st.unknown_config_keys = resolved.unknown.iter().map(|u| u.0.key.clone()).collect();
+        st.store_dir = store.as_ref().map(|w| w.dir().to_path_buf());
+    }
+    let status_fn: hvflight::control::server::StatusFn = {
+        let status = Arc::clone(&status);
+        Arc::new(move || status.lock().unwrap_or_else(|e| e.into_inner()).to_json())
+    };
+    let control = match hvflight::control::server::ControlServer::start(
+        &agent.config.agent.socket,
+        &agent.config.agent.socket_group,
+        agent.config.agent.tail_queue_lines as usize,
+        status_fn,
+    ) {
+        Ok(c) => Some(c),
+        Err(e @ hvflight::control::server::ControlError::InUse { .. }) => return Err(e.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "control socket unavailable: tail and status will not reach this agent");
+            None
+        }
+    };
     let mut pending: Vec<hvflight::sample::Event> = Vec::new();
     let mut out = std::io::stdout().lock();
     agent.run(&shutdown, count, |o| {
+        if let Output::Sample { sample, .. } = &o {
+            let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
+            st.on_sample(sample);
+            st.store_dropped = store.as_ref().map_or(0, |w| w.dropped);
+            st.tail_clients = control.as_ref().map_or(0, |c| c.client_count());
+        }
+        if let Some(c) = control.as_ref().filter(|c| c.has_clients()) {
+            let line = match &o {
+                Output::Sample { sample, model } => {
+                    serde_json::to_string(&hvflight::control::tick::tick(sample, model)).unwrap_or_default()
+                }
+                Output::Event(e) => print::event_json(e),
+            };
+            c.publish(line);
+        }
         if let Some(w) = store.as_mut() {
             let r = match &o {
                 Output::Event(e) => {
@@ -111,6 +158,61 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
     if let Some(w) = store.as_mut() {
         let _ = w.write_events(&pending);
         w.sync_now();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tail(
+    opts: &AgentOpts,
+    json: bool,
+    filter: hvflight::control::client::TailFilter,
+    since: Option<&str>,
+) -> Result<ExitCode> {
+    let resolved = agent::resolve(opts)?;
+    let mut out = std::io::stdout().lock();
+    if let Some(since) = since {
+        let now = hvflight::clock::now().unix_ns;
+        let since_ns = hvflight::store::history::parse_time(since, now).map_err(|e| anyhow::anyhow!("--since {e}"))?;
+        let q = hvflight::store::history::HistoryQuery {
+            since_ns,
+            until_ns: i64::MAX,
+            iface: filter.iface.clone(),
+            domain: filter.domain.clone(),
+            json,
+        };
+        let dir = resolved.config.agent.state_dir.join("store");
+        match hvflight::store::history::history(&dir, &q, &mut out) {
+            Ok((_, warnings)) => warnings.iter().for_each(|w| eprintln!("hvflight tail: warning: {w}")),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            Err(e) => eprintln!("hvflight tail: cannot read history from {}: {e}", dir.display()),
+        }
+    }
+    match hvflight::control::client::tail(&resolved.config.agent.socket, &filter, json, &mut out) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ hvflight::control::client::ClientError::Agent(_)) => {
+            eprintln!("hvflight tail: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("hvflight tail: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
+    }
+}
+
+fn status(opts: &AgentOpts, json: bool) -> Result<ExitCode> {
+    let resolved = agent::resolve(opts)?;
+    let v = match hvflight::control::client::status(&resolved.config.agent.socket) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("hvflight status: {e}");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    if json {
+        println!("{v}");
+    } else {
+        print!("{}", print::status_text(&v));
     }
     Ok(ExitCode::SUCCESS)
 }

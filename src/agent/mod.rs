@@ -8,6 +8,7 @@
 
 pub mod print;
 pub mod settings;
+pub mod status;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};

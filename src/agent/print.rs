@@ -116,6 +116,58 @@ pub fn sample_json(s: &Sample) -> String {
     }
 }
 
+/// An event as one JSON line with a human "ts" next to "ts_unix_ns".
+pub fn event_json(e: &Event) -> String {
+    match serde_json::to_value(e) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.insert("ts".into(), format_rfc3339(e.ts_unix_ns).into());
+            serde_json::Value::Object(m).to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+/// `hvflight status` for humans.
+pub fn status_text(v: &serde_json::Value) -> String {
+    let mut o = String::new();
+    let a = &v["agent"];
+    let s = &v["sampling"];
+    let _ = writeln!(o, "hvflight {} on {} (pid {}), up {} s", a["version"].as_str().unwrap_or("?"), a["host"].as_str().unwrap_or("?"), a["pid"], a["uptime_s"]);
+    let _ = writeln!(
+        o,
+        "sampling: every {} ms, sample #{} {} ms ago, took {} µs, lag {} µs (max {} µs over the last 60)",
+        s["interval_ms"], s["last_seq"], s["ms_since_last_sample"], s["last_duration_us"], s["last_lag_us"], s["max_lag_us_last_60"]
+    );
+    match v["collectors_failing"].as_array() {
+        Some(f) if !f.is_empty() => {
+            for c in f {
+                let _ = writeln!(o, "FAILING collector {}: {}", c["collector"].as_str().unwrap_or("?"), c["error"].as_str().unwrap_or("?"));
+            }
+        }
+        _ => {
+            let _ = writeln!(o, "collectors: all OK");
+        }
+    }
+    let l = &v["libvirt"];
+    let conn = match l["connected"].as_bool() { Some(true) => "connected", Some(false) => "NOT CONNECTED", None => "not sampled yet" };
+    let _ = writeln!(o, "libvirt: {} {conn}, {} domains ({} running)", l["uri"].as_str().unwrap_or("?"), l["domains"], l["running"]);
+    let st = &v["store"];
+    let _ = writeln!(
+        o,
+        "store: {} — {:.1} MiB in {} segments, {} records dropped",
+        st["dir"].as_str().unwrap_or("(none)"),
+        st["bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        st["segments"],
+        st["dropped_records"]
+    );
+    if let Some(u) = a["unknown_config_keys"].as_array().filter(|u| !u.is_empty()) {
+        let keys: Vec<&str> = u.iter().filter_map(|k| k.as_str()).collect();
+        let _ = writeln!(o, "config {}: unknown keys ignored: {}", a["config_file"].as_str().unwrap_or(""), keys.join(", "));
+    }
+    let _ = writeln!(o, "tail clients: {}", v["tail_clients"]);
+    o
+}
+
 pub fn event_line(e: &Event) -> String {
     let t = hms(e.ts_unix_ns);
     match &e.kind {

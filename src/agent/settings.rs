@@ -7,6 +7,8 @@ use crate::config::{self, Config, ConfigError, UnknownKey};
 pub struct Resolved {
     pub config: Config,
     pub unknown: Vec<UnknownKey>,
+    /// The config file read, if any.
+    pub file: Option<std::path::PathBuf>,
 }
 
 pub fn resolve(opts: &AgentOpts) -> Result<Resolved, ConfigError> {
@@ -33,5 +35,5 @@ pub fn resolve(opts: &AgentOpts) -> Result<Resolved, ConfigError> {
     // Re-validate with the overrides applied, naming the option instead of a file.
     let text = toml::to_string(&c).expect("config serializes");
     config::parse(&text, "command line")?;
-    Ok(Resolved { config: c, unknown: loaded.unknown })
+    Ok(Resolved { config: c, unknown: loaded.unknown, file: loaded.file })
 }

@@ -9,6 +9,7 @@ PKGS=(
   libpcap-dev                                  # pcap crate
   iproute2 nftables iptables ebtables ethtool conntrack tcpdump  # lab + deep state
   iputils-ping arping procps psmisc kmod python3
+  openssh-server openssh-client                # `ssh node hvflight tail` tests (sshd on 127.0.0.1)
 )
 PKGS+=("$@")
 
