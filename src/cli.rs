@@ -124,6 +124,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take a bundle now (monitoring event handlers call this). Prints the incident id
+    /// and the bundle path. Exit codes: 0 bundle written, 3 agent not running,
+    /// 4 permission denied, 5 the agent could not write the bundle.
+    Trigger {
+        #[command(flatten)]
+        opts: AgentOpts,
+        /// Why (recorded in the bundle's manifest).
+        #[arg(long)]
+        reason: String,
+        /// How long to wait for the bundle, seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+    },
+    /// Bundles in the state directory: list, show, verify.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
     /// What the store holds for a time range (works without the agent, and while it runs).
     History {
         #[command(flatten)]
@@ -149,6 +167,25 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCommand {
+    /// The bundles kept here, oldest first.
+    List {
+        #[command(flatten)]
+        opts: AgentOpts,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A bundle's manifest (by incident id, file name or path).
+    Show {
+        #[command(flatten)]
+        opts: AgentOpts,
+        id: String,
+    },
+    /// Check a bundle: the manifest and every entry's size and sha256. Exit 1 on any mismatch.
+    Verify { path: std::path::PathBuf },
 }
 
 #[derive(Subcommand, Debug)]

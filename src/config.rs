@@ -25,6 +25,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub collect: CollectConfig,
     pub store: StoreConfig,
+    pub bundle: BundleConfig,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -116,6 +117,26 @@ impl Default for CollectConfig {
             proc_root: "/proc".into(),
             sys_root: "/sys".into(),
         }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default)]
+pub struct BundleConfig {
+    /// History before the incident put into its bundle, seconds.
+    pub before_s: u64,
+    /// Samples after the incident: the bundle is completed this long after it.
+    pub after_s: u64,
+    /// Each deep-state command gets this long.
+    pub command_timeout_ms: u64,
+    /// Bundles kept under state_dir/bundles at most (oldest go first).
+    pub max_count: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for BundleConfig {
+    fn default() -> Self {
+        BundleConfig { before_s: 900, after_s: 60, command_timeout_ms: 10_000, max_count: 20, max_bytes: 2 << 30 }
     }
 }
 
@@ -314,6 +335,8 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
         ("collect.libvirt_timeout_ms", c.collect.libvirt_timeout_ms),
         ("collect.libvirt_reconnect_ms", c.collect.libvirt_reconnect_ms),
         ("store.sync_interval_ms", c.store.sync_interval_ms),
+        ("bundle.command_timeout_ms", c.bundle.command_timeout_ms),
+        ("bundle.max_count", c.bundle.max_count),
     ] {
         if v == 0 {
             return bad(key, "must be greater than 0".into());

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod agent;
+pub mod bundle;
 pub mod cli;
 pub mod clock;
 pub mod collect;

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 
 use hvflight::agent::{self, print, Agent, Output};
-use hvflight::cli::{AgentOpts, Cli, Command, ConfigCommand};
+use hvflight::cli::{AgentOpts, BundleCommand, Cli, Command, ConfigCommand};
 use hvflight::config;
 
 fn main() -> ExitCode {
@@ -38,6 +38,8 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             tail(&opts, json, hvflight::control::client::TailFilter { iface, domain, events_only }, since.as_deref())
         }
         Command::Status { opts, json } => status(&opts, json),
+        Command::Trigger { opts, reason, timeout_s } => trigger(&opts, &reason, timeout_s),
+        Command::Bundle { command } => bundle(command),
         Command::History { opts, since, until, iface, domain, json } => {
             history(&opts, &since, until.as_deref(), iface, domain, json)
         }
@@ -98,11 +100,32 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
         let status = Arc::clone(&status);
         Arc::new(move || status.lock().unwrap_or_else(|e| e.into_inner()).to_json())
     };
+    let bundles = match hvflight::bundle::worker::BundleWorker::start(hvflight::bundle::writer::BundleConfig::from_config(
+        &agent.config,
+        &agent::hostname(&agent.config),
+    )) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "bundle worker not started: no bundles can be taken");
+            None
+        }
+    };
+    let trigger_fn: Option<hvflight::control::server::TriggerFn> = bundles.as_ref().map(|w| {
+        let tx = std::sync::Mutex::new(w.sender());
+        let f: hvflight::control::server::TriggerFn = Arc::new(move |reason: String| {
+            let (rtx, rrx) = std::sync::mpsc::channel();
+            let req = hvflight::bundle::worker::TriggerRequest { trigger: "manual".into(), reason, reply: Some(rtx) };
+            tx.lock().unwrap_or_else(|e| e.into_inner()).send(req).map_err(|_| "the bundle worker is gone".to_string())?;
+            let (id, path) = rrx.recv().map_err(|_| "the bundle worker stopped".to_string())??;
+            Ok((id, path.display().to_string()))
+        });
+        f
+    });
     let control = match hvflight::control::server::ControlServer::start(
         &agent.config.agent.socket,
         &agent.config.agent.socket_group,
         agent.config.agent.tail_queue_lines as usize,
-        status_fn,
+        hvflight::control::server::Handlers { status: status_fn, trigger: trigger_fn },
     ) {
         Ok(c) => Some(c),
         Err(e @ hvflight::control::server::ControlError::InUse { .. }) => return Err(e.into()),
@@ -159,6 +182,8 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
         let _ = w.write_events(&pending);
         w.sync_now();
     }
+    drop(control);
+    drop(bundles);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -197,6 +222,87 @@ fn tail(
             eprintln!("hvflight tail: {e}");
             Ok(ExitCode::from(e.exit_code()))
         }
+    }
+}
+
+fn trigger(opts: &AgentOpts, reason: &str, timeout_s: u64) -> Result<ExitCode> {
+    let resolved = agent::resolve(opts)?;
+    let sock = &resolved.config.agent.socket;
+    match hvflight::control::client::trigger(sock, reason, std::time::Duration::from_secs(timeout_s)) {
+        Ok((id, path)) => {
+            println!("{id} {path}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ hvflight::control::client::ClientError::Agent(_)) => {
+            eprintln!("hvflight trigger: {e}");
+            Ok(ExitCode::from(5))
+        }
+        Err(e) => {
+            eprintln!("hvflight trigger: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
+    }
+}
+
+fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
+    use hvflight::bundle::{verify, writer};
+    match cmd {
+        BundleCommand::List { opts, json } => {
+            let dir = agent::resolve(&opts)?.config.agent.state_dir.join("bundles");
+            for p in writer::list(&dir) {
+                let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                match verify::manifest(&p) {
+                    Ok(m) if json => println!(
+                        "{}",
+                        serde_json::json!({"path": p, "size": size, "id": m.incident.id, "ts": m.incident.ts,
+                            "trigger": m.incident.trigger, "reason": m.incident.reason, "complete": m.complete})
+                    ),
+                    Ok(m) => println!(
+                        "{}  {}  {:>9} bytes  {:<8} {}  {}{}",
+                        m.incident.id,
+                        m.incident.ts,
+                        size,
+                        m.incident.trigger,
+                        m.incident.reason,
+                        p.display(),
+                        if m.complete { "" } else { "  (post-window pending)" }
+                    ),
+                    Err(e) => eprintln!("hvflight bundle list: {e}"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BundleCommand::Show { opts, id } => {
+            let dir = agent::resolve(&opts)?.config.agent.state_dir.join("bundles");
+            let p = std::path::Path::new(&id);
+            let path = if p.exists() {
+                p.to_path_buf()
+            } else {
+                writer::list(&dir)
+                    .into_iter()
+                    .find(|b| b.file_name().is_some_and(|n| n.to_string_lossy().contains(&id)))
+                    .ok_or_else(|| anyhow::anyhow!("no bundle {id:?} in {}", dir.display()))?
+            };
+            let m = verify::manifest(&path).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        BundleCommand::Verify { path } => match verify::verify(&path) {
+            Ok((m, problems)) if problems.is_empty() => {
+                println!("{}: OK ({} entries, incident {}, {})", path.display(), m.entries.len(), m.incident.id, if m.complete { "complete" } else { "post-window pending" });
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok((_, problems)) => {
+                for p in problems {
+                    eprintln!("{}: {p}", path.display());
+                }
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
     }
 }
 

@@ -38,13 +38,17 @@ impl ClientError {
 }
 
 pub fn connect(path: &Path, cmd: &str) -> Result<UnixStream, ClientError> {
+    connect_with(path, Request { v: PROTOCOL_VERSION, cmd: cmd.into(), reason: String::new() })
+}
+
+fn connect_with(path: &Path, req: Request) -> Result<UnixStream, ClientError> {
     let p = path.display().to_string();
     let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ClientError::NotRunning { path: p.clone() },
         std::io::ErrorKind::PermissionDenied => ClientError::Denied { path: p.clone() },
         _ => ClientError::Io { path: p.clone(), source: e },
     })?;
-    let req = serde_json::to_string(&Request { v: PROTOCOL_VERSION, cmd: cmd.into() }).expect("request serializes");
+    let req = serde_json::to_string(&req).expect("request serializes");
     writeln!(s, "{req}").map_err(|e| ClientError::Io { path: p, source: e })?;
     Ok(s)
 }
@@ -61,6 +65,21 @@ pub fn status(path: &Path) -> Result<serde_json::Value, ClientError> {
         return Err(ClientError::Agent(v["error"].as_str().unwrap_or("?").to_string()));
     }
     Ok(v)
+}
+
+/// Asks the agent for a bundle now; returns (incident id, bundle path).
+pub fn trigger(path: &Path, reason: &str, timeout: Duration) -> Result<(String, String), ClientError> {
+    let s = connect_with(path, Request { v: PROTOCOL_VERSION, cmd: "trigger".into(), reason: reason.into() })?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| ClientError::Io { path: path.display().to_string(), source: e })?;
+    let v: serde_json::Value = serde_json::from_str(&line).map_err(|_| ClientError::Agent(format!("unreadable answer: {line:?}")))?;
+    if v["kind"] != "triggered" {
+        return Err(ClientError::Agent(v["error"].as_str().unwrap_or("no answer").to_string()));
+    }
+    Ok((v["id"].as_str().unwrap_or("").into(), v["bundle"].as_str().unwrap_or("").into()))
 }
 
 #[derive(Debug, Clone, Default)]

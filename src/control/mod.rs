@@ -7,6 +7,8 @@
 //! - `{"v":1,"cmd":"status"}` → one status object, then the server closes;
 //! - `{"v":1,"cmd":"tail"}` → a `tick` per sample and every event, as they
 //!   happen, each with "ts" and "kind", until the client goes away;
+//! - `{"v":1,"cmd":"trigger","reason":"…"}` → once the bundle is on disk,
+//!   `{"kind":"triggered","id":…,"bundle":…}`;
 //! - anything else → one `{"kind":"error",…}` line, then the server closes.
 //!
 //! A slow or stuck client never slows sampling: each client has a bounded
@@ -28,4 +30,7 @@ pub const MAX_REQUEST_BYTES: usize = 4096;
 pub struct Request {
     pub v: u32,
     pub cmd: String,
+    /// For "trigger": why (shown in the bundle's manifest).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }

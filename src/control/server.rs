@@ -30,6 +30,14 @@ struct Client {
 
 /// What `status` answers: kept current by the agent loop.
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+/// Takes a bundle now: (reason) → (incident id, bundle path) once written.
+pub type TriggerFn = Arc<dyn Fn(String) -> Result<(String, String), String> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Handlers {
+    pub status: StatusFn,
+    pub trigger: Option<TriggerFn>,
+}
 
 pub struct ControlServer {
     path: PathBuf,
@@ -62,7 +70,7 @@ fn push(c: &Client, line: &Arc<str>, cap: usize) {
 impl ControlServer {
     /// Binds the socket (mode 0660, owned by root and `group` when given)
     /// and starts accepting.
-    pub fn start(path: &Path, group: &str, queue_lines: usize, status: StatusFn) -> Result<ControlServer, ControlError> {
+    pub fn start(path: &Path, group: &str, queue_lines: usize, handlers: Handlers) -> Result<ControlServer, ControlError> {
         let p = path.display().to_string();
         let io = |source| ControlError::Io { path: p.clone(), source };
         if let Some(dir) = path.parent() {
@@ -89,7 +97,7 @@ impl ControlServer {
         listener.set_nonblocking(true).map_err(io)?;
         std::thread::Builder::new()
             .name("hvflight-control".into())
-            .spawn(move || accept_loop(listener, c2, s2, status))
+            .spawn(move || accept_loop(listener, c2, s2, handlers))
             .map_err(io)?;
         Ok(ControlServer { path: path.to_path_buf(), queue_lines: queue_lines.max(1), clients, stop })
     }
@@ -126,11 +134,11 @@ impl Drop for ControlServer {
     }
 }
 
-fn accept_loop(listener: UnixListener, clients: Arc<Mutex<Vec<Arc<Client>>>>, stop: Arc<AtomicBool>, status: StatusFn) {
+fn accept_loop(listener: UnixListener, clients: Arc<Mutex<Vec<Arc<Client>>>>, stop: Arc<AtomicBool>, handlers: Handlers) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let (c, s) = (Arc::clone(&clients), Arc::clone(&status));
+                let (c, s) = (Arc::clone(&clients), handlers.clone());
                 let _ = std::thread::Builder::new()
                     .name("hvflight-control-client".into())
                     .spawn(move || serve(stream, c, s));
@@ -167,14 +175,14 @@ fn read_request(stream: &UnixStream) -> Result<Request, String> {
 
 use std::io::Read as _;
 
-fn serve(stream: UnixStream, clients: Arc<Mutex<Vec<Arc<Client>>>>, status: StatusFn) {
+fn serve(stream: UnixStream, clients: Arc<Mutex<Vec<Arc<Client>>>>, handlers: Handlers) {
     let req = match read_request(&stream) {
         Ok(r) => r,
         Err(e) => return reply_error(&stream, &e),
     };
     match req.cmd.as_str() {
         "status" => {
-            let mut s = status();
+            let mut s = (handlers.status)();
             if let Some(o) = s.as_object_mut() {
                 o.insert("kind".into(), "status".into());
                 o.insert("ts".into(), crate::clock::format_rfc3339(crate::clock::now().unix_ns).into());
@@ -194,7 +202,18 @@ fn serve(stream: UnixStream, clients: Arc<Mutex<Vec<Arc<Client>>>>, status: Stat
             write_loop(&stream, &client);
             clients.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| !Arc::ptr_eq(c, &client));
         }
-        other => reply_error(&stream, &format!("unknown command {other:?}; known: status, tail")),
+        "trigger" => {
+            let Some(t) = &handlers.trigger else { return reply_error(&stream, "this agent takes no bundles") };
+            let reason = if req.reason.trim().is_empty() { "manual trigger".to_string() } else { req.reason.clone() };
+            match t(reason) {
+                Ok((id, bundle)) => {
+                    let now = crate::clock::format_rfc3339(crate::clock::now().unix_ns);
+                    let _ = writeln!(&stream, "{}", json!({"ts": now, "kind": "triggered", "id": id, "bundle": bundle}));
+                }
+                Err(e) => reply_error(&stream, &e),
+            }
+        }
+        other => reply_error(&stream, &format!("unknown command {other:?}; known: status, tail, trigger")),
     }
 }
 

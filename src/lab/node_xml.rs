@@ -26,7 +26,7 @@ pub fn render(lab: &Lab, nova: bool) -> String {
         }
         let _ = write!(
             x,
-            "    <devices>\n      <interface type='bridge'>\n        <mac address='{mac}'/>\n        <source bridge='{br}'/>\n        <target dev='{dev}'/>\n        <model type='virtio'/>\n      </interface>\n    </devices>\n  </domain>\n",
+            "    <devices>\n      <graphics type='vnc' port='-1' autoport='yes' passwd='lab-vnc-secret-{i}'/>\n      <interface type='bridge'>\n        <mac address='{mac}'/>\n        <source bridge='{br}'/>\n        <target dev='{dev}'/>\n        <model type='virtio'/>\n      </interface>\n    </devices>\n  </domain>\n",
             mac = g.mac,
             br = lab.bridge,
             dev = g.host_port

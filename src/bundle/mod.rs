@@ -1,0 +1,111 @@
+//! Forensic bundles: everything about an incident in one file that an
+//! engineer can take apart offline. `hvflight-<host>-<UTC time>-<id>.tar.zst`:
+//!
+//! ```text
+//! manifest.json            first: format version, agent, host, incident, time window,
+//!                          every entry with size and sha256, every command with exit
+//!                          status, duration, timeout, stderr tail; collector failures
+//! history/records.jsonl    samples and events from the store, in order (raw, as stored)
+//! deep/<name>.txt          one-shot deep state: ip, bridge, tc, nft/iptables, ethtool,
+//!                          conntrack, /proc files, dmesg — each under its own timeout
+//! libvirt/<domain>.xml     domain XML, secrets redacted
+//! ```
+//!
+//! Written to a temporary name in the bundles directory, fsynced, renamed:
+//! never a half bundle under the final name. A bundle is written at once
+//! when an incident starts (a reboot may follow) and rewritten, complete,
+//! after the post-incident window; `complete` in the manifest says which.
+//! Format in docs/bundle-format.md.
+
+pub mod deep;
+pub mod redact;
+pub mod verify;
+pub mod worker;
+pub mod writer;
+
+use serde::{Deserialize, Serialize};
+
+pub const BUNDLE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Incident {
+    pub id: String,
+    /// "manual" (hvflight trigger) or "detector".
+    pub trigger: String,
+    pub reason: String,
+    pub ts_unix_ns: i64,
+    pub ts: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Entry {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct CommandRun {
+    pub name: String,
+    pub argv: Vec<String>,
+    /// Exit code; None when killed (timeout) or not started.
+    pub exit_status: Option<i32>,
+    pub duration_ms: u64,
+    pub timed_out: bool,
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub stderr_tail: String,
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct CollectorFailureSummary {
+    pub collector: String,
+    pub samples: u64,
+    pub last_error: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub agent_version: String,
+    pub host: String,
+    pub incident: Incident,
+    pub window_since: String,
+    pub window_until: String,
+    #[serde(default)]
+    pub window_since_unix_ns: i64,
+    #[serde(default)]
+    pub window_until_unix_ns: i64,
+    /// False for the bundle written at once; true after the post-window.
+    pub complete: bool,
+    #[serde(default)]
+    pub samples: u64,
+    #[serde(default)]
+    pub events: u64,
+    pub entries: Vec<Entry>,
+    pub commands: Vec<CommandRun>,
+    #[serde(default)]
+    pub collector_failures: Vec<CollectorFailureSummary>,
+    #[serde(default)]
+    pub store_warnings: Vec<String>,
+}
+
+pub fn bundle_name(host: &str, ts_unix_ns: i64, id: &str) -> String {
+    // 2026-11-24T05:20:21.185Z → 20261124T052021Z
+    let t = crate::clock::format_rfc3339(ts_unix_ns);
+    let compact: String = t[..19].chars().filter(|c| *c != '-' && *c != ':').collect();
+    let host: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+    format!("hvflight-{host}-{compact}Z-{id}.tar.zst")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names() {
+        assert_eq!(super::bundle_name("virt1012", 1_425_004_200_123_000_000, "a1b2"), "hvflight-virt1012-20150227T023000Z-a1b2.tar.zst");
+        assert_eq!(super::bundle_name("a b/c", 0, "x"), "hvflight-a_b_c-19700101T000000Z-x.tar.zst");
+    }
+}

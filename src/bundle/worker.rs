@@ -1,0 +1,127 @@
+//! The bundle worker: a thread that turns incidents into bundles so the
+//! sampling loop never waits for deep-state commands or compression. A
+//! trigger arriving while a bundle is being written is queued, not lost; a
+//! bundle that cannot be written (disk full) is retried until it can.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::writer::{self, BundleConfig};
+use super::Incident;
+
+pub struct TriggerRequest {
+    pub trigger: String,
+    pub reason: String,
+    /// Answered once the first (immediate) bundle is on disk.
+    pub reply: Option<Sender<Result<(String, PathBuf), String>>>,
+}
+
+pub struct BundleWorker {
+    tx: Sender<TriggerRequest>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn incident_id(ts: i64) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{ts}-{}-{:?}", std::process::id(), std::thread::current().id()).as_bytes());
+    d.iter().take(4).map(|x| format!("{x:02x}")).collect()
+}
+
+/// Retry delay when a bundle could not be written.
+const RETRY: Duration = Duration::from_secs(10);
+
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+impl BundleWorker {
+    pub fn start(cfg: BundleConfig) -> std::io::Result<BundleWorker> {
+        let (tx, rx) = mpsc::channel::<TriggerRequest>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name("hvflight-bundle".into()).spawn(move || run(cfg, rx, s2))?;
+        Ok(BundleWorker { tx, stop, thread: Some(thread) })
+    }
+
+    pub fn sender(&self) -> Sender<TriggerRequest> {
+        self.tx.clone()
+    }
+}
+
+impl Drop for BundleWorker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(cfg: BundleConfig, rx: Receiver<TriggerRequest>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(req) = rx.recv_timeout(Duration::from_millis(200)) else { continue };
+        let now = crate::clock::now().unix_ns;
+        let incident = Incident {
+            id: incident_id(now),
+            trigger: req.trigger.clone(),
+            reason: req.reason.clone(),
+            ts_unix_ns: now,
+            ts: crate::clock::format_rfc3339(now),
+        };
+        tracing::warn!(id = %incident.id, trigger = %incident.trigger, reason = %incident.reason, "incident: writing bundle");
+        let deep = writer::capture_deep(&cfg);
+        // First: at once, with what happened before (a reboot may follow).
+        let mut reply = req.reply;
+        loop {
+            match writer::write(&cfg, &incident, &deep, crate::clock::now().unix_ns, false) {
+                Ok(p) => {
+                    tracing::info!(bundle = %p.display(), "bundle written (incident start)");
+                    if let Some(r) = reply.take() {
+                        let _ = r.send(Ok((incident.id.clone(), p)));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "bundle not written; retrying in {} s", RETRY.as_secs());
+                    if let Some(r) = reply.take() {
+                        let _ = r.send(Err(format!("{e} (the agent retries in the background)")));
+                    }
+                    if !sleep_unless_stopped(RETRY, &stop) {
+                        return;
+                    }
+                }
+            }
+        }
+        // Then complete, after the post-incident window.
+        let until = incident.ts_unix_ns + cfg.after_s as i64 * 1_000_000_000;
+        let wait = Duration::from_nanos((until - crate::clock::now().unix_ns).max(0) as u64) + Duration::from_millis(200);
+        if !sleep_unless_stopped(wait, &stop) {
+            return;
+        }
+        loop {
+            match writer::write(&cfg, &incident, &deep, until, true) {
+                Ok(p) => {
+                    tracing::info!(bundle = %p.display(), "bundle complete");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "complete bundle not written; retrying in {} s", RETRY.as_secs());
+                    if !sleep_unless_stopped(RETRY, &stop) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Writing a bundle: collect deep state, stream the history window from the
+//! store, then tar + zstd with the manifest first, to a temporary name,
+//! fsync, rename. Bounded count and bytes; never below the filesystem's
+//! minimum free space.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{deep, redact, CollectorFailureSummary, CommandRun, Entry, Incident, Manifest, BUNDLE_FORMAT_VERSION};
+use crate::store::{read_range, Record};
+
+#[derive(Clone, Debug)]
+pub struct BundleConfig {
+    pub dir: PathBuf,
+    pub store_dir: PathBuf,
+    pub host: String,
+    pub before_s: u64,
+    pub after_s: u64,
+    pub command_timeout: Duration,
+    pub max_count: usize,
+    pub max_bytes: u64,
+    pub min_free_bytes: u64,
+    pub libvirt_uri: String,
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+}
+
+impl BundleConfig {
+    pub fn from_config(c: &crate::config::Config, host: &str) -> BundleConfig {
+        BundleConfig {
+            dir: c.agent.state_dir.join("bundles"),
+            store_dir: c.agent.state_dir.join("store"),
+            host: host.to_string(),
+            before_s: c.bundle.before_s,
+            after_s: c.bundle.after_s,
+            command_timeout: Duration::from_millis(c.bundle.command_timeout_ms),
+            max_count: c.bundle.max_count as usize,
+            max_bytes: c.bundle.max_bytes,
+            min_free_bytes: c.store.min_free_bytes,
+            libvirt_uri: c.agent.libvirt_uri.clone(),
+            proc_root: c.collect.proc_root.clone(),
+            sys_root: c.collect.sys_root.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("bundle not written: {free} bytes free in {dir}, {need} needed above the {min} kept free")]
+    NoSpace { dir: String, free: u64, need: u64, min: u64 },
+}
+
+fn io(path: &Path, source: std::io::Error) -> BundleError {
+    BundleError::Io { path: path.display().to_string(), source }
+}
+
+/// Deep state captured once per incident (at its start) and reused by the
+/// complete bundle.
+#[derive(Clone, Debug, Default)]
+pub struct DeepState {
+    pub files: Vec<(String, Vec<u8>)>,
+    pub commands: Vec<CommandRun>,
+}
+
+/// Total deep-state bytes kept; the rest is cut (and marked).
+const MAX_DEEP_BYTES: usize = 64 << 20;
+
+pub fn capture_deep(cfg: &BundleConfig) -> DeepState {
+    let mut d = DeepState::default();
+    let mut total = 0usize;
+    let nics = deep::physical_nics(&cfg.sys_root);
+    for (name, argv) in deep::commands(&nics) {
+        let (mut out, mut rec) = deep::run(&name, &argv, cfg.command_timeout);
+        if total + out.len() > MAX_DEEP_BYTES {
+            out.truncate(MAX_DEEP_BYTES.saturating_sub(total));
+            rec.truncated = true;
+        }
+        total += out.len();
+        d.files.push((format!("deep/{name}.txt"), out));
+        d.commands.push(rec);
+    }
+    for rel in deep::PROC_FILES {
+        let p = cfg.proc_root.join(rel);
+        if let Ok(b) = std::fs::read(&p) {
+            d.files.push((format!("deep/proc/{rel}"), b));
+        }
+    }
+    let (xmls, rec) = libvirt_xml(&cfg.libvirt_uri, cfg.command_timeout);
+    d.files.extend(xmls);
+    d.commands.push(rec);
+    d
+}
+
+/// Domain XML over a read-only connection (secrets it does not expose there
+/// are simply absent), redacted anyway. libvirt may hang: a thread and a timeout.
+fn libvirt_xml(uri: &str, timeout: Duration) -> (Vec<(String, Vec<u8>)>, CommandRun) {
+    let mut rec = CommandRun { name: "libvirt-domain-xml".into(), argv: vec![format!("virDomainGetXMLDesc({uri})")], ..Default::default() };
+    let t0 = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let uri2 = uri.to_string();
+    std::thread::spawn(move || {
+        virt::error::clear_error_callback();
+        let r = (|| -> Result<Vec<(String, Vec<u8>)>, String> {
+            let mut c = virt::connect::Connect::open_read_only(Some(&uri2)).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for d in c.list_all_domains(0).map_err(|e| e.to_string())? {
+                let (Ok(name), Ok(xml)) = (d.get_name(), d.get_xml_desc(0)) else { continue };
+                let safe: String = name.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.' { ch } else { '_' }).collect();
+                out.push((format!("libvirt/{safe}.xml"), redact::redact_domain_xml(&xml).into_bytes()));
+            }
+            let _ = c.close();
+            Ok(out)
+        })();
+        let _ = tx.send(r);
+    });
+    let files = match rx.recv_timeout(timeout) {
+        Ok(Ok(f)) => {
+            rec.exit_status = Some(0);
+            f
+        }
+        Ok(Err(e)) => {
+            rec.exit_status = Some(1);
+            rec.error = e;
+            Vec::new()
+        }
+        Err(_) => {
+            rec.timed_out = true;
+            rec.error = format!("timed out after {} ms", timeout.as_millis());
+            Vec::new()
+        }
+    };
+    rec.duration_ms = t0.elapsed().as_millis() as u64;
+    (files, rec)
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    let d = Sha256::digest(b);
+    d.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Bundles in the directory, oldest first.
+pub fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("hvflight-") && n.ends_with(".tar.zst")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+fn prune(cfg: &BundleConfig, keep: &Path) {
+    let all = list(&cfg.dir);
+    let mut total: u64 = all.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let mut count = all.len();
+    for p in &all {
+        if p == keep || (count <= cfg.max_count && total <= cfg.max_bytes) {
+            continue;
+        }
+        let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        if std::fs::remove_file(p).is_ok() {
+            tracing::info!(bundle = %p.display(), "bundle: deleted oldest to stay within bounds");
+            count -= 1;
+            total = total.saturating_sub(len);
+        }
+    }
+}
+
+/// Writes (or rewrites) the bundle of `incident` with history up to `until_ns`.
+pub fn write(cfg: &BundleConfig, incident: &Incident, deep: &DeepState, until_ns: i64, complete: bool) -> Result<PathBuf, BundleError> {
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| io(&cfg.dir, e))?;
+    let name = super::bundle_name(&cfg.host, incident.ts_unix_ns, &incident.id);
+    let final_path = cfg.dir.join(&name);
+    let tmp_dir = tempfile::Builder::new().prefix(".hvflight-bundle-").tempdir_in(&cfg.dir).map_err(|e| io(&cfg.dir, e))?;
+    let since_ns = incident.ts_unix_ns - cfg.before_s as i64 * 1_000_000_000;
+
+    // History, a minute at a time so memory stays bounded.
+    let hist_path = tmp_dir.path().join("records.jsonl");
+    let mut hist = std::io::BufWriter::new(std::fs::File::create(&hist_path).map_err(|e| io(&hist_path, e))?);
+    let mut hasher = Sha256::new();
+    let (mut samples, mut events, mut hist_size) = (0u64, 0u64, 0u64);
+    let mut failures: std::collections::BTreeMap<String, CollectorFailureSummary> = Default::default();
+    let mut store_warnings = Vec::new();
+    let mut t = since_ns;
+    while t <= until_ns {
+        let end = (t + 60_000_000_000 - 1).min(until_ns);
+        let (recs, report) = read_range(&cfg.store_dir, t, end);
+        store_warnings.extend(report.warnings);
+        for r in recs {
+            let line = match &r {
+                Record::Sample(s) => {
+                    samples += 1;
+                    for f in &s.failures {
+                        let e = failures.entry(f.collector.clone()).or_insert_with(|| CollectorFailureSummary { collector: f.collector.clone(), ..Default::default() });
+                        e.samples += 1;
+                        e.last_error = f.error.clone();
+                    }
+                    crate::agent::print::sample_json(s)
+                }
+                Record::Events(evs) => {
+                    events += evs.len() as u64;
+                    evs.iter().map(crate::agent::print::event_json).collect::<Vec<_>>().join("\n")
+                }
+            };
+            if line.is_empty() {
+                continue;
+            }
+            hasher.update(line.as_bytes());
+            hasher.update(b"\n");
+            hist_size += line.len() as u64 + 1;
+            writeln!(hist, "{line}").map_err(|e| io(&hist_path, e))?;
+        }
+        t = end + 1;
+    }
+    hist.flush().map_err(|e| io(&hist_path, e))?;
+    drop(hist);
+    store_warnings.truncate(100);
+
+    let mut entries = vec![Entry { name: "history/records.jsonl".into(), size: hist_size, sha256: hasher.finalize().iter().map(|x| format!("{x:02x}")).collect() }];
+    for (n, b) in &deep.files {
+        entries.push(Entry { name: n.clone(), size: b.len() as u64, sha256: sha256_hex(b) });
+    }
+    let manifest = Manifest {
+        format_version: BUNDLE_FORMAT_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        host: cfg.host.clone(),
+        incident: incident.clone(),
+        window_since: crate::clock::format_rfc3339(since_ns),
+        window_until: crate::clock::format_rfc3339(until_ns),
+        window_since_unix_ns: since_ns,
+        window_until_unix_ns: until_ns,
+        complete,
+        samples,
+        events,
+        entries,
+        commands: deep.commands.clone(),
+        collector_failures: failures.into_values().collect(),
+        store_warnings,
+    };
+    let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+
+    // Room for it? Estimate: the history compresses ~10x, deep state ~4x.
+    let need = hist_size / 8 + deep.files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() / 3 + 65536;
+    if let Some(free) = crate::store::writer::free_bytes(&cfg.dir) {
+        if free < cfg.min_free_bytes + need {
+            prune(cfg, &final_path);
+            let free = crate::store::writer::free_bytes(&cfg.dir).unwrap_or(free);
+            if free < cfg.min_free_bytes + need {
+                return Err(BundleError::NoSpace { dir: cfg.dir.display().to_string(), free, need, min: cfg.min_free_bytes });
+            }
+        }
+    }
+
+    let tmp_path = cfg.dir.join(format!(".{name}.tmp"));
+    let res = (|| -> std::io::Result<()> {
+        let f = std::fs::File::create(&tmp_path)?;
+        let enc = zstd::Encoder::new(f, 3)?;
+        let mut tar = tar::Builder::new(enc);
+        let add = |tar: &mut tar::Builder<zstd::Encoder<'static, std::fs::File>>, path: &str, data: &[u8]| -> std::io::Result<()> {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_mtime((incident.ts_unix_ns / 1_000_000_000).max(0) as u64);
+            h.set_cksum();
+            tar.append_data(&mut h, path, data)
+        };
+        add(&mut tar, "manifest.json", &manifest_json)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(hist_size);
+        h.set_mode(0o600);
+        h.set_mtime((incident.ts_unix_ns / 1_000_000_000).max(0) as u64);
+        h.set_cksum();
+        tar.append_data(&mut h, "history/records.jsonl", std::fs::File::open(&hist_path)?)?;
+        for (n, b) in &deep.files {
+            add(&mut tar, n, b)?;
+        }
+        let enc = tar.into_inner()?;
+        let f = enc.finish()?;
+        f.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp_path);
+        return Err(io(&tmp_path, e));
+    }
+    std::fs::rename(&tmp_path, &final_path).map_err(|e| io(&final_path, e))?;
+    if let Ok(d) = std::fs::File::open(&cfg.dir) {
+        let _ = d.sync_all();
+    }
+    prune(cfg, &final_path);
+    Ok(final_path)
+}
