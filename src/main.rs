@@ -95,6 +95,7 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
         st.config_file = resolved.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default();
         st.unknown_config_keys = resolved.unknown.iter().map(|u| u.0.key.clone()).collect();
         st.store_dir = store.as_ref().map(|w| w.dir().to_path_buf());
+        st.bundles_dir = Some(agent.config.agent.state_dir.join("bundles"));
     }
     let status_fn: hvflight::control::server::StatusFn = {
         let status = Arc::clone(&status);

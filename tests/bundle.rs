@@ -101,6 +101,12 @@ fn trigger_in_the_lab_writes_a_verified_complete_bundle_needs_root() {
     let xml = entry(&path, "libvirt/guest0.xml");
     assert!(xml.contains(&lab.guests[0].mac));
     assert!(!xml.contains("lab-vnc-secret"), "{xml}");
+    // Status names the last incident and its bundle.
+    let st = Command::new(bin()).args(["status", "--json", "--socket"]).arg(a.dir.join("s.sock")).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["bundles"]["count"], 1);
+    assert_eq!(st["bundles"]["last_incident"]["id"], id);
+    assert_eq!(st["bundles"]["last_incident"]["bundle"], path.display().to_string());
     // Listed, shown.
     let list = Command::new(bin()).args(["bundle", "list", "--state-dir"]).arg(dir.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&list.stdout).contains(id));

@@ -361,3 +361,34 @@ fn tail_over_ssh_streams_line_by_line_and_ends_with_the_client_needs_root() {
         }
     }
 }
+
+#[test]
+fn tail_since_starts_with_history_then_goes_live() {
+    let agent = Agent::start(&["--interval-ms", "100", "--libvirt-uri", "test:///default"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut tail = Command::new(bin())
+        .args(["tail", "--json", "--since", "1m", "--state-dir"])
+        .arg(agent.dir.path())
+        .arg("--socket")
+        .arg(agent.socket())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut tail);
+    let started = hvflight::clock::now().unix_ns;
+    let (mut old, mut live) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live < 3 && Instant::now() < deadline {
+        let Ok((_, l)) = rx.recv_timeout(Duration::from_secs(2)) else { continue };
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        match v["kind"].as_str() {
+            Some("sample") if v["ts_unix_ns"].as_i64().unwrap() < started => old += 1,
+            Some("tick") => live += 1,
+            _ => {}
+        }
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert!(old >= 5, "{old} samples from the store before the live stream");
+    assert_eq!(live, 3, "no live ticks after the history");
+}

@@ -160,6 +160,26 @@ pub fn status_text(v: &serde_json::Value) -> String {
         st["segments"],
         st["dropped_records"]
     );
+    let b = &v["bundles"];
+    if b.is_object() {
+        let _ = write!(o, "bundles: {} in {} ({:.1} MiB)", b["count"], b["dir"].as_str().unwrap_or("?"), b["bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
+        match b["last_incident"].as_object() {
+            Some(li) => {
+                let _ = writeln!(
+                    o,
+                    "; last incident {} at {} ({}: {}) → {}",
+                    li["id"].as_str().unwrap_or("?"),
+                    li["ts"].as_str().unwrap_or("?"),
+                    li["trigger"].as_str().unwrap_or("?"),
+                    li["reason"].as_str().unwrap_or(""),
+                    li["bundle"].as_str().unwrap_or("?")
+                );
+            }
+            None => {
+                let _ = writeln!(o, "; no incident yet");
+            }
+        }
+    }
     if let Some(u) = a["unknown_config_keys"].as_array().filter(|u| !u.is_empty()) {
         let keys: Vec<&str> = u.iter().filter_map(|k| k.as_str()).collect();
         let _ = writeln!(o, "config {}: unknown keys ignored: {}", a["config_file"].as_str().unwrap_or(""), keys.join(", "));

@@ -18,6 +18,7 @@ pub struct AgentStatus {
     pub libvirt_uri: String,
     pub store_dir: Option<std::path::PathBuf>,
     pub store_dropped: u64,
+    pub bundles_dir: Option<std::path::PathBuf>,
     pub tail_clients: usize,
     last_seq: u64,
     last_ts_unix_ns: i64,
@@ -41,6 +42,7 @@ impl AgentStatus {
             libvirt_uri,
             store_dir: None,
             store_dropped: 0,
+            bundles_dir: None,
             tail_clients: 0,
             last_seq: 0,
             last_ts_unix_ns: 0,
@@ -67,6 +69,22 @@ impl AgentStatus {
             self.domains_total = l.domains.len();
             self.domains_running = l.domains.iter().filter(|d| d.state == "running").count();
         }
+    }
+
+    fn bundles_json(&self) -> serde_json::Value {
+        let Some(dir) = &self.bundles_dir else { return serde_json::Value::Null };
+        let all = crate::bundle::writer::list(dir);
+        let bytes: u64 = all.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        let last = all.last().and_then(|p| crate::bundle::verify::manifest(p).ok().map(|m| (p.clone(), m)));
+        json!({
+            "dir": dir.display().to_string(),
+            "count": all.len(),
+            "bytes": bytes,
+            "last_incident": last.map(|(p, m)| json!({
+                "id": m.incident.id, "ts": m.incident.ts, "trigger": m.incident.trigger,
+                "reason": m.incident.reason, "bundle": p.display().to_string(), "complete": m.complete,
+            })),
+        })
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -117,6 +135,7 @@ impl AgentStatus {
                 "segments": segments,
                 "dropped_records": self.store_dropped,
             },
+            "bundles": self.bundles_json(),
             "tail_clients": self.tail_clients,
         })
     }
