@@ -77,12 +77,19 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
 
     let state_dir = tempfile::tempdir().context("state dir")?;
     let exe = std::env::current_exe().context("locating the hvflight binary")?;
-    let mut child = Command::new(exe)
+    // Short bundle windows so the demo's bundle completes within the demo.
+    let after_s = if short { 2 } else { 5 };
+    let cfg_path = state_dir.path().join("hvflight.toml");
+    std::fs::write(&cfg_path, format!("[bundle]\nbefore_s = 300\nafter_s = {after_s}\ncommand_timeout_ms = 5000\n"))?;
+    let socket = state_dir.path().join("hvflight.sock");
+    let mut child = Command::new(&exe)
         .args(["run", "--print", "--netns", &lab.hv_ns, "--libvirt-uri", &lab.libvirt_uri()])
+        .arg("--config")
+        .arg(&cfg_path)
         .arg("--state-dir")
         .arg(state_dir.path())
         .arg("--socket")
-        .arg(state_dir.path().join("hvflight.sock"))
+        .arg(&socket)
         .args(["--interval-ms", &interval_ms.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -116,8 +123,68 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
         ok = ok && pause(phase_s, &stop);
     }
 
+    // An incident, frozen: the uplink goes down again and an operator (or a
+    // monitoring event handler) asks for a bundle.
+    if ok {
+        println!("demo: ── injecting again: uplink peer down, then `hvflight trigger --reason …`");
+        lab.inject(&Fault::UplinkDown)?;
+        pause(1.5, &stop);
+        match crate::control::client::trigger(&socket, "demo: all guests lost the gateway", Duration::from_secs(60)) {
+            Ok((id, path)) => {
+                println!("demo:    incident {id}: bundle {path}");
+                pause(after_s as f64 + 1.0, &stop);
+                lab.revert(&Fault::UplinkDown)?;
+                match crate::bundle::verify::verify(std::path::Path::new(&path)) {
+                    Ok((m, problems)) => {
+                        println!(
+                            "demo:    bundle verified: {} — {} entries, {} samples and {} events from {} to {}, complete: {}",
+                            if problems.is_empty() { "OK" } else { "PROBLEMS" },
+                            m.entries.len(),
+                            m.samples,
+                            m.events,
+                            m.window_since,
+                            m.window_until,
+                            m.complete
+                        );
+                        let failed: Vec<String> = m
+                            .commands
+                            .iter()
+                            .filter(|c| c.exit_status != Some(0))
+                            .map(|c| format!("{} ({})", c.name, if c.timed_out { "timed out".to_string() } else { c.error.clone() }))
+                            .collect();
+                        if !failed.is_empty() {
+                            println!("demo:    deep-state commands that did not succeed: {}", failed.join(", "));
+                        }
+                        for p in &problems {
+                            println!("demo:    {p}");
+                        }
+                    }
+                    Err(e) => println!("demo:    cannot read the bundle: {e}"),
+                }
+            }
+            Err(e) => {
+                println!("demo:    trigger failed: {e}");
+                lab.revert(&Fault::UplinkDown)?;
+            }
+        }
+    }
     drop(agent);
     let _ = relay.join();
+    println!("demo: the store kept what the agent saw (`hvflight history --state-dir … --iface uplink0`):");
+    let q = crate::store::history::HistoryQuery {
+        since_ns: crate::clock::now().unix_ns - 20_000_000_000,
+        until_ns: i64::MAX,
+        iface: Some(lab.uplink.clone()),
+        domain: None,
+        json: false,
+    };
+    let mut buf = Vec::new();
+    let _ = crate::store::history::history(&state_dir.path().join("store"), &q, &mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    for l in &lines[lines.len().saturating_sub(8)..] {
+        println!("  history │ {l}");
+    }
     let names = lab.namespaces();
     drop(lab);
     let left: Vec<String> = crate::lab::list_namespaces().into_iter().filter(|n| names.contains(n)).collect();

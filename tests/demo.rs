@@ -17,6 +17,9 @@ fn demo_short_runs_and_cleans_up_needs_root() {
     assert!(stdout.contains("NO-CARRIER"), "{stdout}");
     assert!(stdout.contains("EVENT fdb new 52:54:00:00:00:01 on uplink0"), "{stdout}");
     assert!(stdout.contains("domains 2/2 running"), "{stdout}");
+    // The incident frozen into a verified, complete bundle, and the history kept.
+    assert!(stdout.contains("bundle verified: OK") && stdout.contains("complete: true"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("  history │") && l.contains("| uplink0 ")), "{stdout}");
     let hv = stdout
         .split("hypervisor namespace ")
         .nth(1)
