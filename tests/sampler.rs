@@ -100,8 +100,13 @@ fn libvirt_section_matches_node_xml_needs_root() {
 #[test]
 fn link_down_produces_an_event_within_100ms_needs_root() {
     let lab = Lab::start(LabConfig { guests: 2, ..Default::default() }).unwrap();
+    let state = tempfile::tempdir().unwrap();
     let mut agent = hvflight()
         .args(["run", "--json", "--netns", &lab.hv_ns, "--interval-ms", "200", "--libvirt-uri", &lab.libvirt_uri()])
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--socket")
+        .arg(state.path().join("s.sock"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -252,8 +257,13 @@ fn interfaces_vanishing_while_sampling_never_crash_the_agent_needs_root() {
         }
         i
     });
+    let state = tempfile::tempdir().unwrap();
     let out = hvflight()
         .args(["run", "--json", "--netns", &ns.0, "--interval-ms", "20", "--count", "60", "--libvirt-uri", "test:///default"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--socket")
+        .arg(state.path().join("s.sock"))
         .output()
         .unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
