@@ -109,7 +109,7 @@ fn event_ifaces(e: &Event) -> Option<&str> {
 
 pub fn tick_line(t: &Tick, f: &TailFilter) -> Option<String> {
     let hms = &t.ts[11..23];
-    let mut out = format!("{hms}");
+    let mut out = hms.to_string();
     let shown: Vec<(&String, &super::tick::IfaceTick)> = t
         .ifaces
         .iter()
