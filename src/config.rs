@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub socket_group: String,
     /// Lines a tail client may fall behind before the oldest are dropped.
     pub tail_queue_lines: u64,
+    /// Prometheus endpoint (host:port); empty = off.
+    pub metrics_listen: String,
     /// Bridges to watch; empty = the bridges libvirt's domains use, else all bridges.
     pub bridges: Vec<String>,
     /// Network namespace (name under /run/netns, or a path) to watch; empty = the agent's own.
@@ -95,6 +97,7 @@ impl Default for AgentConfig {
             socket: "/run/hvflight/hvflight.sock".into(),
             socket_group: String::new(),
             tail_queue_lines: 2000,
+            metrics_listen: "127.0.0.1:9469".into(),
             bridges: Vec::new(),
             netns: String::new(),
             hostname: String::new(),

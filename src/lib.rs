@@ -19,6 +19,7 @@ pub mod demo;
 pub mod events;
 pub mod kernel;
 pub mod lab;
+pub mod metrics;
 pub mod model;
 pub mod store;
 pub mod sample;

@@ -135,6 +135,15 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
             None
         }
     };
+    let exporter = Arc::new(hvflight::metrics::Exporter::default());
+    if !agent.config.agent.metrics_listen.is_empty() {
+        match hvflight::metrics::serve(&agent.config.agent.metrics_listen, Arc::clone(&exporter)) {
+            Ok(()) => tracing::info!(listen = %agent.config.agent.metrics_listen, "metrics endpoint up"),
+            Err(e) => tracing::error!(error = %e, "metrics endpoint unavailable; the agent goes on without it"),
+        }
+    }
+    exporter.state.lock().unwrap_or_else(|e| e.into_inner()).unknown_config_keys = resolved.unknown.len() as u64;
+    let bundles_dir = agent.config.agent.state_dir.join("bundles");
     let mut pending: Vec<hvflight::sample::Event> = Vec::new();
     let mut out = std::io::stdout().lock();
     agent.run(&shutdown, count, |o| {
@@ -143,6 +152,27 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
             st.on_sample(sample);
             st.store_dropped = store.as_ref().map_or(0, |w| w.dropped);
             st.tail_clients = control.as_ref().map_or(0, |c| c.client_count());
+            drop(st);
+            exporter.on_sample(sample);
+            // Directory sizes: every tenth sample is enough for a scrape.
+            if sample.seq % 10 == 1 {
+                let mut ex = exporter.state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(w) = store.as_ref() {
+                    ex.store_bytes = hvflight::store::writer::segments(w.dir())
+                        .iter()
+                        .filter_map(|p| std::fs::metadata(p).ok())
+                        .map(|m| m.len())
+                        .sum();
+                    ex.store_dropped_records = w.dropped;
+                }
+                let all = hvflight::bundle::writer::list(&bundles_dir);
+                ex.bundles = all.len() as u64;
+                ex.last_incident_unix_s = all
+                    .last()
+                    .and_then(|p| hvflight::bundle::verify::manifest(p).ok())
+                    .map(|m| m.incident.ts_unix_ns as f64 / 1e9);
+                ex.tail_clients = control.as_ref().map_or(0, |c| c.client_count()) as u64;
+            }
         }
         if let Some(c) = control.as_ref().filter(|c| c.has_clients()) {
             let line = match &o {
