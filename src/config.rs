@@ -26,6 +26,7 @@ pub struct Config {
     pub collect: CollectConfig,
     pub store: StoreConfig,
     pub bundle: BundleConfig,
+    pub detect: crate::detect::DetectConfig,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -340,6 +341,8 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
         ("store.sync_interval_ms", c.store.sync_interval_ms),
         ("bundle.command_timeout_ms", c.bundle.command_timeout_ms),
         ("bundle.max_count", c.bundle.max_count),
+        ("detect.collapse_after", c.detect.collapse_after as u64),
+        ("detect.recover_after", c.detect.recover_after as u64),
     ] {
         if v == 0 {
             return bad(key, "must be greater than 0".into());

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod collect;
 pub mod config;
 pub mod control;
+pub mod detect;
 pub mod demo;
 pub mod events;
 pub mod kernel;

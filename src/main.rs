@@ -144,9 +144,68 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
     }
     exporter.state.lock().unwrap_or_else(|e| e.into_inner()).unknown_config_keys = resolved.unknown.len() as u64;
     let bundles_dir = agent.config.agent.state_dir.join("bundles");
+    let mut detector = hvflight::detect::Detector::new(agent.config.detect.clone());
+    let detect_on = agent.config.detect.enabled;
+    let mut detector_reason = String::new();
+    let incident_tx = bundles.as_ref().map(|w| w.sender());
     let mut pending: Vec<hvflight::sample::Event> = Vec::new();
     let mut out = std::io::stdout().lock();
     agent.run(&shutdown, count, |o| {
+        // The detector judges every sample; what it decides becomes events
+        // (stored, tailed) and, for a collapse, an incident with a bundle.
+        let mut detector_events: Vec<hvflight::sample::Event> = Vec::new();
+        if let (Output::Sample { sample, model }, true) = (&o, detect_on) {
+            for a in detector.observe(sample, model) {
+                use hvflight::detect::Action;
+                let kind = match a {
+                    Action::Transition { from, to, reason } => {
+                        detector_reason = if to == hvflight::detect::State::Healthy { String::new() } else { reason.clone() };
+                        if to == hvflight::detect::State::Suspect {
+                            // The minutes before may be needed after a reboot.
+                            if let Some(w) = store.as_mut() {
+                                w.sync_now();
+                            }
+                        }
+                        tracing::warn!(from = from.name(), to = to.name(), %reason, "detector");
+                        hvflight::sample::EventKind::Detector {
+                            from: from.name().into(),
+                            to: to.name().into(),
+                            reason,
+                            eligible_guests: detector.eligible(),
+                        }
+                    }
+                    Action::Incident { reason } => {
+                        if let Some(tx) = &incident_tx {
+                            let _ = tx.send(hvflight::bundle::worker::TriggerRequest { trigger: "detector".into(), reason, reply: None });
+                        }
+                        continue;
+                    }
+                    Action::GuestCutOff { iface, domain } => {
+                        tracing::warn!(%iface, %domain, "guest cut off");
+                        hvflight::sample::EventKind::GuestCutOff { iface, domain }
+                    }
+                };
+                detector_events.push(hvflight::sample::Event { ts_unix_ns: sample.ts_unix_ns, mono_ns: sample.mono_ns, kind });
+            }
+            let det = serde_json::json!({
+                "state": detector.state.name(),
+                "eligible_guests": detector.eligible(),
+                "total_guests": detector.total(),
+                "reason": detector_reason,
+            });
+            status.lock().unwrap_or_else(|e| e.into_inner()).detector = det;
+        }
+        for e in &detector_events {
+            pending.push(e.clone());
+            if let Some(c) = control.as_ref().filter(|c| c.has_clients()) {
+                c.publish(print::event_json(e));
+            }
+            if print {
+                println!("{}", print::event_line(e));
+            } else if json {
+                println!("{}", serde_json::to_string(e).unwrap_or_default());
+            }
+        }
         if let Output::Sample { sample, .. } = &o {
             let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
             st.on_sample(sample);
@@ -154,6 +213,12 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
             st.tail_clients = control.as_ref().map_or(0, |c| c.client_count());
             drop(st);
             exporter.on_sample(sample);
+            {
+                let mut ex = exporter.state.lock().unwrap_or_else(|e| e.into_inner());
+                ex.detector_state = if detect_on { detector.state.name().into() } else { String::new() };
+                ex.eligible_guests = detector.eligible() as u64;
+                ex.guests = detector.total() as u64;
+            }
             // Directory sizes: every tenth sample is enough for a scrape.
             if sample.seq % 10 == 1 {
                 let mut ex = exporter.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -177,7 +242,10 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
         if let Some(c) = control.as_ref().filter(|c| c.has_clients()) {
             let line = match &o {
                 Output::Sample { sample, model } => {
-                    serde_json::to_string(&hvflight::control::tick::tick(sample, model)).unwrap_or_default()
+                    let mut t = hvflight::control::tick::tick(sample, model);
+                    t.detector = if detect_on { detector.state.name().into() } else { "off".into() };
+                    t.eligible_guests = detector.eligible();
+                    serde_json::to_string(&t).unwrap_or_default()
                 }
                 Output::Event(e) => print::event_json(e),
             };

@@ -31,6 +31,10 @@ pub struct Snapshot {
     pub last_incident_unix_s: Option<f64>,
     pub tail_clients: u64,
     pub unknown_config_keys: u64,
+    /// Detector state name ("" = off), eligible and total guests.
+    pub detector_state: String,
+    pub eligible_guests: u64,
+    pub guests: u64,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +107,14 @@ impl Collector for Exporter {
         }
         gauge(&mut enc, "hvflight_tail_clients", "Connected tail clients.", &[(none.clone(), st.tail_clients as f64)])?;
         gauge(&mut enc, "hvflight_config_unknown_keys", "Config keys the agent ignored.", &[(none.clone(), st.unknown_config_keys as f64)])?;
+        if !st.detector_state.is_empty() {
+            let states = ["healthy", "suspect", "collapsed", "recovering"];
+            let series: Vec<(Labels, f64)> =
+                states.iter().map(|x| (l(&[("state", x)]), if *x == st.detector_state { 1.0 } else { 0.0 })).collect();
+            gauge(&mut enc, "hvflight_detector_state", "1 for the detector's current state.", &series)?;
+            gauge(&mut enc, "hvflight_detector_eligible_guests", "Guests whose traffic can judge the uplink now.", &[(none.clone(), st.eligible_guests as f64)])?;
+            gauge(&mut enc, "hvflight_detector_guests", "Guests (vNIC ports) on watched bridges.", &[(none.clone(), st.guests as f64)])?;
+        }
         let Some(s) = &st.sample else { return Ok(()) };
         gauge(&mut enc, "hvflight_sample_duration_seconds", "How long the last sample took.", &[(none.clone(), s.duration_us as f64 / 1e6)])?;
         gauge(&mut enc, "hvflight_sample_lag_seconds", "How late the last sample started.", &[(none.clone(), s.lag_us as f64 / 1e6)])?;

@@ -160,6 +160,17 @@ pub fn status_text(v: &serde_json::Value) -> String {
         st["segments"],
         st["dropped_records"]
     );
+    let d = &v["detector"];
+    if d.is_object() {
+        let _ = writeln!(
+            o,
+            "detector: {} — {} of {} guests eligible to judge{}",
+            d["state"].as_str().unwrap_or("?").to_uppercase(),
+            d["eligible_guests"],
+            d["total_guests"],
+            d["reason"].as_str().filter(|r| !r.is_empty()).map(|r| format!("; {r}")).unwrap_or_default()
+        );
+    }
     let b = &v["bundles"];
     if b.is_object() {
         let _ = write!(o, "bundles: {} in {} ({:.1} MiB)", b["count"], b["dir"].as_str().unwrap_or("?"), b["bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
@@ -235,5 +246,9 @@ pub fn event_line(e: &Event) -> String {
             format!("{t} LOSS {source}: {count} lost ({detail})")
         }
         EventKind::Agent { what, detail } => format!("{t} AGENT {what} {detail}"),
+        EventKind::Detector { from, to, reason, eligible_guests } => {
+            format!("{t} DETECTOR {from} → {}: {reason} ({eligible_guests} eligible guests)", to.to_uppercase())
+        }
+        EventKind::GuestCutOff { iface, domain } => format!("{t} GUEST CUT OFF {iface} ({domain})"),
     }
 }

@@ -20,6 +20,7 @@ pub struct AgentStatus {
     pub store_dropped: u64,
     pub bundles_dir: Option<std::path::PathBuf>,
     pub tail_clients: usize,
+    pub detector: serde_json::Value,
     last_seq: u64,
     last_ts_unix_ns: i64,
     last_duration_us: u64,
@@ -44,6 +45,7 @@ impl AgentStatus {
             store_dropped: 0,
             bundles_dir: None,
             tail_clients: 0,
+            detector: serde_json::Value::Null,
             last_seq: 0,
             last_ts_unix_ns: 0,
             last_duration_us: 0,
@@ -135,6 +137,7 @@ impl AgentStatus {
                 "segments": segments,
                 "dropped_records": self.store_dropped,
             },
+            "detector": self.detector,
             "bundles": self.bundles_json(),
             "tail_clients": self.tail_clients,
         })

@@ -158,6 +158,10 @@ pub fn tick_line(t: &Tick, f: &TailFilter) -> Option<String> {
     if t.domains_total > 0 {
         out.push_str(&format!(" · domains {}/{} running", t.domains_running, t.domains_total));
     }
+    if !t.detector.is_empty() {
+        let state = if t.detector == "healthy" { t.detector.clone() } else { t.detector.to_uppercase() };
+        out.push_str(&format!(" · detector {state} ({} eligible)", t.eligible_guests));
+    }
     if !t.failures.is_empty() {
         out.push_str(&format!(" · FAILED: {}", t.failures.join(",")));
     }

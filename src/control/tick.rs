@@ -42,6 +42,11 @@ pub struct Tick {
     pub domains_running: usize,
     #[serde(default)]
     pub domains_total: usize,
+    /// Detector state ("healthy", "suspect", "collapsed", "recovering"; "off").
+    #[serde(default)]
+    pub detector: String,
+    #[serde(default)]
+    pub eligible_guests: usize,
     /// Interfaces on watched bridges (and the bridges), by name.
     pub ifaces: BTreeMap<String, IfaceTick>,
 }

@@ -108,6 +108,21 @@ pub enum EventKind {
         #[serde(default)]
         count: u64,
     },
+    /// The collapse detector changed state.
+    Detector {
+        from: String,
+        to: String,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        eligible_guests: usize,
+    },
+    /// One guest sends while nothing reaches it (not a host-wide collapse).
+    GuestCutOff {
+        iface: String,
+        #[serde(default)]
+        domain: String,
+    },
     /// Something the agent itself noticed (start, stop, clock jump, own stall).
     Agent { what: String, #[serde(default)] detail: String },
 }
