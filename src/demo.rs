@@ -80,7 +80,11 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
     // Short bundle windows so the demo's bundle completes within the demo.
     let after_s = if short { 2 } else { 5 };
     let cfg_path = state_dir.path().join("hvflight.toml");
-    std::fs::write(&cfg_path, format!("[bundle]\nbefore_s = 300\nafter_s = {after_s}\ncommand_timeout_ms = 5000\n"))?;
+    // Guests in a demo are seconds old: a short boot grace lets the detector judge them.
+    std::fs::write(
+        &cfg_path,
+        format!("[bundle]\nbefore_s = 300\nafter_s = {after_s}\ncommand_timeout_ms = 5000\n[detect]\nboot_grace_s = 2\n"),
+    )?;
     let socket = state_dir.path().join("hvflight.sock");
     let mut child = Command::new(&exe)
         .args(["run", "--print", "--netns", &lab.hv_ns, "--libvirt-uri", &lab.libvirt_uri()])
@@ -150,7 +154,16 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
                             .commands
                             .iter()
                             .filter(|c| c.exit_status != Some(0))
-                            .map(|c| format!("{} ({})", c.name, if c.timed_out { "timed out".to_string() } else { c.error.clone() }))
+                            .map(|c| {
+                                let why = if c.timed_out {
+                                    "timed out".to_string()
+                                } else if !c.error.is_empty() {
+                                    c.error.clone()
+                                } else {
+                                    format!("exit {}: {}", c.exit_status.map_or("?".into(), |x| x.to_string()), c.stderr_tail.lines().last().unwrap_or(""))
+                                };
+                                format!("{} ({why})", c.name)
+                            })
                             .collect();
                         if !failed.is_empty() {
                             println!("demo:    deep-state commands that did not succeed: {}", failed.join(", "));
@@ -170,6 +183,12 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
     }
     drop(agent);
     let _ = relay.join();
+    println!("demo: bundles taken (the detector's and the trigger's):");
+    for b in crate::bundle::writer::list(&state_dir.path().join("bundles")) {
+        if let Ok(m) = crate::bundle::verify::manifest(&b) {
+            println!("demo:    {} {} {:<8} {}", m.incident.id, m.incident.ts, m.incident.trigger, m.incident.reason);
+        }
+    }
     println!("demo: the store kept what the agent saw (`hvflight history --state-dir … --iface uplink0`):");
     let q = crate::store::history::HistoryQuery {
         since_ns: crate::clock::now().unix_ns - 20_000_000_000,
