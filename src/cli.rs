@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "hvflight", version, about = "Flight recorder for the network of a KVM/libvirt hypervisor")]
+#[command(
+    name = "hvflight",
+    version,
+    about = "Flight recorder for the network of a KVM/libvirt hypervisor"
+)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "hvflight=debug". Also HVFLIGHT_LOG.
     #[arg(long, global = true, env = "HVFLIGHT_LOG", default_value = "info")]

@@ -61,8 +61,14 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
         // The seed incident: 2015-02-27 02:30 UTC.
-        assert_eq!(format_rfc3339(1_425_004_200_123_000_000), "2015-02-27T02:30:00.123Z");
-        assert_eq!(format_rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339(1_425_004_200_123_000_000),
+            "2015-02-27T02:30:00.123Z"
+        );
+        assert_eq!(
+            format_rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 
     #[test]

@@ -88,7 +88,6 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
 }
 
-
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -140,7 +139,13 @@ pub struct BundleConfig {
 
 impl Default for BundleConfig {
     fn default() -> Self {
-        BundleConfig { before_s: 900, after_s: 60, command_timeout_ms: 10_000, max_count: 20, max_bytes: 2 << 30 }
+        BundleConfig {
+            before_s: 900,
+            after_s: 60,
+            command_timeout_ms: 10_000,
+            max_count: 20,
+            max_bytes: 2 << 30,
+        }
     }
 }
 
@@ -157,8 +162,17 @@ impl Default for StoreConfig {
 }
 
 pub const COLLECTOR_NAMES: &[&str] = &[
-    "links", "bridge", "fdb", "neighbours", "qdisc", "conntrack", "softnet", "snmp", "system",
-    "netfilter", "libvirt",
+    "links",
+    "bridge",
+    "fdb",
+    "neighbours",
+    "qdisc",
+    "conntrack",
+    "softnet",
+    "snmp",
+    "system",
+    "netfilter",
+    "libvirt",
 ];
 
 /// Where in which file something is.
@@ -182,9 +196,16 @@ impl fmt::Display for Location {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}:{line}: TOML syntax error: {msg}")]
-    Syntax { file: String, line: usize, msg: String },
+    Syntax {
+        file: String,
+        line: usize,
+        msg: String,
+    },
     #[error("{at}: {msg}")]
     Invalid { at: Location, msg: String },
 }
@@ -217,16 +238,33 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
         Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Loaded { config: Config::default(), file: None, unknown: Vec::new() })
+            return Ok(Loaded {
+                config: Config::default(),
+                file: None,
+                unknown: Vec::new(),
+            })
         }
-        Err(source) => return Err(ConfigError::Read { file: file.display().to_string(), source }),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                file: file.display().to_string(),
+                source,
+            })
+        }
     };
     let (config, unknown) = parse(&text, &file.display().to_string())?;
-    Ok(Loaded { config, file: Some(file), unknown })
+    Ok(Loaded {
+        config,
+        file: Some(file),
+        unknown,
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// Parses and validates config text; `file` is used in messages only.
@@ -243,13 +281,25 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<UnknownKey>), Config
     let mut unknown = Vec::new();
     for (path, line, _) in &keys {
         if !schema_has(&schema, path) && !parent_unknown(&schema, path) {
-            unknown.push(UnknownKey(Location { file: file.into(), line: *line, key: path.clone() }));
+            unknown.push(UnknownKey(Location {
+                file: file.into(),
+                line: *line,
+                key: path.clone(),
+            }));
         }
     }
 
     let locate = |key: &str| -> Location {
-        let line = keys.iter().find(|(p, _, _)| p == key).map(|(_, l, _)| *l).unwrap_or(0);
-        Location { file: file.into(), line, key: key.into() }
+        let line = keys
+            .iter()
+            .find(|(p, _, _)| p == key)
+            .map(|(_, l, _)| *l)
+            .unwrap_or(0);
+        Location {
+            file: file.into(),
+            line,
+            key: key.into(),
+        }
     };
 
     let config: Config = toml::from_str(text).map_err(|e| {
@@ -267,7 +317,10 @@ pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<UnknownKey>), Config
                 line: e.span().map(|s| line_of(text, s.start)).unwrap_or(0),
                 key: String::new(),
             });
-        ConfigError::Invalid { at, msg: e.message().trim().to_string() }
+        ConfigError::Invalid {
+            at,
+            msg: e.message().trim().to_string(),
+        }
     })?;
     validate(&config, &locate)?;
     Ok((config, unknown))
@@ -277,7 +330,11 @@ type KeySpan = (String, usize, std::ops::Range<usize>);
 
 fn walk(t: &toml::de::DeTable<'_>, prefix: &str, text: &str, out: &mut Vec<KeySpan>) {
     for (k, v) in t.iter() {
-        let path = if prefix.is_empty() { k.get_ref().to_string() } else { format!("{prefix}.{}", k.get_ref()) };
+        let path = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
         out.push((path.clone(), line_of(text, k.span().start), v.span()));
         if let toml::de::DeValue::Table(inner) = v.get_ref() {
             walk(inner, &path, text, out);
@@ -315,29 +372,49 @@ fn parent_unknown(schema: &toml::Table, path: &str) -> bool {
 }
 
 fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigError> {
-    let bad = |key: &str, msg: String| Err(ConfigError::Invalid { at: locate(key), msg });
+    let bad = |key: &str, msg: String| {
+        Err(ConfigError::Invalid {
+            at: locate(key),
+            msg,
+        })
+    };
     if !(10..=60_000).contains(&c.agent.interval_ms) {
-        return bad("agent.interval_ms", format!("must be between 10 and 60000, got {}", c.agent.interval_ms));
+        return bad(
+            "agent.interval_ms",
+            format!("must be between 10 and 60000, got {}", c.agent.interval_ms),
+        );
     }
     if c.agent.libvirt_uri.trim().is_empty() {
         return bad("agent.libvirt_uri", "must not be empty".into());
     }
     if !c.agent.state_dir.is_absolute() {
-        return bad("agent.state_dir", format!("must be an absolute path, got {:?}", c.agent.state_dir));
+        return bad(
+            "agent.state_dir",
+            format!("must be an absolute path, got {:?}", c.agent.state_dir),
+        );
     }
     if !c.agent.socket.is_absolute() {
-        return bad("agent.socket", format!("must be an absolute path, got {:?}", c.agent.socket));
+        return bad(
+            "agent.socket",
+            format!("must be an absolute path, got {:?}", c.agent.socket),
+        );
     }
     for b in &c.agent.bridges {
         if b.is_empty() || b.len() > 15 || b.contains('/') || b.contains(char::is_whitespace) {
-            return bad("agent.bridges", format!("{b:?} is not a valid interface name"));
+            return bad(
+                "agent.bridges",
+                format!("{b:?} is not a valid interface name"),
+            );
         }
     }
     for (key, v) in [
         ("agent.tail_queue_lines", c.agent.tail_queue_lines),
         ("collect.netlink_timeout_ms", c.collect.netlink_timeout_ms),
         ("collect.libvirt_timeout_ms", c.collect.libvirt_timeout_ms),
-        ("collect.libvirt_reconnect_ms", c.collect.libvirt_reconnect_ms),
+        (
+            "collect.libvirt_reconnect_ms",
+            c.collect.libvirt_reconnect_ms,
+        ),
         ("store.sync_interval_ms", c.store.sync_interval_ms),
         ("bundle.command_timeout_ms", c.bundle.command_timeout_ms),
         ("bundle.max_count", c.bundle.max_count),
@@ -352,14 +429,20 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
         if !COLLECTOR_NAMES.contains(&d.as_str()) {
             return bad(
                 "collect.disabled",
-                format!("unknown collector {d:?}; known: {}", COLLECTOR_NAMES.join(", ")),
+                format!(
+                    "unknown collector {d:?}; known: {}",
+                    COLLECTOR_NAMES.join(", ")
+                ),
             );
         }
     }
     if c.store.max_bytes < c.store.segment_bytes {
         return bad(
             "store.max_bytes",
-            format!("must be at least store.segment_bytes ({})", c.store.segment_bytes),
+            format!(
+                "must be at least store.segment_bytes ({})",
+                c.store.segment_bytes
+            ),
         );
     }
     if c.store.segment_bytes < 64 * 1024 {
@@ -388,7 +471,8 @@ mod tests {
         for (section, t) in schema {
             for key in t.as_table().unwrap().keys() {
                 assert!(
-                    DEFAULT_FILE.contains(&format!("\n{key} =")) || DEFAULT_FILE.contains(&format!("\n# {key} =")),
+                    DEFAULT_FILE.contains(&format!("\n{key} ="))
+                        || DEFAULT_FILE.contains(&format!("\n# {key} =")),
                     "{section}.{key} missing from packaging/hvflight.toml"
                 );
             }
@@ -426,20 +510,32 @@ mod tests {
     fn invalid_value_names_file_line_and_key() {
         let text = "\n[agent]\ninterval_ms = 0\n";
         let e = parse(text, "f.toml").unwrap_err().to_string();
-        assert!(e.starts_with("f.toml:3: key `agent.interval_ms`: must be between"), "{e}");
-        let e = parse("[collect]\ndisabled = [\"links\", \"bogus\"]\n", "f.toml").unwrap_err().to_string();
-        assert!(e.contains("f.toml:2: key `collect.disabled`") && e.contains("bogus"), "{e}");
+        assert!(
+            e.starts_with("f.toml:3: key `agent.interval_ms`: must be between"),
+            "{e}"
+        );
+        let e = parse("[collect]\ndisabled = [\"links\", \"bogus\"]\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("f.toml:2: key `collect.disabled`") && e.contains("bogus"),
+            "{e}"
+        );
     }
 
     #[test]
     fn syntax_error_names_line() {
-        let e = parse("[agent]\ninterval_ms = = 3\n", "f.toml").unwrap_err().to_string();
+        let e = parse("[agent]\ninterval_ms = = 3\n", "f.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("f.toml:2: TOML syntax error"), "{e}");
     }
 
     #[test]
     fn missing_default_file_is_defaults_but_missing_explicit_file_is_an_error() {
-        let e = load(Some(Path::new("/nonexistent/hvflight.toml"))).unwrap_err().to_string();
+        let e = load(Some(Path::new("/nonexistent/hvflight.toml")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/hvflight.toml"), "{e}");
     }
 }

@@ -55,12 +55,19 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
 
     let removed = crate::lab::cleanup_stale();
     if removed > 0 {
-        println!("demo: removed {removed} namespace(s) left by an earlier lab whose process is gone");
+        println!(
+            "demo: removed {removed} namespace(s) left by an earlier lab whose process is gone"
+        );
     }
     println!("demo: building a lab with {guests} guests …");
     let t0 = Instant::now();
-    let lab = Lab::start(LabConfig { guests, traffic: true, nova_metadata: true, ..LabConfig::default() })
-        .context("building the lab")?;
+    let lab = Lab::start(LabConfig {
+        guests,
+        traffic: true,
+        nova_metadata: true,
+        ..LabConfig::default()
+    })
+    .context("building the lab")?;
     println!(
         "demo: lab up in {:.1} s — hypervisor namespace {}, bridge {}, uplink {} → switch namespace {} (gateway {})",
         t0.elapsed().as_secs_f64(),
@@ -71,7 +78,10 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
         lab.gateway_ip
     );
     for g in &lab.guests {
-        println!("demo:   guest {} {} on port {} ({})", g.name, g.ip, g.host_port, g.mac);
+        println!(
+            "demo:   guest {} {} on port {} ({})",
+            g.name, g.ip, g.host_port, g.mac
+        );
     }
     println!("demo: libvirt test driver: {}", lab.libvirt_uri());
 
@@ -87,7 +97,14 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
     )?;
     let socket = state_dir.path().join("hvflight.sock");
     let mut child = Command::new(&exe)
-        .args(["run", "--print", "--netns", &lab.hv_ns, "--libvirt-uri", &lab.libvirt_uri()])
+        .args([
+            "run",
+            "--print",
+            "--netns",
+            &lab.hv_ns,
+            "--libvirt-uri",
+            &lab.libvirt_uri(),
+        ])
         .arg("--config")
         .arg(&cfg_path)
         .arg("--state-dir")
@@ -108,9 +125,20 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
     });
 
     let faults: Vec<(Fault, &str)> = vec![
-        (Fault::PortDisabled { port: lab.uplink.clone() }, "uplink bridge port leaves forwarding (F8)"),
-        (Fault::UplinkDown, "uplink peer down on the switch side (F2)"),
-        (Fault::FdbHijack { guest: 0 }, "guest 0's MAC pinned on the uplink in the FDB (F6)"),
+        (
+            Fault::PortDisabled {
+                port: lab.uplink.clone(),
+            },
+            "uplink bridge port leaves forwarding (F8)",
+        ),
+        (
+            Fault::UplinkDown,
+            "uplink peer down on the switch side (F2)",
+        ),
+        (
+            Fault::FdbHijack { guest: 0 },
+            "guest 0's MAC pinned on the uplink in the FDB (F6)",
+        ),
     ];
     let mut ok = pause(phase_s, &stop);
     for (fault, what) in &faults {
@@ -118,12 +146,17 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
             break;
         }
         println!("demo: ── injecting: {what}");
-        lab.inject(fault).with_context(|| format!("injecting {what}"))?;
+        lab.inject(fault)
+            .with_context(|| format!("injecting {what}"))?;
         ok = pause(phase_s, &stop);
         let reach = lab.ping_from_guest(0, 1);
-        println!("demo:    guest 0 → gateway ping: {}", if reach { "answered" } else { "NO ANSWER" });
+        println!(
+            "demo:    guest 0 → gateway ping: {}",
+            if reach { "answered" } else { "NO ANSWER" }
+        );
         println!("demo: ── reverting: {what}");
-        lab.revert(fault).with_context(|| format!("reverting {what}"))?;
+        lab.revert(fault)
+            .with_context(|| format!("reverting {what}"))?;
         ok = ok && pause(phase_s, &stop);
     }
 
@@ -133,7 +166,11 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
         println!("demo: ── injecting again: uplink peer down, then `hvflight trigger --reason …`");
         lab.inject(&Fault::UplinkDown)?;
         pause(1.5, &stop);
-        match crate::control::client::trigger(&socket, "demo: all guests lost the gateway", Duration::from_secs(60)) {
+        match crate::control::client::trigger(
+            &socket,
+            "demo: all guests lost the gateway",
+            Duration::from_secs(60),
+        ) {
             Ok((id, path)) => {
                 println!("demo:    incident {id}: bundle {path}");
                 pause(after_s as f64 + 1.0, &stop);
@@ -160,13 +197,20 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
                                 } else if !c.error.is_empty() {
                                     c.error.clone()
                                 } else {
-                                    format!("exit {}: {}", c.exit_status.map_or("?".into(), |x| x.to_string()), c.stderr_tail.lines().last().unwrap_or(""))
+                                    format!(
+                                        "exit {}: {}",
+                                        c.exit_status.map_or("?".into(), |x| x.to_string()),
+                                        c.stderr_tail.lines().last().unwrap_or("")
+                                    )
                                 };
                                 format!("{} ({why})", c.name)
                             })
                             .collect();
                         if !failed.is_empty() {
-                            println!("demo:    deep-state commands that did not succeed: {}", failed.join(", "));
+                            println!(
+                                "demo:    deep-state commands that did not succeed: {}",
+                                failed.join(", ")
+                            );
                         }
                         for p in &problems {
                             println!("demo:    {p}");
@@ -186,7 +230,10 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
     println!("demo: bundles taken (the detector's and the trigger's):");
     for b in crate::bundle::writer::list(&state_dir.path().join("bundles")) {
         if let Ok(m) = crate::bundle::verify::manifest(&b) {
-            println!("demo:    {} {} {:<8} {}", m.incident.id, m.incident.ts, m.incident.trigger, m.incident.reason);
+            println!(
+                "demo:    {} {} {:<8} {}",
+                m.incident.id, m.incident.ts, m.incident.trigger, m.incident.reason
+            );
         }
     }
     println!("demo: the store kept what the agent saw (`hvflight history --state-dir … --iface uplink0`):");
@@ -206,7 +253,10 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
     }
     let names = lab.namespaces();
     drop(lab);
-    let left: Vec<String> = crate::lab::list_namespaces().into_iter().filter(|n| names.contains(n)).collect();
+    let left: Vec<String> = crate::lab::list_namespaces()
+        .into_iter()
+        .filter(|n| names.contains(n))
+        .collect();
     if left.is_empty() {
         println!("demo: lab torn down, no namespace left behind");
         Ok(ExitCode::SUCCESS)
@@ -225,7 +275,13 @@ pub fn hold_lab(guests: usize, tap_guests: usize, traffic: bool) -> Result<ExitC
     }
     crate::lab::cleanup_stale();
     let t0 = Instant::now();
-    let lab = Lab::start(LabConfig { guests, tap_guests, traffic, nova_metadata: true, ..LabConfig::default() })?;
+    let lab = Lab::start(LabConfig {
+        guests,
+        tap_guests,
+        traffic,
+        nova_metadata: true,
+        ..LabConfig::default()
+    })?;
     let desc = serde_json::json!({
         "hv_ns": lab.hv_ns,
         "switch_ns": lab.switch_ns,

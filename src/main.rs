@@ -26,29 +26,77 @@ fn main() -> ExitCode {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn dispatch(cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Run { opts, print, json, count } => run(&opts, print, json, count),
-        Command::Sample { opts, once, json, count } => sample(&opts, once, json, count),
-        Command::Demo { guests, short, interval_ms } => hvflight::demo::run(guests, short, interval_ms),
-        Command::Tail { opts, json, iface, domain, events_only, since } => {
-            tail(&opts, json, hvflight::control::client::TailFilter { iface, domain, events_only }, since.as_deref())
-        }
+        Command::Run {
+            opts,
+            print,
+            json,
+            count,
+        } => run(&opts, print, json, count),
+        Command::Sample {
+            opts,
+            once,
+            json,
+            count,
+        } => sample(&opts, once, json, count),
+        Command::Demo {
+            guests,
+            short,
+            interval_ms,
+        } => hvflight::demo::run(guests, short, interval_ms),
+        Command::Tail {
+            opts,
+            json,
+            iface,
+            domain,
+            events_only,
+            since,
+        } => tail(
+            &opts,
+            json,
+            hvflight::control::client::TailFilter {
+                iface,
+                domain,
+                events_only,
+            },
+            since.as_deref(),
+        ),
         Command::Status { opts, json } => status(&opts, json),
-        Command::Trigger { opts, reason, timeout_s } => trigger(&opts, &reason, timeout_s),
+        Command::Trigger {
+            opts,
+            reason,
+            timeout_s,
+        } => trigger(&opts, &reason, timeout_s),
         Command::Bundle { command } => bundle(command),
-        Command::History { opts, since, until, iface, domain, json } => {
-            history(&opts, &since, until.as_deref(), iface, domain, json)
-        }
-        Command::Lab { guests, tap_guests, traffic } => hvflight::demo::hold_lab(guests, tap_guests, traffic),
-        Command::Config { command: ConfigCommand::Default } => {
+        Command::History {
+            opts,
+            since,
+            until,
+            iface,
+            domain,
+            json,
+        } => history(&opts, &since, until.as_deref(), iface, domain, json),
+        Command::Lab {
+            guests,
+            tap_guests,
+            traffic,
+        } => hvflight::demo::hold_lab(guests, tap_guests, traffic),
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
             print!("{}", config::DEFAULT_FILE);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Check { file } } => config_check(file),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config_check(file),
     }
 }
 
@@ -92,7 +140,11 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
     )));
     {
         let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
-        st.config_file = resolved.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default();
+        st.config_file = resolved
+            .file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_default();
         st.unknown_config_keys = resolved.unknown.iter().map(|u| u.0.key.clone()).collect();
         st.store_dir = store.as_ref().map(|w| w.dir().to_path_buf());
         st.bundles_dir = Some(agent.config.agent.state_dir.join("bundles"));
@@ -101,10 +153,12 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
         let status = Arc::clone(&status);
         Arc::new(move || status.lock().unwrap_or_else(|e| e.into_inner()).to_json())
     };
-    let bundles = match hvflight::bundle::worker::BundleWorker::start(hvflight::bundle::writer::BundleConfig::from_config(
-        &agent.config,
-        &agent::hostname(&agent.config),
-    )) {
+    let bundles = match hvflight::bundle::worker::BundleWorker::start(
+        hvflight::bundle::writer::BundleConfig::from_config(
+            &agent.config,
+            &agent::hostname(&agent.config),
+        ),
+    ) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::error!(error = %e, "bundle worker not started: no bundles can be taken");
@@ -115,9 +169,18 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
         let tx = std::sync::Mutex::new(w.sender());
         let f: hvflight::control::server::TriggerFn = Arc::new(move |reason: String| {
             let (rtx, rrx) = std::sync::mpsc::channel();
-            let req = hvflight::bundle::worker::TriggerRequest { trigger: "manual".into(), reason, reply: Some(rtx) };
-            tx.lock().unwrap_or_else(|e| e.into_inner()).send(req).map_err(|_| "the bundle worker is gone".to_string())?;
-            let (id, path) = rrx.recv().map_err(|_| "the bundle worker stopped".to_string())??;
+            let req = hvflight::bundle::worker::TriggerRequest {
+                trigger: "manual".into(),
+                reason,
+                reply: Some(rtx),
+            };
+            tx.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(req)
+                .map_err(|_| "the bundle worker is gone".to_string())?;
+            let (id, path) = rrx
+                .recv()
+                .map_err(|_| "the bundle worker stopped".to_string())??;
             Ok((id, path.display().to_string()))
         });
         f
@@ -126,7 +189,10 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
         &agent.config.agent.socket,
         &agent.config.agent.socket_group,
         agent.config.agent.tail_queue_lines as usize,
-        hvflight::control::server::Handlers { status: status_fn, trigger: trigger_fn },
+        hvflight::control::server::Handlers {
+            status: status_fn,
+            trigger: trigger_fn,
+        },
     ) {
         Ok(c) => Some(c),
         Err(e @ hvflight::control::server::ControlError::InUse { .. }) => return Err(e.into()),
@@ -138,11 +204,19 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
     let exporter = Arc::new(hvflight::metrics::Exporter::default());
     if !agent.config.agent.metrics_listen.is_empty() {
         match hvflight::metrics::serve(&agent.config.agent.metrics_listen, Arc::clone(&exporter)) {
-            Ok(()) => tracing::info!(listen = %agent.config.agent.metrics_listen, "metrics endpoint up"),
-            Err(e) => tracing::error!(error = %e, "metrics endpoint unavailable; the agent goes on without it"),
+            Ok(()) => {
+                tracing::info!(listen = %agent.config.agent.metrics_listen, "metrics endpoint up")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "metrics endpoint unavailable; the agent goes on without it")
+            }
         }
     }
-    exporter.state.lock().unwrap_or_else(|e| e.into_inner()).unknown_config_keys = resolved.unknown.len() as u64;
+    exporter
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unknown_config_keys = resolved.unknown.len() as u64;
     let bundles_dir = agent.config.agent.state_dir.join("bundles");
     let mut detector = hvflight::detect::Detector::new(agent.config.detect.clone());
     let detect_on = agent.config.detect.enabled;
@@ -159,7 +233,11 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
                 use hvflight::detect::Action;
                 let kind = match a {
                     Action::Transition { from, to, reason } => {
-                        detector_reason = if to == hvflight::detect::State::Healthy { String::new() } else { reason.clone() };
+                        detector_reason = if to == hvflight::detect::State::Healthy {
+                            String::new()
+                        } else {
+                            reason.clone()
+                        };
                         if to == hvflight::detect::State::Suspect {
                             // The minutes before may be needed after a reboot.
                             if let Some(w) = store.as_mut() {
@@ -176,7 +254,11 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
                     }
                     Action::Incident { reason } => {
                         if let Some(tx) = &incident_tx {
-                            let _ = tx.send(hvflight::bundle::worker::TriggerRequest { trigger: "detector".into(), reason, reply: None });
+                            let _ = tx.send(hvflight::bundle::worker::TriggerRequest {
+                                trigger: "detector".into(),
+                                reason,
+                                reply: None,
+                            });
                         }
                         continue;
                     }
@@ -185,7 +267,11 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
                         hvflight::sample::EventKind::GuestCutOff { iface, domain }
                     }
                 };
-                detector_events.push(hvflight::sample::Event { ts_unix_ns: sample.ts_unix_ns, mono_ns: sample.mono_ns, kind });
+                detector_events.push(hvflight::sample::Event {
+                    ts_unix_ns: sample.ts_unix_ns,
+                    mono_ns: sample.mono_ns,
+                    kind,
+                });
             }
             let det = serde_json::json!({
                 "state": detector.state.name(),
@@ -215,7 +301,11 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
             exporter.on_sample(sample);
             {
                 let mut ex = exporter.state.lock().unwrap_or_else(|e| e.into_inner());
-                ex.detector_state = if detect_on { detector.state.name().into() } else { String::new() };
+                ex.detector_state = if detect_on {
+                    detector.state.name().into()
+                } else {
+                    String::new()
+                };
                 ex.eligible_guests = detector.eligible() as u64;
                 ex.guests = detector.total() as u64;
             }
@@ -243,7 +333,11 @@ fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<
             let line = match &o {
                 Output::Sample { sample, model } => {
                     let mut t = hvflight::control::tick::tick(sample, model);
-                    t.detector = if detect_on { detector.state.name().into() } else { "off".into() };
+                    t.detector = if detect_on {
+                        detector.state.name().into()
+                    } else {
+                        "off".into()
+                    };
                     t.eligible_guests = detector.eligible();
                     serde_json::to_string(&t).unwrap_or_default()
                 }
@@ -296,7 +390,8 @@ fn tail(
     let mut out = std::io::stdout().lock();
     if let Some(since) = since {
         let now = hvflight::clock::now().unix_ns;
-        let since_ns = hvflight::store::history::parse_time(since, now).map_err(|e| anyhow::anyhow!("--since {e}"))?;
+        let since_ns = hvflight::store::history::parse_time(since, now)
+            .map_err(|e| anyhow::anyhow!("--since {e}"))?;
         let q = hvflight::store::history::HistoryQuery {
             since_ns,
             until_ns: i64::MAX,
@@ -306,9 +401,14 @@ fn tail(
         };
         let dir = resolved.config.agent.state_dir.join("store");
         match hvflight::store::history::history(&dir, &q, &mut out) {
-            Ok((_, warnings)) => warnings.iter().for_each(|w| eprintln!("hvflight tail: warning: {w}")),
+            Ok((_, warnings)) => warnings
+                .iter()
+                .for_each(|w| eprintln!("hvflight tail: warning: {w}")),
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
-            Err(e) => eprintln!("hvflight tail: cannot read history from {}: {e}", dir.display()),
+            Err(e) => eprintln!(
+                "hvflight tail: cannot read history from {}: {e}",
+                dir.display()
+            ),
         }
     }
     match hvflight::control::client::tail(&resolved.config.agent.socket, &filter, json, &mut out) {
@@ -327,7 +427,11 @@ fn tail(
 fn trigger(opts: &AgentOpts, reason: &str, timeout_s: u64) -> Result<ExitCode> {
     let resolved = agent::resolve(opts)?;
     let sock = &resolved.config.agent.socket;
-    match hvflight::control::client::trigger(sock, reason, std::time::Duration::from_secs(timeout_s)) {
+    match hvflight::control::client::trigger(
+        sock,
+        reason,
+        std::time::Duration::from_secs(timeout_s),
+    ) {
         Ok((id, path)) => {
             println!("{id} {path}");
             Ok(ExitCode::SUCCESS)
@@ -347,7 +451,11 @@ fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
     use hvflight::bundle::{verify, writer};
     match cmd {
         BundleCommand::List { opts, json } => {
-            let dir = agent::resolve(&opts)?.config.agent.state_dir.join("bundles");
+            let dir = agent::resolve(&opts)?
+                .config
+                .agent
+                .state_dir
+                .join("bundles");
             for p in writer::list(&dir) {
                 let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
                 match verify::manifest(&p) {
@@ -364,7 +472,11 @@ fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
                         m.incident.trigger,
                         m.incident.reason,
                         p.display(),
-                        if m.complete { "" } else { "  (post-window pending)" }
+                        if m.complete {
+                            ""
+                        } else {
+                            "  (post-window pending)"
+                        }
                     ),
                     Err(e) => eprintln!("hvflight bundle list: {e}"),
                 }
@@ -372,14 +484,21 @@ fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BundleCommand::Show { opts, id } => {
-            let dir = agent::resolve(&opts)?.config.agent.state_dir.join("bundles");
+            let dir = agent::resolve(&opts)?
+                .config
+                .agent
+                .state_dir
+                .join("bundles");
             let p = std::path::Path::new(&id);
             let path = if p.exists() {
                 p.to_path_buf()
             } else {
                 writer::list(&dir)
                     .into_iter()
-                    .find(|b| b.file_name().is_some_and(|n| n.to_string_lossy().contains(&id)))
+                    .find(|b| {
+                        b.file_name()
+                            .is_some_and(|n| n.to_string_lossy().contains(&id))
+                    })
                     .ok_or_else(|| anyhow::anyhow!("no bundle {id:?} in {}", dir.display()))?
             };
             let m = verify::manifest(&path).map_err(anyhow::Error::msg)?;
@@ -388,7 +507,17 @@ fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
         }
         BundleCommand::Verify { path } => match verify::verify(&path) {
             Ok((m, problems)) if problems.is_empty() => {
-                println!("{}: OK ({} entries, incident {}, {})", path.display(), m.entries.len(), m.incident.id, if m.complete { "complete" } else { "post-window pending" });
+                println!(
+                    "{}: OK ({} entries, incident {}, {})",
+                    path.display(),
+                    m.entries.len(),
+                    m.incident.id,
+                    if m.complete {
+                        "complete"
+                    } else {
+                        "post-window pending"
+                    }
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Ok((_, problems)) => {
@@ -447,16 +576,27 @@ fn history(
 ) -> Result<ExitCode> {
     let resolved = agent::resolve(opts)?;
     let now = hvflight::clock::now().unix_ns;
-    let since_ns = hvflight::store::history::parse_time(since, now).map_err(|e| anyhow::anyhow!("--since {e}"))?;
+    let since_ns = hvflight::store::history::parse_time(since, now)
+        .map_err(|e| anyhow::anyhow!("--since {e}"))?;
     let until_ns = match until {
-        Some(u) => hvflight::store::history::parse_time(u, now).map_err(|e| anyhow::anyhow!("--until {e}"))?,
+        Some(u) => hvflight::store::history::parse_time(u, now)
+            .map_err(|e| anyhow::anyhow!("--until {e}"))?,
         None => i64::MAX,
     };
     let dir = resolved.config.agent.state_dir.join("store");
     if !dir.is_dir() {
-        anyhow::bail!("no store at {} (is --state-dir right? has the agent run here?)", dir.display());
+        anyhow::bail!(
+            "no store at {} (is --state-dir right? has the agent run here?)",
+            dir.display()
+        );
     }
-    let q = hvflight::store::history::HistoryQuery { since_ns, until_ns, iface, domain, json };
+    let q = hvflight::store::history::HistoryQuery {
+        since_ns,
+        until_ns,
+        iface,
+        domain,
+        json,
+    };
     let mut out = std::io::stdout().lock();
     let (shown, warnings) = match hvflight::store::history::history(&dir, &q, &mut out) {
         Ok(r) => r,
@@ -492,7 +632,11 @@ fn sample(opts: &AgentOpts, once: bool, json: bool, count: Option<u64>) -> Resul
             }
         }
     });
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn config_check(file: Option<std::path::PathBuf>) -> Result<ExitCode> {

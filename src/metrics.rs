@@ -47,7 +47,9 @@ impl Exporter {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.samples_total += 1;
         for f in &s.failures {
-            *st.collector_failures_total.entry(f.collector.clone()).or_default() += 1;
+            *st.collector_failures_total
+                .entry(f.collector.clone())
+                .or_default() += 1;
         }
         st.sample = Some(s.clone());
     }
@@ -55,7 +57,12 @@ impl Exporter {
 
 type Labels = Vec<(String, String)>;
 
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, f64)]) -> Result<(), std::fmt::Error> {
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, f64)],
+) -> Result<(), std::fmt::Error> {
     if series.is_empty() {
         return Ok(());
     }
@@ -71,7 +78,12 @@ fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels,
     Ok(())
 }
 
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, f64)]) -> Result<(), std::fmt::Error> {
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, f64)],
+) -> Result<(), std::fmt::Error> {
     if series.is_empty() {
         return Ok(());
     }
@@ -88,37 +100,120 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Label
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 impl Collector for Exporter {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let none = Labels::new();
-        counter(&mut enc, "hvflight_samples", "Samples taken since the agent started.", &[(none.clone(), st.samples_total as f64)])?;
-        let failures: Vec<(Labels, f64)> =
-            st.collector_failures_total.iter().map(|(c, n)| (l(&[("collector", c)]), *n as f64)).collect();
-        counter(&mut enc, "hvflight_collector_failures", "Samples in which a collector failed, by collector.", &failures)?;
-        gauge(&mut enc, "hvflight_store_bytes", "Bytes in the flight-recorder store.", &[(none.clone(), st.store_bytes as f64)])?;
-        counter(&mut enc, "hvflight_store_dropped_records", "Records not stored (disk full).", &[(none.clone(), st.store_dropped_records as f64)])?;
-        gauge(&mut enc, "hvflight_bundles", "Bundles kept on this node.", &[(none.clone(), st.bundles as f64)])?;
+        counter(
+            &mut enc,
+            "hvflight_samples",
+            "Samples taken since the agent started.",
+            &[(none.clone(), st.samples_total as f64)],
+        )?;
+        let failures: Vec<(Labels, f64)> = st
+            .collector_failures_total
+            .iter()
+            .map(|(c, n)| (l(&[("collector", c)]), *n as f64))
+            .collect();
+        counter(
+            &mut enc,
+            "hvflight_collector_failures",
+            "Samples in which a collector failed, by collector.",
+            &failures,
+        )?;
+        gauge(
+            &mut enc,
+            "hvflight_store_bytes",
+            "Bytes in the flight-recorder store.",
+            &[(none.clone(), st.store_bytes as f64)],
+        )?;
+        counter(
+            &mut enc,
+            "hvflight_store_dropped_records",
+            "Records not stored (disk full).",
+            &[(none.clone(), st.store_dropped_records as f64)],
+        )?;
+        gauge(
+            &mut enc,
+            "hvflight_bundles",
+            "Bundles kept on this node.",
+            &[(none.clone(), st.bundles as f64)],
+        )?;
         if let Some(t) = st.last_incident_unix_s {
-            gauge(&mut enc, "hvflight_last_incident_timestamp_seconds", "When the last incident started.", &[(none.clone(), t)])?;
+            gauge(
+                &mut enc,
+                "hvflight_last_incident_timestamp_seconds",
+                "When the last incident started.",
+                &[(none.clone(), t)],
+            )?;
         }
-        gauge(&mut enc, "hvflight_tail_clients", "Connected tail clients.", &[(none.clone(), st.tail_clients as f64)])?;
-        gauge(&mut enc, "hvflight_config_unknown_keys", "Config keys the agent ignored.", &[(none.clone(), st.unknown_config_keys as f64)])?;
+        gauge(
+            &mut enc,
+            "hvflight_tail_clients",
+            "Connected tail clients.",
+            &[(none.clone(), st.tail_clients as f64)],
+        )?;
+        gauge(
+            &mut enc,
+            "hvflight_config_unknown_keys",
+            "Config keys the agent ignored.",
+            &[(none.clone(), st.unknown_config_keys as f64)],
+        )?;
         if !st.detector_state.is_empty() {
             let states = ["healthy", "suspect", "collapsed", "recovering"];
-            let series: Vec<(Labels, f64)> =
-                states.iter().map(|x| (l(&[("state", x)]), if *x == st.detector_state { 1.0 } else { 0.0 })).collect();
-            gauge(&mut enc, "hvflight_detector_state", "1 for the detector's current state.", &series)?;
-            gauge(&mut enc, "hvflight_detector_eligible_guests", "Guests whose traffic can judge the uplink now.", &[(none.clone(), st.eligible_guests as f64)])?;
-            gauge(&mut enc, "hvflight_detector_guests", "Guests (vNIC ports) on watched bridges.", &[(none.clone(), st.guests as f64)])?;
+            let series: Vec<(Labels, f64)> = states
+                .iter()
+                .map(|x| {
+                    (
+                        l(&[("state", x)]),
+                        if *x == st.detector_state { 1.0 } else { 0.0 },
+                    )
+                })
+                .collect();
+            gauge(
+                &mut enc,
+                "hvflight_detector_state",
+                "1 for the detector's current state.",
+                &series,
+            )?;
+            gauge(
+                &mut enc,
+                "hvflight_detector_eligible_guests",
+                "Guests whose traffic can judge the uplink now.",
+                &[(none.clone(), st.eligible_guests as f64)],
+            )?;
+            gauge(
+                &mut enc,
+                "hvflight_detector_guests",
+                "Guests (vNIC ports) on watched bridges.",
+                &[(none.clone(), st.guests as f64)],
+            )?;
         }
         let Some(s) = &st.sample else { return Ok(()) };
-        gauge(&mut enc, "hvflight_sample_duration_seconds", "How long the last sample took.", &[(none.clone(), s.duration_us as f64 / 1e6)])?;
-        gauge(&mut enc, "hvflight_sample_lag_seconds", "How late the last sample started.", &[(none.clone(), s.lag_us as f64 / 1e6)])?;
-        gauge(&mut enc, "hvflight_sample_timestamp_seconds", "Wall time of the last sample.", &[(none.clone(), s.ts_unix_ns as f64 / 1e9)])?;
+        gauge(
+            &mut enc,
+            "hvflight_sample_duration_seconds",
+            "How long the last sample took.",
+            &[(none.clone(), s.duration_us as f64 / 1e6)],
+        )?;
+        gauge(
+            &mut enc,
+            "hvflight_sample_lag_seconds",
+            "How late the last sample started.",
+            &[(none.clone(), s.lag_us as f64 / 1e6)],
+        )?;
+        gauge(
+            &mut enc,
+            "hvflight_sample_timestamp_seconds",
+            "Wall time of the last sample.",
+            &[(none.clone(), s.ts_unix_ns as f64 / 1e9)],
+        )?;
 
         // Bridges and their uplinks (never vNICs: bounded cardinality).
         let (mut rx_p, mut tx_p, mut rx_d, mut tx_d, mut carrier, mut port_state, mut vnics) =
@@ -150,38 +245,119 @@ impl Collector for Exporter {
                 }
             }
         }
-        counter(&mut enc, "hvflight_link_receive_packets", "Packets received, bridges and uplinks.", &rx_p)?;
-        counter(&mut enc, "hvflight_link_transmit_packets", "Packets sent, bridges and uplinks.", &tx_p)?;
-        counter(&mut enc, "hvflight_link_receive_drops", "Receive drops, bridges and uplinks.", &rx_d)?;
-        counter(&mut enc, "hvflight_link_transmit_drops", "Transmit drops, bridges and uplinks.", &tx_d)?;
-        gauge(&mut enc, "hvflight_link_carrier", "1 if the interface has carrier.", &carrier)?;
-        gauge(&mut enc, "hvflight_bridge_port_state", "STP state of an uplink port (3 = forwarding).", &port_state)?;
-        gauge(&mut enc, "hvflight_bridge_vnics", "vNIC ports on the bridge.", &vnics)?;
+        counter(
+            &mut enc,
+            "hvflight_link_receive_packets",
+            "Packets received, bridges and uplinks.",
+            &rx_p,
+        )?;
+        counter(
+            &mut enc,
+            "hvflight_link_transmit_packets",
+            "Packets sent, bridges and uplinks.",
+            &tx_p,
+        )?;
+        counter(
+            &mut enc,
+            "hvflight_link_receive_drops",
+            "Receive drops, bridges and uplinks.",
+            &rx_d,
+        )?;
+        counter(
+            &mut enc,
+            "hvflight_link_transmit_drops",
+            "Transmit drops, bridges and uplinks.",
+            &tx_d,
+        )?;
+        gauge(
+            &mut enc,
+            "hvflight_link_carrier",
+            "1 if the interface has carrier.",
+            &carrier,
+        )?;
+        gauge(
+            &mut enc,
+            "hvflight_bridge_port_state",
+            "STP state of an uplink port (3 = forwarding).",
+            &port_state,
+        )?;
+        gauge(
+            &mut enc,
+            "hvflight_bridge_vnics",
+            "vNIC ports on the bridge.",
+            &vnics,
+        )?;
         if let Some(c) = &s.conntrack {
             if let Some(n) = c.count {
-                gauge(&mut enc, "hvflight_conntrack_entries", "Conntrack table entries.", &[(none.clone(), n as f64)])?;
+                gauge(
+                    &mut enc,
+                    "hvflight_conntrack_entries",
+                    "Conntrack table entries.",
+                    &[(none.clone(), n as f64)],
+                )?;
             }
             if let Some(n) = c.max {
-                gauge(&mut enc, "hvflight_conntrack_entries_limit", "nf_conntrack_max.", &[(none.clone(), n as f64)])?;
+                gauge(
+                    &mut enc,
+                    "hvflight_conntrack_entries_limit",
+                    "nf_conntrack_max.",
+                    &[(none.clone(), n as f64)],
+                )?;
             }
             if let Some(d) = c.stats.get("drop") {
-                counter(&mut enc, "hvflight_conntrack_drops", "Packets conntrack dropped.", &[(none.clone(), *d as f64)])?;
+                counter(
+                    &mut enc,
+                    "hvflight_conntrack_drops",
+                    "Packets conntrack dropped.",
+                    &[(none.clone(), *d as f64)],
+                )?;
             }
         }
         if let Some(n) = &s.neighbours {
-            gauge(&mut enc, "hvflight_neighbour_entries", "Neighbour table entries by family.", &[
-                (l(&[("family", "inet")]), n.total_inet as f64),
-                (l(&[("family", "inet6")]), n.total_inet6 as f64),
-            ])?;
+            gauge(
+                &mut enc,
+                "hvflight_neighbour_entries",
+                "Neighbour table entries by family.",
+                &[
+                    (l(&[("family", "inet")]), n.total_inet as f64),
+                    (l(&[("family", "inet6")]), n.total_inet6 as f64),
+                ],
+            )?;
             if let Some(t) = n.gc_thresh {
-                gauge(&mut enc, "hvflight_neighbour_gc_thresh3", "IPv4 neighbour table hard limit.", &[(none.clone(), t[2] as f64)])?;
+                gauge(
+                    &mut enc,
+                    "hvflight_neighbour_gc_thresh3",
+                    "IPv4 neighbour table hard limit.",
+                    &[(none.clone(), t[2] as f64)],
+                )?;
             }
         }
         if let Some(sn) = &s.softnet {
-            counter(&mut enc, "hvflight_softnet_drops", "Backlog drops, all CPUs (softnet_stat).", &[(none.clone(), sn.iter().map(|c| c.dropped).sum::<u64>() as f64)])?;
-            counter(&mut enc, "hvflight_softnet_time_squeeze", "NET_RX budget exhaustions, all CPUs.", &[(none.clone(), sn.iter().map(|c| c.time_squeeze).sum::<u64>() as f64)])?;
+            counter(
+                &mut enc,
+                "hvflight_softnet_drops",
+                "Backlog drops, all CPUs (softnet_stat).",
+                &[(
+                    none.clone(),
+                    sn.iter().map(|c| c.dropped).sum::<u64>() as f64,
+                )],
+            )?;
+            counter(
+                &mut enc,
+                "hvflight_softnet_time_squeeze",
+                "NET_RX budget exhaustions, all CPUs.",
+                &[(
+                    none.clone(),
+                    sn.iter().map(|c| c.time_squeeze).sum::<u64>() as f64,
+                )],
+            )?;
         }
-        gauge(&mut enc, "hvflight_libvirt_up", "1 if libvirt answered the last sample.", &[(none.clone(), if s.libvirt.is_some() { 1.0 } else { 0.0 })])?;
+        gauge(
+            &mut enc,
+            "hvflight_libvirt_up",
+            "1 if libvirt answered the last sample.",
+            &[(none.clone(), if s.libvirt.is_some() { 1.0 } else { 0.0 })],
+        )?;
         if let Some(lv) = &s.libvirt {
             let mut by_state: BTreeMap<&str, f64> = BTreeMap::new();
             let mut info = Vec::new();
@@ -189,13 +365,27 @@ impl Collector for Exporter {
                 *by_state.entry(d.state.as_str()).or_default() += 1.0;
                 let nova = d.nova.clone().unwrap_or_default();
                 info.push((
-                    l(&[("domain", &d.name), ("uuid", &d.uuid), ("state", &d.state), ("nova_name", &nova.instance_name), ("nova_project", &nova.project_name)]),
+                    l(&[
+                        ("domain", &d.name),
+                        ("uuid", &d.uuid),
+                        ("state", &d.state),
+                        ("nova_name", &nova.instance_name),
+                        ("nova_project", &nova.project_name),
+                    ]),
                     1.0,
                 ));
             }
-            let by: Vec<(Labels, f64)> = by_state.into_iter().map(|(k, v)| (l(&[("state", k)]), v)).collect();
+            let by: Vec<(Labels, f64)> = by_state
+                .into_iter()
+                .map(|(k, v)| (l(&[("state", k)]), v))
+                .collect();
             gauge(&mut enc, "hvflight_domains", "Domains by state.", &by)?;
-            gauge(&mut enc, "hvflight_domain_info", "One series per domain, with nova metadata.", &info)?;
+            gauge(
+                &mut enc,
+                "hvflight_domain_info",
+                "One series per domain, with nova metadata.",
+                &info,
+            )?;
         }
         Ok(())
     }
@@ -214,17 +404,22 @@ pub fn render(exporter: &Arc<Exporter>) -> String {
 
 /// Serves `/metrics` on `listen` from a thread.
 pub fn serve(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
-    let server = tiny_http::Server::http(listen).map_err(|e| format!("metrics endpoint {listen}: {e}"))?;
+    let server =
+        tiny_http::Server::http(listen).map_err(|e| format!("metrics endpoint {listen}: {e}"))?;
     std::thread::Builder::new()
         .name("hvflight-metrics".into())
         .spawn(move || {
             for req in server.incoming_requests() {
                 let resp = if req.url() == "/metrics" {
-                    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4; charset=utf-8"[..])
-                        .expect("static header");
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
+                    )
+                    .expect("static header");
                     tiny_http::Response::from_string(render(&exporter)).with_header(header)
                 } else {
-                    tiny_http::Response::from_string("hvflight: see /metrics\n").with_status_code(404)
+                    tiny_http::Response::from_string("hvflight: see /metrics\n")
+                        .with_status_code(404)
                 };
                 let _ = req.respond(resp);
             }

@@ -98,7 +98,9 @@ impl Model {
         if let (Some(cl), Some(pl)) = (&cur.links, &prev.links) {
             let prev_by_name: BTreeMap<&str, _> = pl.iter().map(|l| (l.name.as_str(), l)).collect();
             for l in cl {
-                let Some(p) = prev_by_name.get(l.name.as_str()) else { continue };
+                let Some(p) = prev_by_name.get(l.name.as_str()) else {
+                    continue;
+                };
                 if p.ifindex != l.ifindex {
                     m.resets.push(l.name.clone());
                     continue;
@@ -151,9 +153,13 @@ impl Model {
 
         if let (Some(cq), Some(pq)) = (&cur.qdiscs, &prev.qdiscs) {
             for q in cq {
-                if let Some(p) = pq.iter().find(|p| p.ifindex == q.ifindex && p.handle == q.handle) {
+                if let Some(p) = pq
+                    .iter()
+                    .find(|p| p.ifindex == q.ifindex && p.handle == q.handle)
+                {
                     if let Some(r) = rate(p.drops, q.drops, Width::U32, dt) {
-                        m.qdisc_drops_per_s.insert(format!("{} {}", q.dev, q.handle), r);
+                        m.qdisc_drops_per_s
+                            .insert(format!("{} {}", q.dev, q.handle), r);
                     }
                 }
             }
@@ -213,7 +219,11 @@ mod tests {
         Link {
             name: name.into(),
             ifindex,
-            stats: LinkStats { rx_packets, tx_bytes, ..Default::default() },
+            stats: LinkStats {
+                rx_packets,
+                tx_bytes,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -234,7 +244,10 @@ mod tests {
         // Samples at t=10 and t=15 (four missed): the rate is the average, not a spike.
         let a = sample(10, vec![link("br0", 1, 0, 0)]);
         let b = sample(15, vec![link("br0", 1, 500, 0)]);
-        assert_eq!(Model::new(&b, Some(&a)).links["br0"].rx_packets_per_s, 100.0);
+        assert_eq!(
+            Model::new(&b, Some(&a)).links["br0"].rx_packets_per_s,
+            100.0
+        );
     }
 
     #[test]
@@ -262,8 +275,16 @@ mod tests {
         assert_eq!(counter_delta(u64::MAX - 1, 3, Width::U64), Some(5));
         let mut a = sample(1, vec![]);
         let mut b = sample(2, vec![]);
-        a.softnet = Some(vec![SoftnetCpu { cpu: 0, dropped: 0xFFFF_FFFE, ..Default::default() }]);
-        b.softnet = Some(vec![SoftnetCpu { cpu: 0, dropped: 3, ..Default::default() }]);
+        a.softnet = Some(vec![SoftnetCpu {
+            cpu: 0,
+            dropped: 0xFFFF_FFFE,
+            ..Default::default()
+        }]);
+        b.softnet = Some(vec![SoftnetCpu {
+            cpu: 0,
+            dropped: 3,
+            ..Default::default()
+        }]);
         assert_eq!(Model::new(&b, Some(&a)).softnet_dropped_per_s, Some(5.0));
     }
 

@@ -30,18 +30,30 @@ fn agent(dir: &Path, config: &str, extra: &[&str], path_env: Option<&str>) -> Ag
     let cfg = dir.join("hvflight.toml");
     std::fs::write(&cfg, config).unwrap();
     let mut c = Command::new(bin());
-    c.args(["run", "--interval-ms", "200", "--config"]).arg(&cfg).arg("--state-dir").arg(dir).arg("--socket").arg(dir.join("s.sock"));
+    c.args(["run", "--interval-ms", "200", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(dir)
+        .arg("--socket")
+        .arg(dir.join("s.sock"));
     c.args(extra).stdout(Stdio::null()).stderr(Stdio::null());
     if let Some(p) = path_env {
         c.env("PATH", p);
     }
-    let a = Agent { child: c.spawn().unwrap(), dir: dir.to_path_buf() };
+    let a = Agent {
+        child: c.spawn().unwrap(),
+        dir: dir.to_path_buf(),
+    };
     std::thread::sleep(Duration::from_millis(1500));
     a
 }
 
 fn trigger(a: &Agent, reason: &str) -> std::process::Output {
-    Command::new(bin()).args(["trigger", "--reason", reason, "--socket"]).arg(a.dir.join("s.sock")).output().unwrap()
+    Command::new(bin())
+        .args(["trigger", "--reason", reason, "--socket"])
+        .arg(a.dir.join("s.sock"))
+        .output()
+        .unwrap()
 }
 
 fn entry(path: &Path, name: &str) -> String {
@@ -60,19 +72,41 @@ fn entry(path: &Path, name: &str) -> String {
 
 #[test]
 fn trigger_in_the_lab_writes_a_verified_complete_bundle_needs_root() {
-    let lab = Lab::start(LabConfig { guests: 2, traffic: true, nova_metadata: true, ..Default::default() }).unwrap();
+    let lab = Lab::start(LabConfig {
+        guests: 2,
+        traffic: true,
+        nova_metadata: true,
+        ..Default::default()
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let a = agent(dir.path(), "[bundle]\nbefore_s = 60\nafter_s = 2\n", &["--netns", &lab.hv_ns, "--libvirt-uri", &lab.libvirt_uri()], None);
+    let a = agent(
+        dir.path(),
+        "[bundle]\nbefore_s = 60\nafter_s = 2\n",
+        &["--netns", &lab.hv_ns, "--libvirt-uri", &lab.libvirt_uri()],
+        None,
+    );
     let t0 = Instant::now();
     let out = trigger(&a, "shinken: tools instances down");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("trigger answered in {:?}", t0.elapsed());
     let stdout = String::from_utf8(out.stdout).unwrap();
     let (id, path) = stdout.trim().split_once(' ').unwrap();
     let path = PathBuf::from(path);
-    assert!(path.file_name().unwrap().to_string_lossy().ends_with(&format!("-{id}.tar.zst")));
+    assert!(path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .ends_with(&format!("-{id}.tar.zst")));
     let m = verify::manifest(&path).unwrap();
-    assert!(!m.complete, "first bundle is written at once, before the post-window");
+    assert!(
+        !m.complete,
+        "first bundle is written at once, before the post-window"
+    );
     assert_eq!(m.incident.trigger, "manual");
     assert_eq!(m.incident.reason, "shinken: tools instances down");
     // Completed after the post-window, under the same name.
@@ -86,9 +120,18 @@ fn trigger_in_the_lab_writes_a_verified_complete_bundle_needs_root() {
     let ts: Vec<i64> = hist
         .lines()
         .filter(|l| l.contains("\"kind\":\"sample\""))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["ts_unix_ns"].as_i64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["ts_unix_ns"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
-    assert!(ts.iter().any(|t| *t < m.incident.ts_unix_ns) && ts.iter().any(|t| *t > m.incident.ts_unix_ns + 1_000_000_000));
+    assert!(
+        ts.iter().any(|t| *t < m.incident.ts_unix_ns)
+            && ts
+                .iter()
+                .any(|t| *t > m.incident.ts_unix_ns + 1_000_000_000)
+    );
     // Deep state from the real tools, inside the lab's namespace.
     let fdb = entry(&path, "deep/bridge-fdb.txt");
     assert!(fdb.contains(&lab.guests[0].mac), "{fdb}");
@@ -96,39 +139,85 @@ fn trigger_in_the_lab_writes_a_verified_complete_bundle_needs_root() {
     for c in &m.commands {
         assert!(c.exit_status.is_some() || !c.error.is_empty(), "{c:?}");
     }
-    assert!(m.commands.iter().any(|c| c.name == "ip-link" && c.exit_status == Some(0)));
+    assert!(m
+        .commands
+        .iter()
+        .any(|c| c.name == "ip-link" && c.exit_status == Some(0)));
     // Domain XML, with the VNC password redacted.
     let xml = entry(&path, "libvirt/guest0.xml");
     assert!(xml.contains(&lab.guests[0].mac));
     assert!(!xml.contains("lab-vnc-secret"), "{xml}");
     // Status names the last incident and its bundle.
-    let st = Command::new(bin()).args(["status", "--json", "--socket"]).arg(a.dir.join("s.sock")).output().unwrap();
+    let st = Command::new(bin())
+        .args(["status", "--json", "--socket"])
+        .arg(a.dir.join("s.sock"))
+        .output()
+        .unwrap();
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["bundles"]["count"], 1);
     assert_eq!(st["bundles"]["last_incident"]["id"], id);
-    assert_eq!(st["bundles"]["last_incident"]["bundle"], path.display().to_string());
+    assert_eq!(
+        st["bundles"]["last_incident"]["bundle"],
+        path.display().to_string()
+    );
     // Listed, shown.
-    let list = Command::new(bin()).args(["bundle", "list", "--state-dir"]).arg(dir.path()).output().unwrap();
+    let list = Command::new(bin())
+        .args(["bundle", "list", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&list.stdout).contains(id));
-    let show = Command::new(bin()).args(["bundle", "show", id, "--state-dir"]).arg(dir.path()).output().unwrap();
+    let show = Command::new(bin())
+        .args(["bundle", "show", id, "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&show.stdout).contains("shinken: tools instances down"));
 }
 
 #[test]
 fn verify_catches_a_changed_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let a = agent(dir.path(), "[bundle]\nbefore_s = 10\nafter_s = 0\ncommand_timeout_ms = 3000\n", &["--libvirt-uri", "test:///default"], None);
+    let a = agent(
+        dir.path(),
+        "[bundle]\nbefore_s = 10\nafter_s = 0\ncommand_timeout_ms = 3000\n",
+        &["--libvirt-uri", "test:///default"],
+        None,
+    );
     let out = trigger(&a, "tamper test");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim().split_once(' ').unwrap().1);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .split_once(' ')
+            .unwrap()
+            .1,
+    );
     std::thread::sleep(Duration::from_millis(800));
-    let ok = Command::new(bin()).args(["bundle", "verify"]).arg(&path).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = Command::new(bin())
+        .args(["bundle", "verify"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     // Rebuild the archive with one entry changed, manifest untouched.
     let f = std::fs::File::open(&path).unwrap();
     let mut ar = tar::Archive::new(zstd::Decoder::new(f).unwrap());
     let bad = dir.path().join("bad.tar.zst");
-    let mut b = tar::Builder::new(zstd::Encoder::new(std::fs::File::create(&bad).unwrap(), 3).unwrap().auto_finish());
+    let mut b = tar::Builder::new(
+        zstd::Encoder::new(std::fs::File::create(&bad).unwrap(), 3)
+            .unwrap()
+            .auto_finish(),
+    );
     for e in ar.entries().unwrap() {
         let mut e = e.unwrap();
         let name = e.path().unwrap().display().to_string();
@@ -143,9 +232,17 @@ fn verify_catches_a_changed_entry() {
         b.append_data(&mut h, &name, &data[..]).unwrap();
     }
     drop(b.into_inner().unwrap());
-    let out = Command::new(bin()).args(["bundle", "verify"]).arg(&bad).output().unwrap();
+    let out = Command::new(bin())
+        .args(["bundle", "verify"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("deep/ip-link.txt"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("deep/ip-link.txt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -155,36 +252,86 @@ fn a_hanging_tool_is_recorded_and_the_bundle_still_comes_on_time() {
     std::fs::create_dir_all(&fake).unwrap();
     // A wedged `nft` (as on a host whose netlink is stuck).
     std::fs::write(fake.join("nft"), "#!/bin/sh\nsleep 60\n").unwrap();
-    std::fs::set_permissions(fake.join("nft"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let path_env = format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", fake.display());
-    let a = agent(&dir.path().join("state"), "[bundle]\nbefore_s = 10\nafter_s = 0\ncommand_timeout_ms = 1000\n", &["--libvirt-uri", "test:///default"], Some(&path_env));
+    std::fs::set_permissions(
+        fake.join("nft"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path_env = format!(
+        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        fake.display()
+    );
+    let a = agent(
+        &dir.path().join("state"),
+        "[bundle]\nbefore_s = 10\nafter_s = 0\ncommand_timeout_ms = 1000\n",
+        &["--libvirt-uri", "test:///default"],
+        Some(&path_env),
+    );
     let t0 = Instant::now();
     let out = trigger(&a, "hang test");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
-    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim().split_once(' ').unwrap().1);
+    let path = PathBuf::from(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .split_once(' ')
+            .unwrap()
+            .1,
+    );
     let m = verify::manifest(&path).unwrap();
     let nft = m.commands.iter().find(|c| c.name == "nft-ruleset").unwrap();
     assert!(nft.timed_out && nft.exit_status.is_none(), "{nft:?}");
     assert!(nft.duration_ms >= 1000 && nft.duration_ms < 5000, "{nft:?}");
-    assert!(m.commands.iter().any(|c| c.name == "ip-link" && c.exit_status == Some(0)));
+    assert!(m
+        .commands
+        .iter()
+        .any(|c| c.name == "ip-link" && c.exit_status == Some(0)));
 }
 
 #[test]
 fn two_triggers_at_once_give_two_bundles() {
     let dir = tempfile::tempdir().unwrap();
-    let a = agent(dir.path(), "[bundle]\nbefore_s = 10\nafter_s = 0\ncommand_timeout_ms = 3000\n", &["--libvirt-uri", "test:///default"], None);
+    let a = agent(
+        dir.path(),
+        "[bundle]\nbefore_s = 10\nafter_s = 0\ncommand_timeout_ms = 3000\n",
+        &["--libvirt-uri", "test:///default"],
+        None,
+    );
     let sock = a.dir.join("s.sock");
     let s2 = sock.clone();
-    let other = std::thread::spawn(move || Command::new(bin()).args(["trigger", "--reason", "second", "--socket"]).arg(&s2).output().unwrap());
+    let other = std::thread::spawn(move || {
+        Command::new(bin())
+            .args(["trigger", "--reason", "second", "--socket"])
+            .arg(&s2)
+            .output()
+            .unwrap()
+    });
     let first = trigger(&a, "first");
     let second = other.join().unwrap();
     assert!(first.status.success() && second.status.success());
-    let id1 = String::from_utf8(first.stdout).unwrap().split(' ').next().unwrap().to_string();
-    let id2 = String::from_utf8(second.stdout).unwrap().split(' ').next().unwrap().to_string();
+    let id1 = String::from_utf8(first.stdout)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let id2 = String::from_utf8(second.stdout)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
     assert_ne!(id1, id2);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(hvflight::bundle::writer::list(&dir.path().join("bundles")).len(), 2);
+    assert_eq!(
+        hvflight::bundle::writer::list(&dir.path().join("bundles")).len(),
+        2
+    );
 }
 
 struct Tmpfs(PathBuf);
@@ -199,27 +346,61 @@ fn disk_full_leaves_no_bundle_under_its_name_and_retries_when_space_returns_need
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    assert!(Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&mnt).status().unwrap().success());
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
     let _guard = Tmpfs(mnt.clone());
     let cfg = "[store]\nmin_free_bytes = 1048576\nsegment_bytes = 262144\nmax_bytes = 1048576\n[bundle]\nbefore_s = 10\nafter_s = 0\ncommand_timeout_ms = 3000\n";
-    let a = agent(&mnt.join("state"), cfg, &["--libvirt-uri", "test:///default"], None);
+    let a = agent(
+        &mnt.join("state"),
+        cfg,
+        &["--libvirt-uri", "test:///default"],
+        None,
+    );
     // Guest disks fill the filesystem.
     let free = nix::sys::statvfs::statvfs(&mnt).unwrap();
     let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
     let filler = mnt.join("guest.img");
     std::fs::write(&filler, vec![0u8; (avail - 1_100_000) as usize]).unwrap();
     let out = trigger(&a, "disk full test");
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("free"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("free"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bundles = mnt.join("state/bundles");
-    assert!(hvflight::bundle::writer::list(&bundles).is_empty(), "a bundle appeared on a full disk");
-    let leftovers: Vec<_> = std::fs::read_dir(&bundles).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(leftovers.iter().all(|n| !n.to_string_lossy().ends_with(".tar.zst")), "{leftovers:?}");
+    assert!(
+        hvflight::bundle::writer::list(&bundles).is_empty(),
+        "a bundle appeared on a full disk"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&bundles)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers
+            .iter()
+            .all(|n| !n.to_string_lossy().ends_with(".tar.zst")),
+        "{leftovers:?}"
+    );
     // Space returns: the agent retries on its own.
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(25);
     while hvflight::bundle::writer::list(&bundles).is_empty() {
-        assert!(Instant::now() < deadline, "bundle not retried after space returned");
+        assert!(
+            Instant::now() < deadline,
+            "bundle not retried after space returned"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let b = &hvflight::bundle::writer::list(&bundles)[0];

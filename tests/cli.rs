@@ -18,20 +18,43 @@ fn config_default_passes_config_check() {
     let dir = tempfile::tempdir().unwrap();
     let out = hvflight().args(["config", "default"]).output().unwrap();
     assert!(out.status.success());
-    let p = write(&dir, "hvflight.toml", &String::from_utf8(out.stdout).unwrap());
-    let out = hvflight().args(["config", "check"]).arg(&p).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p = write(
+        &dir,
+        "hvflight.toml",
+        &String::from_utf8(out.stdout).unwrap(),
+    );
+    let out = hvflight()
+        .args(["config", "check"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
 
 #[test]
 fn config_check_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, "bad.toml", "[agent]\nbridges = [\"br0\"]\ninterval_ms = -5\n");
-    let out = hvflight().args(["config", "check"]).arg(&p).output().unwrap();
+    let p = write(
+        &dir,
+        "bad.toml",
+        "[agent]\nbridges = [\"br0\"]\ninterval_ms = -5\n",
+    );
+    let out = hvflight()
+        .args(["config", "check"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:3: key `agent.interval_ms`", p.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:3: key `agent.interval_ms`", p.display())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -42,10 +65,17 @@ fn config_check_flags_unknown_keys_but_agent_only_warns() {
         "future.toml",
         "[agent]\ninterval_ms = 200\n[collect]\ndisabled = [\"libvirt\"]\nnew_knob = true\n",
     );
-    let out = hvflight().args(["config", "check"]).arg(&p).output().unwrap();
+    let out = hvflight()
+        .args(["config", "check"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(":5: key `collect.new_knob`: unknown key"), "{err}");
+    assert!(
+        err.contains(":5: key `collect.new_knob`: unknown key"),
+        "{err}"
+    );
 
     // The agent side takes the same file, warns, and still samples.
     let out = hvflight()
@@ -53,7 +83,11 @@ fn config_check_flags_unknown_keys_but_agent_only_warns() {
         .arg(&p)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("collect.new_knob"));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["seq"], 1);
@@ -63,22 +97,35 @@ fn config_check_flags_unknown_keys_but_agent_only_warns() {
 fn invalid_known_value_stops_the_agent_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(&dir, "bad.toml", "[agent]\nstate_dir = \"relative/path\"\n");
-    let out = hvflight().args(["run", "--count", "1", "--config"]).arg(&p).output().unwrap();
+    let out = hvflight()
+        .args(["run", "--count", "1", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(":2: key `agent.state_dir`: must be an absolute path"), "{err}");
+    assert!(
+        err.contains(":2: key `agent.state_dir`: must be an absolute path"),
+        "{err}"
+    );
 }
 
 #[test]
 fn explicit_missing_config_file_is_an_error() {
-    let out = hvflight().args(["sample", "--once", "--config", "/nonexistent/x.toml"]).output().unwrap();
+    let out = hvflight()
+        .args(["sample", "--once", "--config", "/nonexistent/x.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.toml"));
 }
 
 #[test]
 fn unknown_netns_is_a_clear_error() {
-    let out = hvflight().args(["sample", "--once", "--netns", "hvf-no-such-ns"]).output().unwrap();
+    let out = hvflight()
+        .args(["sample", "--once", "--netns", "hvf-no-such-ns"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/run/netns/hvf-no-such-ns"), "{err}");
@@ -87,10 +134,20 @@ fn unknown_netns_is_a_clear_error() {
 #[test]
 fn sample_once_json_is_one_versioned_sample() {
     let out = hvflight()
-        .args(["sample", "--once", "--json", "--libvirt-uri", "test:///default"])
+        .args([
+            "sample",
+            "--once",
+            "--json",
+            "--libvirt-uri",
+            "test:///default",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1);
     let s: hvflight::sample::Sample = serde_json::from_str(text.trim()).unwrap();

@@ -23,7 +23,11 @@ impl Agent {
     fn start(extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         // World-traversable, so the unprivileged-user test reaches the socket's own mode.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let child = Command::new(bin())
             .args(["run", "--state-dir"])
             .arg(dir.path())
@@ -37,7 +41,9 @@ impl Agent {
         let a = Agent { child, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if a.status().is_some_and(|s| s["sampling"]["last_seq"].as_u64().unwrap_or(0) >= 1) {
+            if a.status()
+                .is_some_and(|s| s["sampling"]["last_seq"].as_u64().unwrap_or(0) >= 1)
+            {
                 return a;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -48,7 +54,11 @@ impl Agent {
         self.dir.path().join("hvflight.sock")
     }
     fn status(&self) -> Option<serde_json::Value> {
-        let out = Command::new(bin()).args(["status", "--json", "--socket"]).arg(self.socket()).output().ok()?;
+        let out = Command::new(bin())
+            .args(["status", "--json", "--socket"])
+            .arg(self.socket())
+            .output()
+            .ok()?;
         serde_json::from_slice(&out.stdout).ok()
     }
 }
@@ -76,16 +86,36 @@ fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<(Instant, String)> {
 
 #[test]
 fn status_and_tail_show_the_lab_and_events_arrive_at_once_needs_root() {
-    let lab = Lab::start(LabConfig { guests: 2, nova_metadata: true, ..Default::default() }).unwrap();
+    let lab = Lab::start(LabConfig {
+        guests: 2,
+        nova_metadata: true,
+        ..Default::default()
+    })
+    .unwrap();
     let uri = lab.libvirt_uri();
-    let agent = Agent::start(&["--netns", &lab.hv_ns, "--libvirt-uri", &uri, "--interval-ms", "200"]);
+    let agent = Agent::start(&[
+        "--netns",
+        &lab.hv_ns,
+        "--libvirt-uri",
+        &uri,
+        "--interval-ms",
+        "200",
+    ]);
     let st = agent.status().unwrap();
     assert_eq!(st["libvirt"]["connected"], true);
     assert_eq!(st["libvirt"]["domains"], 2);
     assert!(st["sampling"]["last_seq"].as_u64().unwrap() >= 1);
-    assert_eq!(st["collectors_failing"].as_array().unwrap().len(), 0, "{st}");
+    assert_eq!(
+        st["collectors_failing"].as_array().unwrap().len(),
+        0,
+        "{st}"
+    );
 
-    let human = Command::new(bin()).args(["status", "--socket"]).arg(agent.socket()).output().unwrap();
+    let human = Command::new(bin())
+        .args(["status", "--socket"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&human.stdout).contains("collectors: all OK"));
 
     let mut tail = Command::new(bin())
@@ -112,23 +142,36 @@ fn status_and_tail_show_the_lab_and_events_arrive_at_once_needs_root() {
     let t0 = Instant::now();
     lab.set_link(&lab.hv_ns, "vnet1", false).unwrap();
     let arrived = loop {
-        let (at, l) = rx.recv_timeout(Duration::from_secs(3)).expect("no link event");
+        let (at, l) = rx
+            .recv_timeout(Duration::from_secs(3))
+            .expect("no link event");
         if l.contains("\"kind\":\"link\"") && l.contains("\"vnet1\"") {
             break at;
         }
     };
     let _ = tail.kill();
     let _ = tail.wait();
-    assert!(arrived - t0 < Duration::from_secs(1), "event after {:?}", arrived - t0);
+    assert!(
+        arrived - t0 < Duration::from_secs(1),
+        "event after {:?}",
+        arrived - t0
+    );
 }
 
 #[test]
 fn twenty_clients_and_a_stuck_one_never_stall_sampling() {
-    let agent = Agent::start(&["--interval-ms", "20", "--libvirt-uri", "test:///default", "--config", &{
-        let p = std::env::temp_dir().join(format!("hvf-ctl-{}.toml", std::process::id()));
-        std::fs::write(&p, "[agent]\ntail_queue_lines = 50\n").unwrap();
-        p.display().to_string()
-    }]);
+    let agent = Agent::start(&[
+        "--interval-ms",
+        "20",
+        "--libvirt-uri",
+        "test:///default",
+        "--config",
+        &{
+            let p = std::env::temp_dir().join(format!("hvf-ctl-{}.toml", std::process::id()));
+            std::fs::write(&p, "[agent]\ntail_queue_lines = 50\n").unwrap();
+            p.display().to_string()
+        },
+    ]);
     let mut readers = Vec::new();
     for _ in 0..20 {
         let mut s = UnixStream::connect(agent.socket()).unwrap();
@@ -160,7 +203,9 @@ fn twenty_clients_and_a_stuck_one_never_stall_sampling() {
         assert!(r.join().unwrap() > 100);
     }
     // The stuck client resumes: it is told how much it missed.
-    stuck.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut r = BufReader::new(stuck);
     let mut told = false;
     for _ in 0..3_000 {
@@ -173,7 +218,10 @@ fn twenty_clients_and_a_stuck_one_never_stall_sampling() {
             break;
         }
     }
-    assert!(told, "a client that fell behind was not told what it missed");
+    assert!(
+        told,
+        "a client that fell behind was not told what it missed"
+    );
 }
 
 fn raw_exchange(sock: &Path, send: &[u8]) -> String {
@@ -192,20 +240,35 @@ fn garbage_oversized_and_unknown_requests_get_an_error_and_the_agent_is_unaffect
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"hello\n".to_vec(), "not a JSON object"),
         (vec![b'x'; 100_000], "longer than"),
-        (b"{\"v\":1,\"cmd\":\"format-disk\"}\n".to_vec(), "unknown command"),
-        (b"{\"v\":99,\"cmd\":\"tail\"}\n".to_vec(), "protocol version 99"),
+        (
+            b"{\"v\":1,\"cmd\":\"format-disk\"}\n".to_vec(),
+            "unknown command",
+        ),
+        (
+            b"{\"v\":99,\"cmd\":\"tail\"}\n".to_vec(),
+            "protocol version 99",
+        ),
         (vec![0xff, 0xfe, b'\n'], "not a JSON object"),
     ];
     for (send, want) in cases {
         let reply = raw_exchange(&agent.socket(), &send);
-        let v: serde_json::Value = serde_json::from_str(reply.lines().next().unwrap_or("{}")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(reply.lines().next().unwrap_or("{}")).unwrap();
         assert_eq!(v["kind"], "error", "{reply}");
         assert!(v["error"].as_str().unwrap().contains(want), "{reply}");
-        assert_eq!(reply.lines().count(), 1, "connection not closed after the error: {reply}");
+        assert_eq!(
+            reply.lines().count(),
+            1,
+            "connection not closed after the error: {reply}"
+        );
     }
-    let before = agent.status().unwrap()["sampling"]["last_seq"].as_u64().unwrap();
+    let before = agent.status().unwrap()["sampling"]["last_seq"]
+        .as_u64()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let after = agent.status().unwrap()["sampling"]["last_seq"].as_u64().unwrap();
+    let after = agent.status().unwrap()["sampling"]["last_seq"]
+        .as_u64()
+        .unwrap();
     assert!(after > before, "agent stopped sampling");
 }
 
@@ -217,18 +280,36 @@ fn a_user_outside_the_group_cannot_connect_needs_root() {
         .arg(agent.socket())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
-    let mode = std::fs::metadata(agent.socket()).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    let mode = std::fs::metadata(agent.socket())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
     assert_eq!(mode, 0o660);
     // The configured group may: nobody's group on Debian is nogroup.
     let cfg = agent.dir.path().join("g.toml");
     std::fs::write(&cfg, "[agent]\nsocket_group = \"nogroup\"\n").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let sock = dir.path().join("g.sock");
     let mut grouped = Command::new(bin())
-        .args(["run", "--interval-ms", "200", "--libvirt-uri", "test:///default", "--config"])
+        .args([
+            "run",
+            "--interval-ms",
+            "200",
+            "--libvirt-uri",
+            "test:///default",
+            "--config",
+        ])
         .arg(&cfg)
         .arg("--state-dir")
         .arg(dir.path())
@@ -239,18 +320,32 @@ fn a_user_outside_the_group_cannot_connect_needs_root() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let out = Command::new("runuser").args(["-u", "nobody", "--", bin(), "status", "--json", "--socket"]).arg(&sock).output().unwrap();
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", bin(), "status", "--json", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
     let _ = grouped.kill();
     let _ = grouped.wait();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn no_agent_is_said_plainly_with_exit_code_3() {
     for cmd in ["status", "tail"] {
-        let out = Command::new(bin()).args([cmd, "--socket", "/nonexistent/hvflight.sock"]).output().unwrap();
+        let out = Command::new(bin())
+            .args([cmd, "--socket", "/nonexistent/hvflight.sock"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(3), "{cmd}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("the agent is not running"), "{cmd}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("the agent is not running"),
+            "{cmd}"
+        );
     }
 }
 
@@ -266,13 +361,21 @@ impl Sshd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let keygen = |name: &str| {
-            let ok = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(name)).status().unwrap();
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(name))
+                .status()
+                .unwrap();
             assert!(ok.success());
         };
         keygen("host_key");
         keygen("client_key");
         std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let bin_dir = Path::new(bin()).parent().unwrap().display().to_string();
         let cfg = format!(
             "ListenAddress 127.0.0.1\nPort {port}\nHostKey {h}\nPidFile {p}\nAuthorizedKeysFile {a}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\nSetEnv PATH={bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin\n",
@@ -301,11 +404,24 @@ impl Sshd {
         let mut c = Command::new("ssh");
         c.args(["-p", &self.port.to_string(), "-i"])
             .arg(self.dir.path().join("client_key"))
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]);
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+            ]);
         if tty {
             c.arg("-tt");
         }
-        c.arg("root@127.0.0.1").arg(remote).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        c.arg("root@127.0.0.1")
+            .arg(remote)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         c
     }
 }
@@ -339,13 +455,21 @@ fn tail_over_ssh_streams_line_by_line_and_ends_with_the_client_needs_root() {
         let mut last = Instant::now();
         let mut ticks = 0;
         while ticks < 8 {
-            let (at, l) = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("no line over ssh (tty={tty})"));
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(l.trim_end_matches('\r')) else { continue };
+            let (at, l) = rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("no line over ssh (tty={tty})"));
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(l.trim_end_matches('\r')) else {
+                continue;
+            };
             if v["kind"] == "tick" {
                 // Each line arrives within a second of the sample it reports.
-                let age_ms = (hvflight::clock::now().unix_ns - v["ts_unix_ns"].as_i64().unwrap()) / 1_000_000;
+                let age_ms = (hvflight::clock::now().unix_ns - v["ts_unix_ns"].as_i64().unwrap())
+                    / 1_000_000;
                 assert!(age_ms < 1000, "line {age_ms} ms old (tty={tty})");
-                assert!(at - last < Duration::from_secs(1), "lines buffered (tty={tty})");
+                assert!(
+                    at - last < Duration::from_secs(1),
+                    "lines buffered (tty={tty})"
+                );
                 last = at;
                 ticks += 1;
             }
@@ -356,7 +480,10 @@ fn tail_over_ssh_streams_line_by_line_and_ends_with_the_client_needs_root() {
         let _ = ssh.wait();
         let deadline = Instant::now() + Duration::from_secs(5);
         while tail_running(&format!("tail --json --socket {sock}")) {
-            assert!(Instant::now() < deadline, "remote hvflight tail still running 5 s after the ssh client died (tty={tty})");
+            assert!(
+                Instant::now() < deadline,
+                "remote hvflight tail still running 5 s after the ssh client died (tty={tty})"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -379,7 +506,9 @@ fn tail_since_starts_with_history_then_goes_live() {
     let (mut old, mut live) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while live < 3 && Instant::now() < deadline {
-        let Ok((_, l)) = rx.recv_timeout(Duration::from_secs(2)) else { continue };
+        let Ok((_, l)) = rx.recv_timeout(Duration::from_secs(2)) else {
+            continue;
+        };
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         match v["kind"].as_str() {
             Some("sample") if v["ts_unix_ns"].as_i64().unwrap() < started => old += 1,
@@ -389,6 +518,9 @@ fn tail_since_starts_with_history_then_goes_live() {
     }
     let _ = tail.kill();
     let _ = tail.wait();
-    assert!(old >= 5, "{old} samples from the store before the live stream");
+    assert!(
+        old >= 5,
+        "{old} samples from the store before the live stream"
+    );
     assert_eq!(live, 3, "no live ticks after the history");
 }

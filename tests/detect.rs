@@ -28,7 +28,16 @@ fn agent(lab: &Lab) -> Agent {
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, CONFIG).unwrap();
     let child = Command::new(bin())
-        .args(["run", "--interval-ms", "200", "--netns", &lab.hv_ns, "--libvirt-uri", &lab.libvirt_uri(), "--config"])
+        .args([
+            "run",
+            "--interval-ms",
+            "200",
+            "--netns",
+            &lab.hv_ns,
+            "--libvirt-uri",
+            &lab.libvirt_uri(),
+            "--config",
+        ])
         .arg(&cfg)
         .arg("--state-dir")
         .arg(dir.path())
@@ -42,7 +51,11 @@ fn agent(lab: &Lab) -> Agent {
 }
 
 fn status(a: &Agent) -> serde_json::Value {
-    let out = Command::new(bin()).args(["status", "--json", "--socket"]).arg(a.1.path().join("s.sock")).output().unwrap();
+    let out = Command::new(bin())
+        .args(["status", "--json", "--socket"])
+        .arg(a.1.path().join("s.sock"))
+        .output()
+        .unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
@@ -50,10 +63,15 @@ fn wait_healthy_with_evidence(a: &Agent) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let st = status(a);
-        if st["detector"]["state"] == "healthy" && st["detector"]["eligible_guests"].as_u64().unwrap_or(0) >= 2 {
+        if st["detector"]["state"] == "healthy"
+            && st["detector"]["eligible_guests"].as_u64().unwrap_or(0) >= 2
+        {
             return;
         }
-        assert!(Instant::now() < deadline, "detector never healthy with eligible guests: {st}");
+        assert!(
+            Instant::now() < deadline,
+            "detector never healthy with eligible guests: {st}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -64,10 +82,17 @@ fn bundles(dir: &Path) -> Vec<PathBuf> {
 
 /// Injects `fault` after a random short delay; returns (latency ms, reason).
 fn scenario(fault: impl Fn(&Lab) -> Fault, expect: &str) -> f64 {
-    let lab = Lab::start(LabConfig { guests: 3, traffic: true, ..Default::default() }).unwrap();
+    let lab = Lab::start(LabConfig {
+        guests: 3,
+        traffic: true,
+        ..Default::default()
+    })
+    .unwrap();
     let a = agent(&lab);
     wait_healthy_with_evidence(&a);
-    std::thread::sleep(Duration::from_millis(200 + (std::process::id() as u64 * 7919) % 1000));
+    std::thread::sleep(Duration::from_millis(
+        200 + (std::process::id() as u64 * 7919) % 1000,
+    ));
     let t_inject = hvflight::clock::now().unix_ns;
     lab.inject(&fault(&lab)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -75,7 +100,11 @@ fn scenario(fault: impl Fn(&Lab) -> Fault, expect: &str) -> f64 {
         if let Some(p) = bundles(a.1.path()).into_iter().next() {
             break p;
         }
-        assert!(Instant::now() < deadline, "no incident detected; status: {}", status(&a));
+        assert!(
+            Instant::now() < deadline,
+            "no incident detected; status: {}",
+            status(&a)
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let m = verify::manifest(&path).unwrap();
@@ -100,8 +129,14 @@ fn scenario(fault: impl Fn(&Lab) -> Fault, expect: &str) -> f64 {
         .filter(|l| l.contains("\"kind\":\"sample\""))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["ts_unix_ns"].as_i64())
         .collect();
-    assert!(ts.iter().any(|t| *t < t_inject) && ts.iter().any(|t| *t > t_inject), "history must span the injection");
-    assert!(hist.contains("\"kind\":\"detector\""), "detector transitions are in the event log");
+    assert!(
+        ts.iter().any(|t| *t < t_inject) && ts.iter().any(|t| *t > t_inject),
+        "history must span the injection"
+    );
+    assert!(
+        hist.contains("\"kind\":\"detector\""),
+        "detector transitions are in the event log"
+    );
     assert_eq!(bundles(a.1.path()).len(), 1, "one incident, one bundle");
     latency_ms
 }
@@ -115,7 +150,12 @@ fn uplink_peer_down_is_detected_f2_needs_root() {
 
 #[test]
 fn uplink_port_leaving_forwarding_is_detected_f8_needs_root() {
-    let ms = scenario(|lab| Fault::PortDisabled { port: lab.uplink.clone() }, "port state 0");
+    let ms = scenario(
+        |lab| Fault::PortDisabled {
+            port: lab.uplink.clone(),
+        },
+        "port state 0",
+    );
     eprintln!("F8 detection latency: {ms:.0} ms");
     assert!(ms < 6000.0, "{ms} ms");
 }
@@ -129,8 +169,18 @@ fn bridge_forward_drop_is_detected_f11_needs_root() {
 
 #[test]
 fn healthy_and_idle_labs_raise_nothing_needs_root() {
-    let busy = Lab::start(LabConfig { guests: 3, traffic: true, ..Default::default() }).unwrap();
-    let idle = Lab::start(LabConfig { guests: 3, traffic: false, ..Default::default() }).unwrap();
+    let busy = Lab::start(LabConfig {
+        guests: 3,
+        traffic: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let idle = Lab::start(LabConfig {
+        guests: 3,
+        traffic: false,
+        ..Default::default()
+    })
+    .unwrap();
     let (a, b) = (agent(&busy), agent(&idle));
     wait_healthy_with_evidence(&a);
     // A guest's port flaps (its reboot) and another guest goes away (shut down).
@@ -139,7 +189,11 @@ fn healthy_and_idle_labs_raise_nothing_needs_root() {
     busy.set_link(&busy.hv_ns, "vnet1", true).unwrap();
     hvflight::lab::run(&["ip", "-n", &busy.hv_ns, "link", "del", "vnet2"]).unwrap();
     std::thread::sleep(Duration::from_secs(6));
-    assert!(bundles(a.1.path()).is_empty(), "false positive on a healthy lab: {}", status(&a));
+    assert!(
+        bundles(a.1.path()).is_empty(),
+        "false positive on a healthy lab: {}",
+        status(&a)
+    );
     assert_eq!(status(&a)["detector"]["state"], "healthy");
     // Idle guests are no evidence: nothing judged, nothing raised, and status says so.
     let st = status(&b);

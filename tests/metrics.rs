@@ -17,19 +17,40 @@ fn scrape(addr: &str) -> String {
 }
 
 fn value(text: &str, series_prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(series_prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(series_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 #[test]
 fn metrics_follow_the_lab_needs_root() {
-    let lab = Lab::start(LabConfig { guests: 3, nova_metadata: true, ..Default::default() }).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let lab = Lab::start(LabConfig {
+        guests: 3,
+        nova_metadata: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, format!("[agent]\nmetrics_listen = \"{addr}\"\n")).unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_hvflight"))
-        .args(["run", "--interval-ms", "200", "--netns", &lab.hv_ns, "--libvirt-uri", &lab.libvirt_uri(), "--config"])
+        .args([
+            "run",
+            "--interval-ms",
+            "200",
+            "--netns",
+            &lab.hv_ns,
+            "--libvirt-uri",
+            &lab.libvirt_uri(),
+            "--config",
+        ])
         .arg(&cfg)
         .arg("--state-dir")
         .arg(dir.path())
@@ -59,12 +80,40 @@ fn metrics_follow_the_lab_needs_root() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(value(&text, "hvflight_samples_total ").unwrap() >= 1.0, "{text}");
-    assert_eq!(value(&text, "hvflight_link_carrier{bridge=\"br0\",interface=\"uplink0\",role=\"uplink\"}"), Some(1.0), "{text}");
-    assert_eq!(value(&text, "hvflight_bridge_port_state{bridge=\"br0\",interface=\"uplink0\",role=\"uplink\"}"), Some(3.0), "{text}");
-    assert_eq!(value(&text, "hvflight_bridge_vnics{bridge=\"br0\"}"), Some(3.0), "{text}");
-    assert_eq!(value(&text, "hvflight_domains{state=\"running\"}"), Some(3.0), "{text}");
-    assert!(text.contains("nova_name=\"tools-webproxy-01\"") && text.contains("nova_project=\"tools\""), "{text}");
+    assert!(
+        value(&text, "hvflight_samples_total ").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "hvflight_link_carrier{bridge=\"br0\",interface=\"uplink0\",role=\"uplink\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "hvflight_bridge_port_state{bridge=\"br0\",interface=\"uplink0\",role=\"uplink\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "hvflight_bridge_vnics{bridge=\"br0\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "hvflight_domains{state=\"running\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("nova_name=\"tools-webproxy-01\"") && text.contains("nova_project=\"tools\""),
+        "{text}"
+    );
     // Bounded labels: no per-vNIC series.
     assert!(!text.contains("interface=\"vnet0\""), "{text}");
     // The uplink loses carrier: the next scrape says so.
@@ -72,10 +121,17 @@ fn metrics_follow_the_lab_needs_root() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let t = scrape_in(&lab);
-        if value(&t, "hvflight_link_carrier{bridge=\"br0\",interface=\"uplink0\",role=\"uplink\"}") == Some(0.0) {
+        if value(
+            &t,
+            "hvflight_link_carrier{bridge=\"br0\",interface=\"uplink0\",role=\"uplink\"}",
+        ) == Some(0.0)
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "carrier loss not visible in /metrics:\n{t}");
+        assert!(
+            Instant::now() < deadline,
+            "carrier loss not visible in /metrics:\n{t}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let _ = agent.kill();
@@ -84,13 +140,24 @@ fn metrics_follow_the_lab_needs_root() {
 
 #[test]
 fn metrics_listen_on_loopback_by_default_and_404_elsewhere() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, format!("[agent]\nmetrics_listen = \"{addr}\"\n")).unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_hvflight"))
-        .args(["run", "--interval-ms", "200", "--libvirt-uri", "test:///default", "--config"])
+        .args([
+            "run",
+            "--interval-ms",
+            "200",
+            "--libvirt-uri",
+            "test:///default",
+            "--config",
+        ])
         .arg(&cfg)
         .arg("--state-dir")
         .arg(dir.path())
@@ -102,7 +169,10 @@ fn metrics_listen_on_loopback_by_default_and_404_elsewhere() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1200));
     let text = scrape(&addr);
-    assert!(text.starts_with("HTTP/1.") && text.contains(" 200 "), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.") && text.contains(" 200 "),
+        "{text}"
+    );
     assert!(text.contains("# TYPE hvflight_samples counter"));
     assert!(!text.contains("{}"), "empty label sets: {text}");
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
@@ -112,5 +182,8 @@ fn metrics_listen_on_loopback_by_default_and_404_elsewhere() {
     assert!(out.contains(" 404 "), "{out}");
     let _ = agent.kill();
     let _ = agent.wait();
-    assert_eq!(hvflight::config::Config::default().agent.metrics_listen, "127.0.0.1:9469");
+    assert_eq!(
+        hvflight::config::Config::default().agent.metrics_listen,
+        "127.0.0.1:9469"
+    );
 }

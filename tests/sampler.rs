@@ -18,7 +18,11 @@ fn sample_in(ns: &str, extra: &[&str]) -> Sample {
         .args(extra)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -28,15 +32,36 @@ fn lab_sample(lab: &Lab) -> Sample {
 
 #[test]
 fn pings_raise_host_port_counters_needs_root() {
-    let lab = Lab::start(LabConfig { guests: 2, ..Default::default() }).unwrap();
+    let lab = Lab::start(LabConfig {
+        guests: 2,
+        ..Default::default()
+    })
+    .unwrap();
     let before = lab_sample(&lab);
     let ns = lab.guests[0].ns.clone().unwrap();
-    lab.exec_in(&ns, &["ping", "-q", "-c", "5", "-i", "0.05", &lab.gateway_ip.to_string()]).unwrap();
+    lab.exec_in(
+        &ns,
+        &[
+            "ping",
+            "-q",
+            "-c",
+            "5",
+            "-i",
+            "0.05",
+            &lab.gateway_ip.to_string(),
+        ],
+    )
+    .unwrap();
     let after = lab_sample(&lab);
     let port = &lab.guests[0].host_port;
     let (b, a) = (before.link(port).unwrap(), after.link(port).unwrap());
     // Host side of the guest's veth: what the guest sends arrives as rx.
-    assert!(a.stats.rx_packets >= b.stats.rx_packets + 5, "{} -> {}", b.stats.rx_packets, a.stats.rx_packets);
+    assert!(
+        a.stats.rx_packets >= b.stats.rx_packets + 5,
+        "{} -> {}",
+        b.stats.rx_packets,
+        a.stats.rx_packets
+    );
     assert!(a.stats.tx_packets >= b.stats.tx_packets + 5);
     assert!(a.stats.rx_bytes > b.stats.rx_bytes);
     assert_eq!(a.mac, lab.guests[0].host_mac);
@@ -46,16 +71,26 @@ fn pings_raise_host_port_counters_needs_root() {
 
 #[test]
 fn fdb_bridge_and_ports_match_the_lab_needs_root() {
-    let lab = Lab::start(LabConfig { guests: 3, ..Default::default() }).unwrap();
+    let lab = Lab::start(LabConfig {
+        guests: 3,
+        ..Default::default()
+    })
+    .unwrap();
     for i in 0..3 {
         assert!(lab.ping_from_guest(i, 1));
     }
-    lab.inject(&Fault::PortDisabled { port: "vnet1".into() }).unwrap();
+    lab.inject(&Fault::PortDisabled {
+        port: "vnet1".into(),
+    })
+    .unwrap();
     let s = lab_sample(&lab);
     assert!(s.failures.is_empty(), "{:?}", s.failures);
     let fdb = s.fdb.as_ref().unwrap();
     for g in &lab.guests {
-        let e = fdb.iter().find(|e| e.mac == g.mac && e.master.is_some()).unwrap_or_else(|| panic!("{} not in fdb", g.mac));
+        let e = fdb
+            .iter()
+            .find(|e| e.mac == g.mac && e.master.is_some())
+            .unwrap_or_else(|| panic!("{} not in fdb", g.mac));
         assert_eq!(e.port, g.host_port);
         assert_eq!(e.state, "dynamic");
     }
@@ -69,16 +104,27 @@ fn fdb_bridge_and_ports_match_the_lab_needs_root() {
     assert_eq!(state("vnet1"), 0, "disabled port");
     assert_eq!(state("vnet0"), 3, "forwarding port");
     assert_eq!(state("uplink0"), 3);
-    assert!(br.ports.iter().all(|p| p.learning == Some(true) && p.unicast_flood == Some(true)));
+    assert!(br
+        .ports
+        .iter()
+        .all(|p| p.learning == Some(true) && p.unicast_flood == Some(true)));
     let q = s.qdiscs.as_ref().unwrap();
     assert!(q.iter().any(|q| q.dev == "vnet0"), "{q:?}");
 }
 
 #[test]
 fn libvirt_section_matches_node_xml_needs_root() {
-    let lab = Lab::start(LabConfig { guests: 3, nova_metadata: true, ..Default::default() }).unwrap();
+    let lab = Lab::start(LabConfig {
+        guests: 3,
+        nova_metadata: true,
+        ..Default::default()
+    })
+    .unwrap();
     let s = lab_sample(&lab);
-    let l = s.libvirt.as_ref().unwrap_or_else(|| panic!("no libvirt section: {:?}", s.failures));
+    let l = s
+        .libvirt
+        .as_ref()
+        .unwrap_or_else(|| panic!("no libvirt section: {:?}", s.failures));
     assert_eq!(l.domains.len(), 3);
     for g in &lab.guests {
         let d = l.domains.iter().find(|d| d.name == g.name).unwrap();
@@ -89,20 +135,40 @@ fn libvirt_section_matches_node_xml_needs_root() {
         assert_eq!(v.mac, g.mac);
         assert_eq!(v.bridge, "br0");
         // The test driver renames target devs; the host port is found by MAC.
-        assert_eq!(v.host_ifname.as_deref(), Some(g.host_port.as_str()), "{v:?}");
+        assert_eq!(
+            v.host_ifname.as_deref(),
+            Some(g.host_port.as_str()),
+            "{v:?}"
+        );
         assert!(d.nova.is_some());
     }
     let first = l.domains.iter().find(|d| d.name == "guest0").unwrap();
-    assert_eq!(first.nova.as_ref().unwrap().instance_name, "tools-webproxy-01");
+    assert_eq!(
+        first.nova.as_ref().unwrap().instance_name,
+        "tools-webproxy-01"
+    );
     assert_eq!(first.nova.as_ref().unwrap().project_name, "tools");
 }
 
 #[test]
 fn link_down_produces_an_event_within_100ms_needs_root() {
-    let lab = Lab::start(LabConfig { guests: 2, ..Default::default() }).unwrap();
+    let lab = Lab::start(LabConfig {
+        guests: 2,
+        ..Default::default()
+    })
+    .unwrap();
     let state = tempfile::tempdir().unwrap();
     let mut agent = hvflight()
-        .args(["run", "--json", "--netns", &lab.hv_ns, "--interval-ms", "200", "--libvirt-uri", &lab.libvirt_uri()])
+        .args([
+            "run",
+            "--json",
+            "--netns",
+            &lab.hv_ns,
+            "--interval-ms",
+            "200",
+            "--libvirt-uri",
+            &lab.libvirt_uri(),
+        ])
         .arg("--state-dir")
         .arg(state.path())
         .arg("--socket")
@@ -134,9 +200,18 @@ fn link_down_produces_an_event_within_100ms_needs_root() {
     let mut latency_ms = None;
     let deadline = Instant::now() + Duration::from_secs(5);
     while latency_ms.is_none() && Instant::now() < deadline {
-        let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) else { continue };
-        let Ok(ev) = serde_json::from_str::<hvflight::sample::Event>(&l) else { continue };
-        if let EventKind::Link { name, admin_up: false, .. } = &ev.kind {
+        let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let Ok(ev) = serde_json::from_str::<hvflight::sample::Event>(&l) else {
+            continue;
+        };
+        if let EventKind::Link {
+            name,
+            admin_up: false,
+            ..
+        } = &ev.kind
+        {
             if name == "vnet1" {
                 latency_ms = Some((ev.ts_unix_ns - t0) as f64 / 1e6);
             }
@@ -146,13 +221,22 @@ fn link_down_produces_an_event_within_100ms_needs_root() {
     let _ = agent.wait();
     let latency_ms = latency_ms.expect("no link event for vnet1 going down");
     eprintln!("link event latency: {latency_ms:.1} ms");
-    assert!(latency_ms < 100.0, "link event {latency_ms} ms after the change");
+    assert!(
+        latency_ms < 100.0,
+        "link event {latency_ms} ms after the change"
+    );
 }
 
 #[test]
 fn unreachable_libvirt_is_recorded_and_the_sample_still_produced() {
     let out = hvflight()
-        .args(["sample", "--once", "--json", "--libvirt-uri", "qemu:///system?socket=/nonexistent/libvirt-sock"])
+        .args([
+            "sample",
+            "--once",
+            "--json",
+            "--libvirt-uri",
+            "qemu:///system?socket=/nonexistent/libvirt-sock",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -172,12 +256,31 @@ fn missing_or_malformed_proc_files_are_failures_not_crashes() {
     // softnet_stat missing; snmp malformed; the rest copied from this machine.
     std::fs::write(root.join("net/snmp"), "Ip: Forwarding DefaultTTL\nIp: 1\n").unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, format!("[collect]\nproc_root = \"{}\"\ndisabled = [\"libvirt\"]\n", root.display())).unwrap();
-    let out = hvflight().args(["sample", "--once", "--json", "--config"]).arg(&cfg).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[collect]\nproc_root = \"{}\"\ndisabled = [\"libvirt\"]\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let out = hvflight()
+        .args(["sample", "--once", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: Sample = serde_json::from_slice(&out.stdout).unwrap();
     let softnet = s.failure("softnet").unwrap();
-    assert!(softnet.error.contains("net/softnet_stat"), "{}", softnet.error);
+    assert!(
+        softnet.error.contains("net/softnet_stat"),
+        "{}",
+        softnet.error
+    );
     let snmp = s.failure("snmp").unwrap();
     assert!(snmp.error.contains("net/snmp:2"), "{}", snmp.error);
     assert!(s.softnet.is_none() && s.snmp.is_none());
@@ -201,16 +304,27 @@ impl Drop for Ns {
 }
 
 fn batch(ns: &str, lines: &[String]) {
-    let mut c = Command::new("ip").args(["-n", ns, "-batch", "-"]).stdin(Stdio::piped()).spawn().unwrap();
+    let mut c = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
-    c.stdin.take().unwrap().write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all((lines.join("\n") + "\n").as_bytes())
+        .unwrap();
     assert!(c.wait().unwrap().success());
 }
 
 #[test]
 fn a_thousand_interfaces_and_odd_names_needs_root() {
     let ns = Ns::new("big");
-    let mut lines = vec!["link add br0 type bridge".to_string(), "link set br0 up".to_string()];
+    let mut lines = vec![
+        "link add br0 type bridge".to_string(),
+        "link set br0 up".to_string(),
+    ];
     for i in 0..500 {
         lines.push(format!("link add v{i}a type veth peer name v{i}b"));
         lines.push(format!("link set v{i}a master br0 up"));
@@ -219,7 +333,20 @@ fn a_thousand_interfaces_and_odd_names_needs_root() {
     batch(&ns.0, &lines);
     // Not in the batch: `#` starts a comment there.
     for (i, odd) in ["vnet.0-x_y", "ü-port", "x#y@z"].iter().enumerate() {
-        lab::run(&["ip", "-n", &ns.0, "link", "add", odd, "type", "veth", "peer", "name", &format!("odd{i}")]).unwrap();
+        lab::run(&[
+            "ip",
+            "-n",
+            &ns.0,
+            "link",
+            "add",
+            odd,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("odd{i}"),
+        ])
+        .unwrap();
     }
     let s = sample_in(&ns.0, &["--libvirt-uri", "test:///default"]);
     let links = s.links.as_ref().unwrap();
@@ -229,7 +356,10 @@ fn a_thousand_interfaces_and_odd_names_needs_root() {
     }
     assert_eq!(s.bridges.as_ref().unwrap()[0].ports.len(), 500);
     assert!(s.failures.is_empty(), "{:?}", s.failures);
-    eprintln!("1000+ interfaces, 500 bridge ports: sample took {} µs", s.duration_us);
+    eprintln!(
+        "1000+ interfaces, 500 bridge ports: sample took {} µs",
+        s.duration_us
+    );
 }
 
 #[test]
@@ -241,25 +371,52 @@ fn interfaces_vanishing_while_sampling_never_crash_the_agent_needs_root() {
     let churn = std::thread::spawn(move || {
         let mut i = 0;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            let lines: Vec<String> = (0..20).map(|k| format!("link add c{k} type veth peer name d{k}")).collect();
-            let _ = Command::new("ip").args(["-n", &churn_ns, "-batch", "-"]).stdin(Stdio::piped()).spawn().and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().unwrap().write_all((lines.join("\n") + "\n").as_bytes())?;
-                c.wait()
-            });
+            let lines: Vec<String> = (0..20)
+                .map(|k| format!("link add c{k} type veth peer name d{k}"))
+                .collect();
+            let _ = Command::new("ip")
+                .args(["-n", &churn_ns, "-batch", "-"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin
+                        .take()
+                        .unwrap()
+                        .write_all((lines.join("\n") + "\n").as_bytes())?;
+                    c.wait()
+                });
             let dels: Vec<String> = (0..20).map(|k| format!("link del c{k}")).collect();
-            let _ = Command::new("ip").args(["-n", &churn_ns, "-batch", "-"]).stdin(Stdio::piped()).spawn().and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().unwrap().write_all((dels.join("\n") + "\n").as_bytes())?;
-                c.wait()
-            });
+            let _ = Command::new("ip")
+                .args(["-n", &churn_ns, "-batch", "-"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin
+                        .take()
+                        .unwrap()
+                        .write_all((dels.join("\n") + "\n").as_bytes())?;
+                    c.wait()
+                });
             i += 1;
         }
         i
     });
     let state = tempfile::tempdir().unwrap();
     let out = hvflight()
-        .args(["run", "--json", "--netns", &ns.0, "--interval-ms", "20", "--count", "60", "--libvirt-uri", "test:///default"])
+        .args([
+            "run",
+            "--json",
+            "--netns",
+            &ns.0,
+            "--interval-ms",
+            "20",
+            "--count",
+            "60",
+            "--libvirt-uri",
+            "test:///default",
+        ])
         .arg("--state-dir")
         .arg(state.path())
         .arg("--socket")
@@ -268,33 +425,74 @@ fn interfaces_vanishing_while_sampling_never_crash_the_agent_needs_root() {
         .unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = churn.join().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let samples = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("\"kind\":\"sample\"")).count();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"sample\""))
+        .count();
     assert_eq!(samples, 60);
     assert!(rounds > 0);
 }
 
 #[test]
 fn bridges_default_to_libvirts_and_ip_netns_exec_works_needs_root() {
-    let lab = Lab::start(LabConfig { guests: 1, ..Default::default() }).unwrap();
-    lab::run(&["ip", "-n", &lab.hv_ns, "link", "add", "br9", "type", "bridge"]).unwrap();
-    let names = |s: &Sample| s.bridges.as_ref().unwrap().iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+    let lab = Lab::start(LabConfig {
+        guests: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    lab::run(&[
+        "ip", "-n", &lab.hv_ns, "link", "add", "br9", "type", "bridge",
+    ])
+    .unwrap();
+    let names = |s: &Sample| {
+        s.bridges
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|b| b.name.clone())
+            .collect::<Vec<_>>()
+    };
     // libvirt's domains use br0 only.
     assert_eq!(names(&lab_sample(&lab)), vec!["br0"]);
     // Explicit --bridge wins.
-    let s = sample_in(&lab.hv_ns, &["--libvirt-uri", &lab.libvirt_uri(), "--bridge", "br9"]);
+    let s = sample_in(
+        &lab.hv_ns,
+        &["--libvirt-uri", &lab.libvirt_uri(), "--bridge", "br9"],
+    );
     assert_eq!(names(&s), vec!["br9"]);
     // libvirt unreachable: all bridges.
-    let s = sample_in(&lab.hv_ns, &["--libvirt-uri", "qemu:///system?socket=/nonexistent"]);
+    let s = sample_in(
+        &lab.hv_ns,
+        &["--libvirt-uri", "qemu:///system?socket=/nonexistent"],
+    );
     let mut all = names(&s);
     all.sort();
     assert_eq!(all, vec!["br0", "br9"]);
     // `ip netns exec NS hvflight …` (what operators type) sees the same bridge.
     let out = Command::new("ip")
-        .args(["netns", "exec", &lab.hv_ns, env!("CARGO_BIN_EXE_hvflight"), "sample", "--once", "--json", "--libvirt-uri", &lab.libvirt_uri()])
+        .args([
+            "netns",
+            "exec",
+            &lab.hv_ns,
+            env!("CARGO_BIN_EXE_hvflight"),
+            "sample",
+            "--once",
+            "--json",
+            "--libvirt-uri",
+            &lab.libvirt_uri(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: Sample = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(names(&s), vec!["br0"]);
     assert!(s.link(&lab.guests[0].host_port).is_some());

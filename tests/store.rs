@@ -63,7 +63,16 @@ fn sample(seq: u64, n: usize, t_s: i64) -> Sample {
 }
 
 fn samples_of(records: &[Record]) -> Vec<&Sample> {
-    records.iter().filter_map(|r| if let Record::Sample(s) = r { Some(s.as_ref()) } else { None }).collect()
+    records
+        .iter()
+        .filter_map(|r| {
+            if let Record::Sample(s) = r {
+                Some(s.as_ref())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 const T0: i64 = 1_795_000_000;
@@ -75,20 +84,42 @@ fn round_trip_with_events_and_keyframes() {
     for i in 0..150 {
         let s = sample(i, 20, T0 + i as i64);
         w.write_sample(&s).unwrap();
-        let ev = Event { ts_unix_ns: s.ts_unix_ns + 1, mono_ns: s.mono_ns + 1, kind: EventKind::Agent { what: format!("e{i}"), detail: String::new() } };
+        let ev = Event {
+            ts_unix_ns: s.ts_unix_ns + 1,
+            mono_ns: s.mono_ns + 1,
+            kind: EventKind::Agent {
+                what: format!("e{i}"),
+                detail: String::new(),
+            },
+        };
         w.write_events(&[ev]).unwrap();
     }
     drop(w);
     let (recs, report) = read_range(dir.path(), i64::MIN, i64::MAX);
-    assert!(report.warnings.is_empty() && report.torn_tails.is_empty(), "{report:?}");
+    assert!(
+        report.warnings.is_empty() && report.torn_tails.is_empty(),
+        "{report:?}"
+    );
     let s = samples_of(&recs);
     assert_eq!(s.len(), 150);
     assert_eq!(*s[149], sample(149, 20, T0 + 149));
-    assert_eq!(recs.iter().filter(|r| matches!(r, Record::Events(_))).count(), 150);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| matches!(r, Record::Events(_)))
+            .count(),
+        150
+    );
     // A range in the middle.
-    let (recs, _) = read_range(dir.path(), (T0 + 100) * 1_000_000_000, (T0 + 109) * 1_000_000_000);
+    let (recs, _) = read_range(
+        dir.path(),
+        (T0 + 100) * 1_000_000_000,
+        (T0 + 109) * 1_000_000_000,
+    );
     let s = samples_of(&recs);
-    assert_eq!(s.iter().map(|s| s.seq).collect::<Vec<_>>(), (100..110).collect::<Vec<_>>());
+    assert_eq!(
+        s.iter().map(|s| s.seq).collect::<Vec<_>>(),
+        (100..110).collect::<Vec<_>>()
+    );
 }
 
 fn write_store(dir: &Path, n: u64) -> PathBuf {
@@ -127,14 +158,30 @@ fn torn_writes_recover_every_complete_record() {
         let mut out = Vec::new();
         let mut report = ReadReport::default();
         read_segment(&p, i64::MIN, i64::MAX, &mut out, &mut report);
-        assert!(report.warnings.is_empty(), "cut {cut}: {:?}", report.warnings);
+        assert!(
+            report.warnings.is_empty(),
+            "cut {cut}: {:?}",
+            report.warnings
+        );
         let complete = ends.iter().filter(|e| **e <= cut).count();
         let got: Vec<u64> = samples_of(&out).iter().map(|s| s.seq).collect();
         assert_eq!(got, (0..complete as u64).collect::<Vec<_>>(), "cut {cut}");
         let at_boundary = cut == header_end || ends.contains(&cut);
-        assert_eq!(report.torn_tails.len(), usize::from(!at_boundary), "cut {cut}: torn tail {:?}", report.torn_tails);
+        assert_eq!(
+            report.torn_tails.len(),
+            usize::from(!at_boundary),
+            "cut {cut}: torn tail {:?}",
+            report.torn_tails
+        );
         if !at_boundary {
-            assert_eq!(report.torn_tails[0].1 as usize, ends.iter().rev().find(|e| **e <= cut).copied().unwrap_or(header_end));
+            assert_eq!(
+                report.torn_tails[0].1 as usize,
+                ends.iter()
+                    .rev()
+                    .find(|e| **e <= cut)
+                    .copied()
+                    .unwrap_or(header_end)
+            );
         }
     }
 }
@@ -146,7 +193,12 @@ fn corrupt_bytes_skip_one_record_with_segment_and_offset() {
     let mut b = std::fs::read(&seg).unwrap();
     // Damage the middle of the 10th sample record (a delta, not the keyframe).
     let magic = 0x5246_5648u32.to_le_bytes();
-    let starts: Vec<usize> = b.windows(4).enumerate().filter(|(_, w)| *w == magic).map(|(i, _)| i).collect();
+    let starts: Vec<usize> = b
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == magic)
+        .map(|(i, _)| i)
+        .collect();
     let victim = starts[10] + 40;
     b[victim] ^= 0xff;
     std::fs::write(&seg, &b).unwrap();
@@ -156,7 +208,11 @@ fn corrupt_bytes_skip_one_record_with_segment_and_offset() {
     assert!(!seqs.contains(&10));
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     let w = &report.warnings[0];
-    assert!(w.contains(seg.file_name().unwrap().to_str().unwrap()) && w.contains(&format!("offset {}", starts[10])), "{w}");
+    assert!(
+        w.contains(seg.file_name().unwrap().to_str().unwrap())
+            && w.contains(&format!("offset {}", starts[10])),
+        "{w}"
+    );
 }
 
 #[test]
@@ -174,17 +230,35 @@ fn clock_steps_keep_records_ordered_and_are_recorded() {
     let (recs, report) = read_range(dir.path(), i64::MIN, i64::MAX);
     assert!(report.warnings.is_empty());
     let seqs: Vec<u64> = samples_of(&recs).iter().map(|s| s.seq).collect();
-    assert_eq!(seqs, (0..20).collect::<Vec<_>>(), "file order = sampling order");
+    assert_eq!(
+        seqs,
+        (0..20).collect::<Vec<_>>(),
+        "file order = sampling order"
+    );
     let jumps: Vec<&Event> = recs
         .iter()
-        .filter_map(|r| if let Record::Events(e) = r { Some(e) } else { None })
+        .filter_map(|r| {
+            if let Record::Events(e) = r {
+                Some(e)
+            } else {
+                None
+            }
+        })
         .flatten()
         .filter(|e| matches!(&e.kind, EventKind::Agent { what, .. } if what == "clock_jump"))
         .collect();
     assert_eq!(jumps.len(), 1);
-    assert!(format!("{:?}", jumps[0].kind).contains("-3600"), "{:?}", jumps[0]);
+    assert!(
+        format!("{:?}", jumps[0].kind).contains("-3600"),
+        "{:?}",
+        jumps[0]
+    );
     // Both sides of the step are queryable by their own wall times.
-    let (recs, _) = read_range(dir.path(), (T0 - 3600 + 10) * 1_000_000_000, (T0 - 3600 + 19) * 1_000_000_000);
+    let (recs, _) = read_range(
+        dir.path(),
+        (T0 - 3600 + 10) * 1_000_000_000,
+        (T0 - 3600 + 19) * 1_000_000_000,
+    );
     assert_eq!(samples_of(&recs).len(), 10);
 }
 
@@ -199,14 +273,20 @@ fn retention_drops_oldest_segments_first() {
         w.write_sample(&sample(i, 40, T0 + i as i64)).unwrap();
     }
     drop(w);
-    let total: u64 = segments(dir.path()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    let total: u64 = segments(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
     assert!(total <= 256 * 1024 + 80 * 1024, "{total}");
     let (recs, report) = read_range(dir.path(), i64::MIN, i64::MAX);
     assert!(report.warnings.is_empty());
     let seqs: Vec<u64> = samples_of(&recs).iter().map(|s| s.seq).collect();
     assert_eq!(*seqs.last().unwrap(), 2999, "newest kept");
     assert!(seqs[0] > 0, "oldest dropped");
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "no hole in what is kept");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no hole in what is kept"
+    );
 
     // Age bound: segments whose successor started before max_age are deleted.
     let dir = tempfile::tempdir().unwrap();
@@ -221,7 +301,11 @@ fn retention_drops_oldest_segments_first() {
     let (recs, _) = read_range(dir.path(), i64::MIN, i64::MAX);
     let oldest = samples_of(&recs)[0].ts_unix_ns / 1_000_000_000;
     // Whole segments go: at most one segment's span (~250 s here) beyond the bound.
-    assert!(oldest >= T0 + 2999 - 600 - 300, "oldest kept {} s before the newest", T0 + 2999 - oldest);
+    assert!(
+        oldest >= T0 + 2999 - 600 - 300,
+        "oldest kept {} s before the newest",
+        T0 + 2999 - oldest
+    );
     assert!(oldest > T0, "nothing deleted by age");
 }
 
@@ -260,7 +344,15 @@ fn sigkill_at_random_moments_loses_nothing_that_was_written_needs_root() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let mut child = Command::new(env!("CARGO_BIN_EXE_hvflight"))
-            .args(["run", "--json", "--interval-ms", "20", "--libvirt-uri", "test:///default", "--state-dir"])
+            .args([
+                "run",
+                "--json",
+                "--interval-ms",
+                "20",
+                "--libvirt-uri",
+                "test:///default",
+                "--state-dir",
+            ])
             .arg(dir.path())
             .arg("--socket")
             .arg(dir.path().join("s.sock"))
@@ -291,15 +383,26 @@ fn sigkill_at_random_moments_loses_nothing_that_was_written_needs_root() {
         printed.extend(seen);
         let (recs, report) = read_range(&dir.path().join("store"), i64::MIN, i64::MAX);
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-        let stored: std::collections::HashSet<(i64, u64)> =
-            samples_of(&recs).iter().map(|s| (s.ts_unix_ns, s.seq)).collect();
+        let stored: std::collections::HashSet<(i64, u64)> = samples_of(&recs)
+            .iter()
+            .map(|s| (s.ts_unix_ns, s.seq))
+            .collect();
         for p in &printed {
-            assert!(stored.contains(p), "sample {p:?} was written before the kill but is not in the store");
+            assert!(
+                stored.contains(p),
+                "sample {p:?} was written before the kill but is not in the store"
+            );
         }
     }
     assert!(printed.len() > 50, "{}", printed.len());
-    assert!(runs_that_sampled >= 6, "{runs_that_sampled} of 12 runs got to sample before the kill");
-    assert!(segments(&dir.path().join("store")).len() >= runs_that_sampled, "each restart starts its own segment");
+    assert!(
+        runs_that_sampled >= 6,
+        "{runs_that_sampled} of 12 runs got to sample before the kill"
+    );
+    assert!(
+        segments(&dir.path().join("store")).len() >= runs_that_sampled,
+        "each restart starts its own segment"
+    );
 }
 
 struct Tmpfs(PathBuf);
@@ -314,7 +417,11 @@ fn disk_full_pauses_or_frees_space_never_corrupts_and_recovers_needs_root() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"]).arg(&mnt).status().unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
     assert!(ok.success(), "cannot mount a tmpfs for the disk-full test");
     let _guard = Tmpfs(mnt.clone());
     let store = mnt.join("store");
@@ -332,7 +439,10 @@ fn disk_full_pauses_or_frees_space_never_corrupts_and_recovers_needs_root() {
             written += 1;
         }
     }
-    assert!(w.dropped > 0 || segments(&store).len() > 1, "neither paused nor rotated");
+    assert!(
+        w.dropped > 0 || segments(&store).len() > 1,
+        "neither paused nor rotated"
+    );
     let (recs, report) = read_range(&store, i64::MIN, i64::MAX);
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     assert!(!samples_of(&recs).is_empty() && written > 0);
@@ -340,7 +450,10 @@ fn disk_full_pauses_or_frees_space_never_corrupts_and_recovers_needs_root() {
     std::fs::remove_file(&filler).unwrap();
     let before = w.dropped;
     for i in 2000..2050 {
-        assert!(w.write_sample(&sample(i, 60, T0 + i as i64)).unwrap(), "sample {i} not written after space returned");
+        assert!(
+            w.write_sample(&sample(i, 60, T0 + i as i64)).unwrap(),
+            "sample {i} not written after space returned"
+        );
     }
     assert_eq!(w.dropped, before);
     drop(w);
@@ -353,7 +466,14 @@ fn disk_full_pauses_or_frees_space_never_corrupts_and_recovers_needs_root() {
 fn history_reads_while_the_agent_writes() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_hvflight"))
-        .args(["run", "--interval-ms", "100", "--libvirt-uri", "test:///default", "--state-dir"])
+        .args([
+            "run",
+            "--interval-ms",
+            "100",
+            "--libvirt-uri",
+            "test:///default",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .arg("--socket")
         .arg(dir.path().join("s.sock"))
@@ -374,10 +494,23 @@ fn history_reads_while_the_agent_writes() {
         .unwrap();
     let _ = agent.kill();
     let _ = agent.wait();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let n = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("\"kind\":\"sample\"")).count();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"sample\""))
+        .count();
     assert!(n >= 5, "{n} samples");
     let text = String::from_utf8_lossy(&human.stdout);
-    assert!(text.lines().filter(|l| l.contains("| lo ") && l.contains(" rx ")).count() >= 4, "{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("| lo ") && l.contains(" rx "))
+            .count()
+            >= 4,
+        "{text}"
+    );
     assert!(text.contains("pps"), "rates, not raw counters: {text}");
 }

@@ -48,10 +48,25 @@ fn series(n: usize, count: usize) -> Vec<Sample> {
                 .enumerate()
                 .map(|(i, st)| Link {
                     ifindex: i as u32 + 1,
-                    name: if i == 0 { "br0".into() } else if i == 1 { "bond0".into() } else { format!("tap{:08x}-{:02x}", i * 7919, i % 97) },
-                    kind: if i == 0 { "bridge".into() } else { "tun".into() },
+                    name: if i == 0 {
+                        "br0".into()
+                    } else if i == 1 {
+                        "bond0".into()
+                    } else {
+                        format!("tap{:08x}-{:02x}", i * 7919, i % 97)
+                    },
+                    kind: if i == 0 {
+                        "bridge".into()
+                    } else {
+                        "tun".into()
+                    },
                     master: if i > 0 { Some(1) } else { None },
-                    mac: format!("fe:16:3e:{:02x}:{:02x}:{:02x}", i >> 16, (i >> 8) & 255, i & 255),
+                    mac: format!(
+                        "fe:16:3e:{:02x}:{:02x}:{:02x}",
+                        i >> 16,
+                        (i >> 8) & 255,
+                        i & 255
+                    ),
                     mtu: 1500,
                     operstate: "up".into(),
                     admin_up: true,
@@ -65,12 +80,29 @@ fn series(n: usize, count: usize) -> Vec<Sample> {
             let ports = links
                 .iter()
                 .skip(1)
-                .map(|l| BridgePort { ifindex: l.ifindex, name: l.name.clone(), state: 3, learning: Some(true), unicast_flood: Some(true), cost: Some(2), priority: Some(32), ..Default::default() })
+                .map(|l| BridgePort {
+                    ifindex: l.ifindex,
+                    name: l.name.clone(),
+                    state: 3,
+                    learning: Some(true),
+                    unicast_flood: Some(true),
+                    cost: Some(2),
+                    priority: Some(32),
+                    ..Default::default()
+                })
                 .collect();
             let fdb = links
                 .iter()
                 .skip(2)
-                .map(|l| FdbEntry { mac: l.mac.replacen("fe", "fa", 1), ifindex: l.ifindex, port: l.name.clone(), master: Some(1), state: "dynamic".into(), updated_s: Some((rng.next() % 300) as u32), ..Default::default() })
+                .map(|l| FdbEntry {
+                    mac: l.mac.replacen("fe", "fa", 1),
+                    ifindex: l.ifindex,
+                    port: l.name.clone(),
+                    master: Some(1),
+                    state: "dynamic".into(),
+                    updated_s: Some((rng.next() % 300) as u32),
+                    ..Default::default()
+                })
                 .collect();
             Sample {
                 version: 1,
@@ -81,9 +113,21 @@ fn series(n: usize, count: usize) -> Vec<Sample> {
                 host: "compute-017".into(),
                 duration_us: 2000 + rng.next() % 500,
                 links: Some(links),
-                bridges: Some(vec![Bridge { ifindex: 1, name: "br0".into(), stp_state: Some(0), ports, ..Default::default() }]),
+                bridges: Some(vec![Bridge {
+                    ifindex: 1,
+                    name: "br0".into(),
+                    stp_state: Some(0),
+                    ports,
+                    ..Default::default()
+                }]),
                 fdb: Some(fdb),
-                snmp: Some(Snmp { counters: snmp.iter().enumerate().map(|(i, v)| (format!("Section{}.Counter{i}", i / 40), *v)).collect() }),
+                snmp: Some(Snmp {
+                    counters: snmp
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (format!("Section{}.Counter{i}", i / 40), *v))
+                        .collect(),
+                }),
                 ..Default::default()
             }
         })
@@ -94,17 +138,28 @@ fn cpu_time() -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a rusage.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    Duration::from_micros((ru.ru_utime.tv_sec * 1_000_000 + ru.ru_utime.tv_usec + ru.ru_stime.tv_sec * 1_000_000 + ru.ru_stime.tv_usec) as u64)
+    Duration::from_micros(
+        (ru.ru_utime.tv_sec * 1_000_000
+            + ru.ru_utime.tv_usec
+            + ru.ru_stime.tv_sec * 1_000_000
+            + ru.ru_stime.tv_usec) as u64,
+    )
 }
 
 #[test]
 #[ignore = "benchmark: run by make bench"]
 fn store_bench() {
-    println!("{:>6} {:>14} {:>14} {:>8} {:>16} {:>18}", "vNICs", "store MiB/h", "JSONL MiB/h", "ratio", "write CPU/sample", "read 15 min window");
+    println!(
+        "{:>6} {:>14} {:>14} {:>8} {:>16} {:>18}",
+        "vNICs", "store MiB/h", "JSONL MiB/h", "ratio", "write CPU/sample", "read 15 min window"
+    );
     for n in [50usize, 500] {
         let count = 900; // 15 minutes at 1 Hz
         let samples = series(n, count);
-        let jsonl: usize = samples.iter().map(|s| serde_json::to_vec(s).unwrap().len() + 1).sum();
+        let jsonl: usize = samples
+            .iter()
+            .map(|s| serde_json::to_vec(s).unwrap().len() + 1)
+            .sum();
         let dir = tempfile::tempdir().unwrap();
         let cfg = WriterConfig {
             dir: dir.path().to_path_buf(),
@@ -123,7 +178,11 @@ fn store_bench() {
         }
         let write_cpu = (cpu_time() - c0) / count as u32;
         drop(w);
-        let disk: u64 = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
+        let disk: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
         let t = Instant::now();
         let (recs, _) = read_range(dir.path(), i64::MIN, i64::MAX);
         let read = t.elapsed();
@@ -137,6 +196,9 @@ fn store_bench() {
             write_cpu.as_secs_f64() * 1e3,
             read.as_secs_f64() * 1e3
         );
-        println!("        ({:.2} GiB/day on disk)", per_h(disk) * 24.0 / 1024.0);
+        println!(
+            "        ({:.2} GiB/day on disk)",
+            per_h(disk) * 24.0 / 1024.0
+        );
     }
 }

@@ -24,7 +24,10 @@ pub use settings::{resolve, Resolved};
 
 /// What the loop hands to its consumer (printer, store, control socket).
 pub enum Output<'a> {
-    Sample { sample: &'a Sample, model: &'a Model },
+    Sample {
+        sample: &'a Sample,
+        model: &'a Model,
+    },
     Event(&'a Event),
 }
 
@@ -56,7 +59,9 @@ pub fn hostname(cfg: &Config) -> String {
 /// collectors name interfaces from it).
 pub fn collectors(cfg: &Config) -> Vec<Box<dyn Collector>> {
     let all: Vec<Box<dyn Collector>> = crate::collect::all(cfg);
-    all.into_iter().filter(|c| !cfg.collect.disabled.iter().any(|d| d == c.name())).collect()
+    all.into_iter()
+        .filter(|c| !cfg.collect.disabled.iter().any(|d| d == c.name()))
+        .collect()
 }
 
 impl Agent {
@@ -69,7 +74,13 @@ impl Agent {
         };
         let sampler = Sampler::new(ctx, hostname(&config), collectors(&config));
         let (events_tx, events_rx) = mpsc::channel();
-        Agent { config, sampler, events_tx, events_rx, sources: Vec::new() }
+        Agent {
+            config,
+            sampler,
+            events_tx,
+            events_rx,
+            sources: Vec::new(),
+        }
     }
 
     /// Starts the event sources (rtnetlink, kmsg, libvirt lifecycle). A
@@ -82,7 +93,10 @@ impl Agent {
             let _ = self.events_tx.send(Event {
                 ts_unix_ns: crate::clock::now().unix_ns,
                 mono_ns: crate::clock::now().mono_ns,
-                kind: EventKind::Agent { what: format!("{source}_unavailable"), detail: error },
+                kind: EventKind::Agent {
+                    what: format!("{source}_unavailable"),
+                    detail: error,
+                },
             });
         }
     }
@@ -97,19 +111,31 @@ impl Agent {
 
     /// Samples every interval until `shutdown` is set or `count` samples were
     /// taken; hands every sample (with its rates) and event to `sink`.
-    pub fn run(&mut self, shutdown: &Arc<AtomicBool>, count: Option<u64>, mut sink: impl FnMut(Output<'_>)) {
+    pub fn run(
+        &mut self,
+        shutdown: &Arc<AtomicBool>,
+        count: Option<u64>,
+        mut sink: impl FnMut(Output<'_>),
+    ) {
         let interval = Duration::from_millis(self.config.agent.interval_ms);
         let poll = Duration::from_millis(100).min(interval);
         let mut prev: Option<Sample> = None;
         let mut next = Instant::now();
         let mut taken = 0u64;
-        self.note(&mut sink, "started", format!("interval {} ms", interval.as_millis()));
+        self.note(
+            &mut sink,
+            "started",
+            format!("interval {} ms", interval.as_millis()),
+        );
         while !shutdown.load(Ordering::Relaxed) {
             let lag = Instant::now().saturating_duration_since(next);
             let mut sample = self.sampler.sample();
             sample.lag_us = lag.as_micros() as u64;
             let model = Model::new(&sample, prev.as_ref());
-            sink(Output::Sample { sample: &sample, model: &model });
+            sink(Output::Sample {
+                sample: &sample,
+                model: &model,
+            });
             prev = Some(sample);
             taken += 1;
             if count.is_some_and(|c| taken >= c) {
@@ -122,7 +148,14 @@ impl Agent {
                 let behind = now - next;
                 let skipped = (behind.as_nanos() / interval.as_nanos()) as u32 + 1;
                 next += interval * skipped;
-                self.note(&mut sink, "sample_overrun", format!("skipped {skipped} tick(s), {} ms behind", behind.as_millis()));
+                self.note(
+                    &mut sink,
+                    "sample_overrun",
+                    format!(
+                        "skipped {skipped} tick(s), {} ms behind",
+                        behind.as_millis()
+                    ),
+                );
             }
             // Between samples: hand on events as they arrive.
             loop {
@@ -145,7 +178,14 @@ impl Agent {
 
     fn note(&self, sink: &mut impl FnMut(Output<'_>), what: &str, detail: String) {
         let t = crate::clock::now();
-        let ev = Event { ts_unix_ns: t.unix_ns, mono_ns: t.mono_ns, kind: EventKind::Agent { what: what.into(), detail } };
+        let ev = Event {
+            ts_unix_ns: t.unix_ns,
+            mono_ns: t.mono_ns,
+            kind: EventKind::Agent {
+                what: what.into(),
+                detail,
+            },
+        };
         sink(Output::Event(&ev));
     }
 }

@@ -30,7 +30,10 @@ pub fn is_vnic(sample: &Sample, ifname: &str, mac: &str) -> bool {
         return true;
     }
     sample.libvirt.as_ref().is_some_and(|l| {
-        l.domains.iter().flat_map(|d| &d.vnics).any(|v| v.host_ifname.as_deref() == Some(ifname))
+        l.domains
+            .iter()
+            .flat_map(|d| &d.vnics)
+            .any(|v| v.host_ifname.as_deref() == Some(ifname))
     })
 }
 
@@ -39,17 +42,29 @@ pub fn sample_line(s: &Sample, m: &Model) -> String {
     let rates = |name: &str| m.links.get(name);
     for br in s.bridges.iter().flatten() {
         if let Some(r) = rates(&br.name) {
-            let _ = write!(out, " | {} rx {} tx {} pps", br.name, pps(r.rx_packets_per_s), pps(r.tx_packets_per_s));
+            let _ = write!(
+                out,
+                " | {} rx {} tx {} pps",
+                br.name,
+                pps(r.rx_packets_per_s),
+                pps(r.tx_packets_per_s)
+            );
         } else {
             let _ = write!(out, " | {}", br.name);
         }
         let (mut vnics, mut silent) = (0, Vec::new());
         for p in &br.ports {
             let mac = s.link(&p.name).map(|l| l.mac.as_str()).unwrap_or("");
-            let state = if p.state == 3 { String::new() } else { format!(" state {}", p.state) };
+            let state = if p.state == 3 {
+                String::new()
+            } else {
+                format!(" state {}", p.state)
+            };
             if is_vnic(s, &p.name, mac) {
                 vnics += 1;
-                if rates(&p.name).is_some_and(|r| r.rx_packets_per_s == 0.0 && r.tx_packets_per_s == 0.0) {
+                if rates(&p.name)
+                    .is_some_and(|r| r.rx_packets_per_s == 0.0 && r.tx_packets_per_s == 0.0)
+                {
                     silent.push(p.name.clone());
                 }
                 if !state.is_empty() {
@@ -132,7 +147,14 @@ pub fn status_text(v: &serde_json::Value) -> String {
     let mut o = String::new();
     let a = &v["agent"];
     let s = &v["sampling"];
-    let _ = writeln!(o, "hvflight {} on {} (pid {}), up {} s", a["version"].as_str().unwrap_or("?"), a["host"].as_str().unwrap_or("?"), a["pid"], a["uptime_s"]);
+    let _ = writeln!(
+        o,
+        "hvflight {} on {} (pid {}), up {} s",
+        a["version"].as_str().unwrap_or("?"),
+        a["host"].as_str().unwrap_or("?"),
+        a["pid"],
+        a["uptime_s"]
+    );
     let _ = writeln!(
         o,
         "sampling: every {} ms, sample #{} {} ms ago, took {} µs, lag {} µs (max {} µs over the last 60)",
@@ -141,7 +163,12 @@ pub fn status_text(v: &serde_json::Value) -> String {
     match v["collectors_failing"].as_array() {
         Some(f) if !f.is_empty() => {
             for c in f {
-                let _ = writeln!(o, "FAILING collector {}: {}", c["collector"].as_str().unwrap_or("?"), c["error"].as_str().unwrap_or("?"));
+                let _ = writeln!(
+                    o,
+                    "FAILING collector {}: {}",
+                    c["collector"].as_str().unwrap_or("?"),
+                    c["error"].as_str().unwrap_or("?")
+                );
             }
         }
         _ => {
@@ -149,8 +176,18 @@ pub fn status_text(v: &serde_json::Value) -> String {
         }
     }
     let l = &v["libvirt"];
-    let conn = match l["connected"].as_bool() { Some(true) => "connected", Some(false) => "NOT CONNECTED", None => "not sampled yet" };
-    let _ = writeln!(o, "libvirt: {} {conn}, {} domains ({} running)", l["uri"].as_str().unwrap_or("?"), l["domains"], l["running"]);
+    let conn = match l["connected"].as_bool() {
+        Some(true) => "connected",
+        Some(false) => "NOT CONNECTED",
+        None => "not sampled yet",
+    };
+    let _ = writeln!(
+        o,
+        "libvirt: {} {conn}, {} domains ({} running)",
+        l["uri"].as_str().unwrap_or("?"),
+        l["domains"],
+        l["running"]
+    );
     let st = &v["store"];
     let _ = writeln!(
         o,
@@ -168,12 +205,22 @@ pub fn status_text(v: &serde_json::Value) -> String {
             d["state"].as_str().unwrap_or("?").to_uppercase(),
             d["eligible_guests"],
             d["total_guests"],
-            d["reason"].as_str().filter(|r| !r.is_empty()).map(|r| format!("; {r}")).unwrap_or_default()
+            d["reason"]
+                .as_str()
+                .filter(|r| !r.is_empty())
+                .map(|r| format!("; {r}"))
+                .unwrap_or_default()
         );
     }
     let b = &v["bundles"];
     if b.is_object() {
-        let _ = write!(o, "bundles: {} in {} ({:.1} MiB)", b["count"], b["dir"].as_str().unwrap_or("?"), b["bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
+        let _ = write!(
+            o,
+            "bundles: {} in {} ({:.1} MiB)",
+            b["count"],
+            b["dir"].as_str().unwrap_or("?"),
+            b["bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
         match b["last_incident"].as_object() {
             Some(li) => {
                 let _ = writeln!(
@@ -191,9 +238,17 @@ pub fn status_text(v: &serde_json::Value) -> String {
             }
         }
     }
-    if let Some(u) = a["unknown_config_keys"].as_array().filter(|u| !u.is_empty()) {
+    if let Some(u) = a["unknown_config_keys"]
+        .as_array()
+        .filter(|u| !u.is_empty())
+    {
         let keys: Vec<&str> = u.iter().filter_map(|k| k.as_str()).collect();
-        let _ = writeln!(o, "config {}: unknown keys ignored: {}", a["config_file"].as_str().unwrap_or(""), keys.join(", "));
+        let _ = writeln!(
+            o,
+            "config {}: unknown keys ignored: {}",
+            a["config_file"].as_str().unwrap_or(""),
+            keys.join(", ")
+        );
     }
     let _ = writeln!(o, "tail clients: {}", v["tail_clients"]);
     o
@@ -202,7 +257,16 @@ pub fn status_text(v: &serde_json::Value) -> String {
 pub fn event_line(e: &Event) -> String {
     let t = hms(e.ts_unix_ns);
     match &e.kind {
-        EventKind::Link { action, name, operstate, carrier, mtu, port_state, master, .. } => {
+        EventKind::Link {
+            action,
+            name,
+            operstate,
+            carrier,
+            mtu,
+            port_state,
+            master,
+            ..
+        } => {
             let mut s = format!("{t} EVENT link {action} {name} {operstate}");
             if let Some(c) = carrier {
                 let _ = write!(s, " carrier={}", if *c { "on" } else { "off" });
@@ -218,36 +282,81 @@ pub fn event_line(e: &Event) -> String {
             }
             s
         }
-        EventKind::Fdb { action, mac, port, vlan, state, .. } => {
+        EventKind::Fdb {
+            action,
+            mac,
+            port,
+            vlan,
+            state,
+            ..
+        } => {
             let vlan = vlan.map(|v| format!(" vlan {v}")).unwrap_or_default();
             format!("{t} EVENT fdb {action} {mac} on {port}{vlan} {state}")
         }
-        EventKind::Neigh { action, ip, mac, dev, state, .. } => {
+        EventKind::Neigh {
+            action,
+            ip,
+            mac,
+            dev,
+            state,
+            ..
+        } => {
             format!("{t} EVENT neigh {action} {ip} {mac} dev {dev} {state}")
         }
-        EventKind::Addr { action, dev, addr, prefix_len, .. } => {
+        EventKind::Addr {
+            action,
+            dev,
+            addr,
+            prefix_len,
+            ..
+        } => {
             format!("{t} EVENT addr {action} {addr}/{prefix_len} dev {dev}")
         }
         EventKind::Kmsg { text, tags, .. } => {
-            let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join(",")) };
+            let tags = if tags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", tags.join(","))
+            };
             format!("{t} KERNEL{tags} {}", text.replace('\n', " "))
         }
-        EventKind::Libvirt { domain, event, detail, .. } => {
+        EventKind::Libvirt {
+            domain,
+            event,
+            detail,
+            ..
+        } => {
             format!("{t} EVENT libvirt {domain} {event} {detail}")
         }
-        EventKind::LibvirtConnection { uri, connected, error } => {
+        EventKind::LibvirtConnection {
+            uri,
+            connected,
+            error,
+        } => {
             if *connected {
                 format!("{t} EVENT libvirt connected to {uri}")
             } else {
                 format!("{t} EVENT libvirt DISCONNECTED from {uri}: {error}")
             }
         }
-        EventKind::Loss { source, detail, count } => {
+        EventKind::Loss {
+            source,
+            detail,
+            count,
+        } => {
             format!("{t} LOSS {source}: {count} lost ({detail})")
         }
         EventKind::Agent { what, detail } => format!("{t} AGENT {what} {detail}"),
-        EventKind::Detector { from, to, reason, eligible_guests } => {
-            format!("{t} DETECTOR {from} → {}: {reason} ({eligible_guests} eligible guests)", to.to_uppercase())
+        EventKind::Detector {
+            from,
+            to,
+            reason,
+            eligible_guests,
+        } => {
+            format!(
+                "{t} DETECTOR {from} → {}: {reason} ({eligible_guests} eligible guests)",
+                to.to_uppercase()
+            )
         }
         EventKind::GuestCutOff { iface, domain } => format!("{t} GUEST CUT OFF {iface} ({domain})"),
     }

@@ -35,5 +35,9 @@ pub fn resolve(opts: &AgentOpts) -> Result<Resolved, ConfigError> {
     // Re-validate with the overrides applied, naming the option instead of a file.
     let text = toml::to_string(&c).expect("config serializes");
     config::parse(&text, "command line")?;
-    Ok(Resolved { config: c, unknown: loaded.unknown, file: loaded.file })
+    Ok(Resolved {
+        config: c,
+        unknown: loaded.unknown,
+        file: loaded.file,
+    })
 }

@@ -74,10 +74,20 @@ impl AgentStatus {
     }
 
     fn bundles_json(&self) -> serde_json::Value {
-        let Some(dir) = &self.bundles_dir else { return serde_json::Value::Null };
+        let Some(dir) = &self.bundles_dir else {
+            return serde_json::Value::Null;
+        };
         let all = crate::bundle::writer::list(dir);
-        let bytes: u64 = all.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
-        let last = all.last().and_then(|p| crate::bundle::verify::manifest(p).ok().map(|m| (p.clone(), m)));
+        let bytes: u64 = all
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let last = all.last().and_then(|p| {
+            crate::bundle::verify::manifest(p)
+                .ok()
+                .map(|m| (p.clone(), m))
+        });
         json!({
             "dir": dir.display().to_string(),
             "count": all.len(),
@@ -95,7 +105,11 @@ impl AgentStatus {
             .as_ref()
             .map(|d| {
                 let segs = crate::store::writer::segments(d);
-                let bytes: u64 = segs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+                let bytes: u64 = segs
+                    .iter()
+                    .filter_map(|p| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum();
                 (bytes, segs.len())
             })
             .unwrap_or((0, 0));

@@ -17,12 +17,24 @@ pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 pub fn commands(nics: &[String]) -> Vec<(String, Vec<String>)> {
     let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut c: Vec<(String, Vec<String>)> = vec![
-        ("ip-link".into(), v(&["ip", "-d", "-s", "-s", "link", "show"])),
+        (
+            "ip-link".into(),
+            v(&["ip", "-d", "-s", "-s", "link", "show"]),
+        ),
         ("ip-addr".into(), v(&["ip", "-d", "addr", "show"])),
-        ("ip-route".into(), v(&["ip", "route", "show", "table", "all"])),
+        (
+            "ip-route".into(),
+            v(&["ip", "route", "show", "table", "all"]),
+        ),
         ("ip-neigh".into(), v(&["ip", "-s", "neigh", "show"])),
-        ("bridge-fdb".into(), v(&["bridge", "-d", "-s", "fdb", "show"])),
-        ("bridge-link".into(), v(&["bridge", "-d", "-s", "link", "show"])),
+        (
+            "bridge-fdb".into(),
+            v(&["bridge", "-d", "-s", "fdb", "show"]),
+        ),
+        (
+            "bridge-link".into(),
+            v(&["bridge", "-d", "-s", "link", "show"]),
+        ),
         ("bridge-vlan".into(), v(&["bridge", "-d", "vlan", "show"])),
         ("bridge-mdb".into(), v(&["bridge", "-d", "mdb", "show"])),
         ("tc-qdisc".into(), v(&["tc", "-s", "-d", "qdisc", "show"])),
@@ -67,7 +79,11 @@ pub const PROC_FILES: &[&str] = &[
 
 /// Runs one command with a timeout; returns its stdout and the record.
 pub fn run(name: &str, argv: &[String], timeout: Duration) -> (Vec<u8>, CommandRun) {
-    let mut rec = CommandRun { name: name.into(), argv: argv.to_vec(), ..Default::default() };
+    let mut rec = CommandRun {
+        name: name.into(),
+        argv: argv.to_vec(),
+        ..Default::default()
+    };
     let t0 = Instant::now();
     let child = Command::new(&argv[0])
         .args(&argv[1..])
@@ -88,7 +104,9 @@ pub fn run(name: &str, argv: &[String], timeout: Duration) -> (Vec<u8>, CommandR
     let mut err_pipe = child.stderr.take().expect("piped");
     let out_t = std::thread::spawn(move || {
         let mut buf = Vec::new();
-        let _ = (&mut out_pipe).take(MAX_OUTPUT_BYTES as u64 + 1).read_to_end(&mut buf);
+        let _ = (&mut out_pipe)
+            .take(MAX_OUTPUT_BYTES as u64 + 1)
+            .read_to_end(&mut buf);
         buf
     });
     let err_t = std::thread::spawn(move || {
@@ -144,7 +162,11 @@ fn join_within<T: Send + 'static>(h: std::thread::JoinHandle<T>, d: Duration) ->
 /// Physical NICs: links with no kind (not veth, tap, bridge, …), not loopback.
 pub fn physical_nics(sys_root: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(sys_root.join("class/net")).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(sys_root.join("class/net"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         // A physical device has a `device` link in sysfs.
         if name != "lo" && e.path().join("device").exists() {
@@ -162,7 +184,11 @@ mod tests {
     #[test]
     fn a_hanging_command_costs_its_timeout_only() {
         let t = Instant::now();
-        let (_, rec) = run("sleep", &["sleep".into(), "30".into()], Duration::from_millis(300));
+        let (_, rec) = run(
+            "sleep",
+            &["sleep".into(), "30".into()],
+            Duration::from_millis(300),
+        );
         assert!(rec.timed_out && rec.exit_status.is_none());
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         assert!(rec.error.contains("timed out after 300 ms"));
@@ -170,9 +196,21 @@ mod tests {
 
     #[test]
     fn missing_tool_and_failing_tool_are_recorded() {
-        let (_, rec) = run("x", &["hvflight-no-such-tool".into()], Duration::from_secs(1));
+        let (_, rec) = run(
+            "x",
+            &["hvflight-no-such-tool".into()],
+            Duration::from_secs(1),
+        );
         assert!(rec.error.contains("cannot start hvflight-no-such-tool"));
-        let (out, rec) = run("sh", &["sh".into(), "-c".into(), "echo out; echo oops >&2; exit 3".into()], Duration::from_secs(5));
+        let (out, rec) = run(
+            "sh",
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo oops >&2; exit 3".into(),
+            ],
+            Duration::from_secs(5),
+        );
         assert_eq!(out, b"out\n");
         assert_eq!(rec.exit_status, Some(3));
         assert_eq!(rec.stderr_tail, "oops");
@@ -181,8 +219,15 @@ mod tests {
     #[test]
     fn no_dangerous_commands() {
         for (_, argv) in commands(&["eth0".into()]) {
-            assert!(!(argv[0] == "ethtool" && argv.iter().any(|a| a == "-e" || a == "--eeprom-dump")));
-            assert!(!argv.iter().any(|a| a == "flush" || a == "del" || a == "-F" || a == "set"), "{argv:?}");
+            assert!(
+                !(argv[0] == "ethtool" && argv.iter().any(|a| a == "-e" || a == "--eeprom-dump"))
+            );
+            assert!(
+                !argv
+                    .iter()
+                    .any(|a| a == "flush" || a == "del" || a == "-F" || a == "set"),
+                "{argv:?}"
+            );
         }
     }
 }

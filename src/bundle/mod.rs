@@ -97,7 +97,16 @@ pub fn bundle_name(host: &str, ts_unix_ns: i64, id: &str) -> String {
     // 2026-11-24T05:20:21.185Z → 20261124T052021Z
     let t = crate::clock::format_rfc3339(ts_unix_ns);
     let compact: String = t[..19].chars().filter(|c| *c != '-' && *c != ':').collect();
-    let host: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("hvflight-{host}-{compact}Z-{id}.tar.zst")
 }
 
@@ -105,7 +114,13 @@ pub fn bundle_name(host: &str, ts_unix_ns: i64, id: &str) -> String {
 mod tests {
     #[test]
     fn names() {
-        assert_eq!(super::bundle_name("virt1012", 1_425_004_200_123_000_000, "a1b2"), "hvflight-virt1012-20150227T023000Z-a1b2.tar.zst");
-        assert_eq!(super::bundle_name("a b/c", 0, "x"), "hvflight-a_b_c-19700101T000000Z-x.tar.zst");
+        assert_eq!(
+            super::bundle_name("virt1012", 1_425_004_200_123_000_000, "a1b2"),
+            "hvflight-virt1012-20150227T023000Z-a1b2.tar.zst"
+        );
+        assert_eq!(
+            super::bundle_name("a b/c", 0, "x"),
+            "hvflight-a_b_c-19700101T000000Z-x.tar.zst"
+        );
     }
 }

@@ -12,14 +12,27 @@ pub fn redact_domain_xml(xml: &str) -> String {
     static ATTR: OnceLock<Regex> = OnceLock::new();
     static ELEM: OnceLock<Regex> = OnceLock::new();
     let attr = ATTR.get_or_init(|| {
-        Regex::new(r#"(?i)\b(passwd|password|secret|key|auth_key|sharedkey|psk)\s*=\s*(['"])[^'"]*(['"])"#).expect("regex")
+        Regex::new(
+            r#"(?i)\b(passwd|password|secret|key|auth_key|sharedkey|psk)\s*=\s*(['"])[^'"]*(['"])"#,
+        )
+        .expect("regex")
     });
     let elem = ELEM.get_or_init(|| {
-        Regex::new(r"(?is)<(secret|password|passwd|key)(\s[^>]*)?>[^<]*</(secret|password|passwd|key)>").expect("regex")
+        Regex::new(
+            r"(?is)<(secret|password|passwd|key)(\s[^>]*)?>[^<]*</(secret|password|passwd|key)>",
+        )
+        .expect("regex")
     });
-    let x = attr.replace_all(xml, |c: &regex::Captures| format!("{}={}{REDACTED}{}", &c[1], &c[2], &c[3]));
+    let x = attr.replace_all(xml, |c: &regex::Captures| {
+        format!("{}={}{REDACTED}{}", &c[1], &c[2], &c[3])
+    });
     elem.replace_all(&x, |c: &regex::Captures| {
-        format!("<{}{}>{REDACTED}</{}>", &c[1], c.get(2).map_or("", |m| m.as_str()), &c[3])
+        format!(
+            "<{}{}>{REDACTED}</{}>",
+            &c[1],
+            c.get(2).map_or("", |m| m.as_str()),
+            &c[3]
+        )
     })
     .into_owned()
 }
@@ -40,6 +53,9 @@ mod tests {
         let spice = "<graphics type=\"spice\" passwd=\"p@ss\"/><secret ephemeral='no'>QmFzZTY0</secret><auth username='u'><secret type='ceph' usage='x'/></auth>";
         let r = redact_domain_xml(spice);
         assert!(!r.contains("p@ss") && !r.contains("QmFzZTY0"), "{r}");
-        assert!(r.contains("username='u'") && r.contains("type='ceph'"), "{r}");
+        assert!(
+            r.contains("username='u'") && r.contains("type='ceph'"),
+            "{r}"
+        );
     }
 }

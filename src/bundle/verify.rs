@@ -13,17 +13,27 @@ pub fn manifest(path: &Path) -> Result<Manifest, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let dec = zstd::Decoder::new(f).map_err(|e| format!("{}: not zstd: {e}", path.display()))?;
     let mut ar = tar::Archive::new(dec);
-    let mut entries = ar.entries().map_err(|e| format!("{}: not a tar archive: {e}", path.display()))?;
+    let mut entries = ar
+        .entries()
+        .map_err(|e| format!("{}: not a tar archive: {e}", path.display()))?;
     let mut first = entries
         .next()
         .ok_or_else(|| format!("{}: empty archive", path.display()))?
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let name = first.path().map(|p| p.display().to_string()).unwrap_or_default();
+    let name = first
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     if name != "manifest.json" {
-        return Err(format!("{}: first entry is {name:?}, not manifest.json", path.display()));
+        return Err(format!(
+            "{}: first entry is {name:?}, not manifest.json",
+            path.display()
+        ));
     }
     let mut s = String::new();
-    first.read_to_string(&mut s).map_err(|e| format!("{}: manifest: {e}", path.display()))?;
+    first
+        .read_to_string(&mut s)
+        .map_err(|e| format!("{}: manifest: {e}", path.display()))?;
     serde_json::from_str(&s).map_err(|e| format!("{}: manifest.json: {e}", path.display()))
 }
 
@@ -43,7 +53,10 @@ pub fn verify(path: &Path) -> Result<(Manifest, Vec<String>), String> {
                 break;
             }
         };
-        let name = e.path().map(|p| p.display().to_string()).unwrap_or_default();
+        let name = e
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         if name == "manifest.json" {
             continue;
         }
@@ -66,8 +79,12 @@ pub fn verify(path: &Path) -> Result<(Manifest, Vec<String>), String> {
         let sum: String = h.finalize().iter().map(|x| format!("{x:02x}")).collect();
         match m.entries.iter().find(|x| x.name == name) {
             None => problems.push(format!("{name}: not listed in the manifest")),
-            Some(x) if x.size != size => problems.push(format!("{name}: {size} bytes, manifest says {}", x.size)),
-            Some(x) if x.sha256 != sum => problems.push(format!("{name}: sha256 {sum}, manifest says {}", x.sha256)),
+            Some(x) if x.size != size => {
+                problems.push(format!("{name}: {size} bytes, manifest says {}", x.size))
+            }
+            Some(x) if x.sha256 != sum => {
+                problems.push(format!("{name}: sha256 {sum}, manifest says {}", x.sha256))
+            }
             Some(_) => {}
         }
         seen.insert(name);

@@ -27,7 +27,14 @@ pub struct BundleWorker {
 
 fn incident_id(ts: i64) -> String {
     use sha2::{Digest, Sha256};
-    let d = Sha256::digest(format!("{ts}-{}-{:?}", std::process::id(), std::thread::current().id()).as_bytes());
+    let d = Sha256::digest(
+        format!(
+            "{ts}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )
+        .as_bytes(),
+    );
     d.iter().take(4).map(|x| format!("{x:02x}")).collect()
 }
 
@@ -50,8 +57,14 @@ impl BundleWorker {
         let (tx, rx) = mpsc::channel::<TriggerRequest>();
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = Arc::clone(&stop);
-        let thread = std::thread::Builder::new().name("hvflight-bundle".into()).spawn(move || run(cfg, rx, s2))?;
-        Ok(BundleWorker { tx, stop, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("hvflight-bundle".into())
+            .spawn(move || run(cfg, rx, s2))?;
+        Ok(BundleWorker {
+            tx,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     pub fn sender(&self) -> Sender<TriggerRequest> {
@@ -70,7 +83,9 @@ impl Drop for BundleWorker {
 
 fn run(cfg: BundleConfig, rx: Receiver<TriggerRequest>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok(req) = rx.recv_timeout(Duration::from_millis(200)) else { continue };
+        let Ok(req) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
         let now = crate::clock::now().unix_ns;
         let incident = Incident {
             id: incident_id(now),
@@ -105,7 +120,8 @@ fn run(cfg: BundleConfig, rx: Receiver<TriggerRequest>, stop: Arc<AtomicBool>) {
         }
         // Then complete, after the post-incident window.
         let until = incident.ts_unix_ns + cfg.after_s as i64 * 1_000_000_000;
-        let wait = Duration::from_nanos((until - crate::clock::now().unix_ns).max(0) as u64) + Duration::from_millis(200);
+        let wait = Duration::from_nanos((until - crate::clock::now().unix_ns).max(0) as u64)
+            + Duration::from_millis(200);
         if !sleep_unless_stopped(wait, &stop) {
             return;
         }

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::{deep, redact, CollectorFailureSummary, CommandRun, Entry, Incident, Manifest, BUNDLE_FORMAT_VERSION};
+use super::{
+    deep, redact, CollectorFailureSummary, CommandRun, Entry, Incident, Manifest,
+    BUNDLE_FORMAT_VERSION,
+};
 use crate::store::{read_range, Record};
 
 #[derive(Clone, Debug)]
@@ -50,13 +53,26 @@ impl BundleConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("bundle {path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("bundle not written: {free} bytes free in {dir}, {need} needed above the {min} kept free")]
-    NoSpace { dir: String, free: u64, need: u64, min: u64 },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "bundle not written: {free} bytes free in {dir}, {need} needed above the {min} kept free"
+    )]
+    NoSpace {
+        dir: String,
+        free: u64,
+        need: u64,
+        min: u64,
+    },
 }
 
 fn io(path: &Path, source: std::io::Error) -> BundleError {
-    BundleError::Io { path: path.display().to_string(), source }
+    BundleError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Deep state captured once per incident (at its start) and reused by the
@@ -99,19 +115,38 @@ pub fn capture_deep(cfg: &BundleConfig) -> DeepState {
 /// Domain XML over a read-only connection (secrets it does not expose there
 /// are simply absent), redacted anyway. libvirt may hang: a thread and a timeout.
 fn libvirt_xml(uri: &str, timeout: Duration) -> (Vec<(String, Vec<u8>)>, CommandRun) {
-    let mut rec = CommandRun { name: "libvirt-domain-xml".into(), argv: vec![format!("virDomainGetXMLDesc({uri})")], ..Default::default() };
+    let mut rec = CommandRun {
+        name: "libvirt-domain-xml".into(),
+        argv: vec![format!("virDomainGetXMLDesc({uri})")],
+        ..Default::default()
+    };
     let t0 = std::time::Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
     let uri2 = uri.to_string();
     std::thread::spawn(move || {
         virt::error::clear_error_callback();
         let r = (|| -> Result<Vec<(String, Vec<u8>)>, String> {
-            let mut c = virt::connect::Connect::open_read_only(Some(&uri2)).map_err(|e| e.to_string())?;
+            let mut c =
+                virt::connect::Connect::open_read_only(Some(&uri2)).map_err(|e| e.to_string())?;
             let mut out = Vec::new();
             for d in c.list_all_domains(0).map_err(|e| e.to_string())? {
-                let (Ok(name), Ok(xml)) = (d.get_name(), d.get_xml_desc(0)) else { continue };
-                let safe: String = name.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.' { ch } else { '_' }).collect();
-                out.push((format!("libvirt/{safe}.xml"), redact::redact_domain_xml(&xml).into_bytes()));
+                let (Ok(name), Ok(xml)) = (d.get_name(), d.get_xml_desc(0)) else {
+                    continue;
+                };
+                let safe: String = name
+                    .chars()
+                    .map(|ch| {
+                        if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.' {
+                            ch
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                out.push((
+                    format!("libvirt/{safe}.xml"),
+                    redact::redact_domain_xml(&xml).into_bytes(),
+                ));
             }
             let _ = c.close();
             Ok(out)
@@ -161,7 +196,11 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
 
 fn prune(cfg: &BundleConfig, keep: &Path) {
     let all = list(&cfg.dir);
-    let mut total: u64 = all.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let mut total: u64 = all
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
     let mut count = all.len();
     for p in &all {
         if p == keep || (count <= cfg.max_count && total <= cfg.max_bytes) {
@@ -177,19 +216,30 @@ fn prune(cfg: &BundleConfig, keep: &Path) {
 }
 
 /// Writes (or rewrites) the bundle of `incident` with history up to `until_ns`.
-pub fn write(cfg: &BundleConfig, incident: &Incident, deep: &DeepState, until_ns: i64, complete: bool) -> Result<PathBuf, BundleError> {
+pub fn write(
+    cfg: &BundleConfig,
+    incident: &Incident,
+    deep: &DeepState,
+    until_ns: i64,
+    complete: bool,
+) -> Result<PathBuf, BundleError> {
     std::fs::create_dir_all(&cfg.dir).map_err(|e| io(&cfg.dir, e))?;
     let name = super::bundle_name(&cfg.host, incident.ts_unix_ns, &incident.id);
     let final_path = cfg.dir.join(&name);
-    let tmp_dir = tempfile::Builder::new().prefix(".hvflight-bundle-").tempdir_in(&cfg.dir).map_err(|e| io(&cfg.dir, e))?;
+    let tmp_dir = tempfile::Builder::new()
+        .prefix(".hvflight-bundle-")
+        .tempdir_in(&cfg.dir)
+        .map_err(|e| io(&cfg.dir, e))?;
     let since_ns = incident.ts_unix_ns - cfg.before_s as i64 * 1_000_000_000;
 
     // History, a minute at a time so memory stays bounded.
     let hist_path = tmp_dir.path().join("records.jsonl");
-    let mut hist = std::io::BufWriter::new(std::fs::File::create(&hist_path).map_err(|e| io(&hist_path, e))?);
+    let mut hist =
+        std::io::BufWriter::new(std::fs::File::create(&hist_path).map_err(|e| io(&hist_path, e))?);
     let mut hasher = Sha256::new();
     let (mut samples, mut events, mut hist_size) = (0u64, 0u64, 0u64);
-    let mut failures: std::collections::BTreeMap<String, CollectorFailureSummary> = Default::default();
+    let mut failures: std::collections::BTreeMap<String, CollectorFailureSummary> =
+        Default::default();
     let mut store_warnings = Vec::new();
     let mut t = since_ns;
     while t <= until_ns {
@@ -201,7 +251,12 @@ pub fn write(cfg: &BundleConfig, incident: &Incident, deep: &DeepState, until_ns
                 Record::Sample(s) => {
                     samples += 1;
                     for f in &s.failures {
-                        let e = failures.entry(f.collector.clone()).or_insert_with(|| CollectorFailureSummary { collector: f.collector.clone(), ..Default::default() });
+                        let e = failures.entry(f.collector.clone()).or_insert_with(|| {
+                            CollectorFailureSummary {
+                                collector: f.collector.clone(),
+                                ..Default::default()
+                            }
+                        });
                         e.samples += 1;
                         e.last_error = f.error.clone();
                     }
@@ -209,7 +264,10 @@ pub fn write(cfg: &BundleConfig, incident: &Incident, deep: &DeepState, until_ns
                 }
                 Record::Events(evs) => {
                     events += evs.len() as u64;
-                    evs.iter().map(crate::agent::print::event_json).collect::<Vec<_>>().join("\n")
+                    evs.iter()
+                        .map(crate::agent::print::event_json)
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 }
             };
             if line.is_empty() {
@@ -226,9 +284,21 @@ pub fn write(cfg: &BundleConfig, incident: &Incident, deep: &DeepState, until_ns
     drop(hist);
     store_warnings.truncate(100);
 
-    let mut entries = vec![Entry { name: "history/records.jsonl".into(), size: hist_size, sha256: hasher.finalize().iter().map(|x| format!("{x:02x}")).collect() }];
+    let mut entries = vec![Entry {
+        name: "history/records.jsonl".into(),
+        size: hist_size,
+        sha256: hasher
+            .finalize()
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect(),
+    }];
     for (n, b) in &deep.files {
-        entries.push(Entry { name: n.clone(), size: b.len() as u64, sha256: sha256_hex(b) });
+        entries.push(Entry {
+            name: n.clone(),
+            size: b.len() as u64,
+            sha256: sha256_hex(b),
+        });
     }
     let manifest = Manifest {
         format_version: BUNDLE_FORMAT_VERSION,
@@ -250,13 +320,19 @@ pub fn write(cfg: &BundleConfig, incident: &Incident, deep: &DeepState, until_ns
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
 
     // Room for it? Estimate: the history compresses ~10x, deep state ~4x.
-    let need = hist_size / 8 + deep.files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() / 3 + 65536;
+    let need =
+        hist_size / 8 + deep.files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() / 3 + 65536;
     if let Some(free) = crate::store::writer::free_bytes(&cfg.dir) {
         if free < cfg.min_free_bytes + need {
             prune(cfg, &final_path);
             let free = crate::store::writer::free_bytes(&cfg.dir).unwrap_or(free);
             if free < cfg.min_free_bytes + need {
-                return Err(BundleError::NoSpace { dir: cfg.dir.display().to_string(), free, need, min: cfg.min_free_bytes });
+                return Err(BundleError::NoSpace {
+                    dir: cfg.dir.display().to_string(),
+                    free,
+                    need,
+                    min: cfg.min_free_bytes,
+                });
             }
         }
     }
@@ -266,7 +342,10 @@ pub fn write(cfg: &BundleConfig, incident: &Incident, deep: &DeepState, until_ns
         let f = std::fs::File::create(&tmp_path)?;
         let enc = zstd::Encoder::new(f, 3)?;
         let mut tar = tar::Builder::new(enc);
-        let add = |tar: &mut tar::Builder<zstd::Encoder<'static, std::fs::File>>, path: &str, data: &[u8]| -> std::io::Result<()> {
+        let add = |tar: &mut tar::Builder<zstd::Encoder<'static, std::fs::File>>,
+                   path: &str,
+                   data: &[u8]|
+         -> std::io::Result<()> {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(0o600);
@@ -280,7 +359,11 @@ pub fn write(cfg: &BundleConfig, incident: &Incident, deep: &DeepState, until_ns
         h.set_mode(0o600);
         h.set_mtime((incident.ts_unix_ns / 1_000_000_000).max(0) as u64);
         h.set_cksum();
-        tar.append_data(&mut h, "history/records.jsonl", std::fs::File::open(&hist_path)?)?;
+        tar.append_data(
+            &mut h,
+            "history/records.jsonl",
+            std::fs::File::open(&hist_path)?,
+        )?;
         for (n, b) in &deep.files {
             add(&mut tar, n, b)?;
         }

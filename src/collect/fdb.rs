@@ -22,7 +22,11 @@ pub struct FdbCollector {
 
 impl FdbCollector {
     pub fn new(timeout: Duration, max_entries: usize) -> Self {
-        FdbCollector { socket: None, timeout, max_entries }
+        FdbCollector {
+            socket: None,
+            timeout,
+            max_entries,
+        }
     }
 }
 
@@ -75,20 +79,38 @@ impl Collector for FdbCollector {
         let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
         let mut req = NeighbourMessage::default();
         req.header.family = AddressFamily::Bridge;
-        let msgs = socket.dump("fdb", RouteNetlinkMessage::GetNeighbour(req)).inspect_err(|_| self.socket = None)?;
-        let names: HashMap<u32, String> =
-            sample.links.iter().flatten().map(|l| (l.ifindex, l.name.clone())).collect();
+        let msgs = socket
+            .dump("fdb", RouteNetlinkMessage::GetNeighbour(req))
+            .inspect_err(|_| self.socket = None)?;
+        let names: HashMap<u32, String> = sample
+            .links
+            .iter()
+            .flatten()
+            .map(|l| (l.ifindex, l.name.clone()))
+            .collect();
         // Only entries of the watched bridges (NDA_MASTER), when bridges are named.
         let wanted: Option<Vec<u32>> = if ctx.bridges.is_empty() {
             None
         } else {
-            Some(sample.links.iter().flatten().filter(|l| ctx.bridges.contains(&l.name)).map(|l| l.ifindex).collect())
+            Some(
+                sample
+                    .links
+                    .iter()
+                    .flatten()
+                    .filter(|l| ctx.bridges.contains(&l.name))
+                    .map(|l| l.ifindex)
+                    .collect(),
+            )
         };
         let mut entries = Vec::new();
         let mut dropped = 0usize;
         for m in &msgs {
-            let RouteNetlinkMessage::NewNeighbour(m) = m else { continue };
-            let Some(e) = parse_fdb(m, &names) else { continue };
+            let RouteNetlinkMessage::NewNeighbour(m) = m else {
+                continue;
+            };
+            let Some(e) = parse_fdb(m, &names) else {
+                continue;
+            };
             if let Some(w) = &wanted {
                 if !e.master.is_some_and(|b| w.contains(&b)) {
                     continue;

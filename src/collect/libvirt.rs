@@ -20,7 +20,11 @@ pub struct LibvirtCollector {
 impl LibvirtCollector {
     pub fn new(uri: String, timeout_ms: u64, reconnect_ms: u64, xml_refresh_s: u64) -> Self {
         LibvirtCollector {
-            worker: LibvirtWorker::start(uri, Duration::from_millis(reconnect_ms), Duration::from_secs(xml_refresh_s)),
+            worker: LibvirtWorker::start(
+                uri,
+                Duration::from_millis(reconnect_ms),
+                Duration::from_secs(xml_refresh_s),
+            ),
             timeout: Duration::from_millis(timeout_ms),
         }
     }
@@ -41,24 +45,43 @@ impl Collector for LibvirtCollector {
 
     fn collect(&mut self, _ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
         let uri = self.worker.uri.clone();
-        let raw = self.worker.domains(self.timeout).map_err(|(msg, timed_out)| {
-            if timed_out {
-                CollectError::Timeout { what: format!("libvirt {uri}: {msg}"), ms: self.timeout.as_millis() as u64 }
-            } else {
-                CollectError::Libvirt { uri: uri.clone(), msg }
-            }
-        })?;
-        let by_name: HashMap<&str, (u32, &str)> =
-            sample.links.iter().flatten().map(|l| (l.name.as_str(), (l.ifindex, l.name.as_str()))).collect();
-        let by_mac: HashMap<&str, (u32, &str)> =
-            sample.links.iter().flatten().map(|l| (l.mac.as_str(), (l.ifindex, l.name.as_str()))).collect();
+        let raw = self
+            .worker
+            .domains(self.timeout)
+            .map_err(|(msg, timed_out)| {
+                if timed_out {
+                    CollectError::Timeout {
+                        what: format!("libvirt {uri}: {msg}"),
+                        ms: self.timeout.as_millis() as u64,
+                    }
+                } else {
+                    CollectError::Libvirt {
+                        uri: uri.clone(),
+                        msg,
+                    }
+                }
+            })?;
+        let by_name: HashMap<&str, (u32, &str)> = sample
+            .links
+            .iter()
+            .flatten()
+            .map(|l| (l.name.as_str(), (l.ifindex, l.name.as_str())))
+            .collect();
+        let by_mac: HashMap<&str, (u32, &str)> = sample
+            .links
+            .iter()
+            .flatten()
+            .map(|l| (l.mac.as_str(), (l.ifindex, l.name.as_str())))
+            .collect();
         let domains = raw
             .into_iter()
             .map(|d| {
                 let mut vnics = d.xml.vnics;
                 for v in vnics.iter_mut() {
                     let host_mac = host_mac_of(&v.mac);
-                    let found = by_name.get(v.target_dev.as_str()).or_else(|| by_mac.get(host_mac.as_str()));
+                    let found = by_name
+                        .get(v.target_dev.as_str())
+                        .or_else(|| by_mac.get(host_mac.as_str()));
                     if let Some((ifindex, name)) = found {
                         v.host_ifindex = Some(*ifindex);
                         v.host_ifname = Some(name.to_string());

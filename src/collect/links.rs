@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use netlink_packet_route::link::{
-    BridgeId, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage, State,
+    BridgeId, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -25,7 +25,12 @@ pub struct LinksCollector {
 
 impl LinksCollector {
     pub fn new(timeout: Duration, with_bridges: bool) -> Self {
-        LinksCollector { socket: None, timeout, with_bridges, last_count: 64 }
+        LinksCollector {
+            socket: None,
+            timeout,
+            with_bridges,
+            last_count: 64,
+        }
     }
 }
 
@@ -105,7 +110,9 @@ pub fn parse_link(m: &LinkMessage) -> Parsed {
                     match i {
                         LinkInfo::Kind(k) => l.kind = kind_name(k),
                         LinkInfo::Data(InfoData::Bridge(b)) => p.bridge_info = Some(b.clone()),
-                        LinkInfo::PortData(InfoPortData::BridgePort(bp)) => p.port_info = Some(bp.clone()),
+                        LinkInfo::PortData(InfoPortData::BridgePort(bp)) => {
+                            p.port_info = Some(bp.clone())
+                        }
                         _ => {}
                     }
                 }
@@ -126,7 +133,12 @@ fn kind_name(k: &InfoKind) -> String {
 }
 
 pub fn bridge_from(link: &Link, info: &[InfoBridge]) -> Bridge {
-    let mut b = Bridge { ifindex: link.ifindex, name: link.name.clone(), mac: link.mac.clone(), ..Default::default() };
+    let mut b = Bridge {
+        ifindex: link.ifindex,
+        name: link.name.clone(),
+        mac: link.mac.clone(),
+        ..Default::default()
+    };
     for a in info {
         match a {
             InfoBridge::StpState(s) => b.stp_state = Some(u32::from(*s)),
@@ -150,7 +162,11 @@ pub fn bridge_from(link: &Link, info: &[InfoBridge]) -> Bridge {
 }
 
 pub fn port_from(link: &Link, info: &[InfoBridgePort]) -> BridgePort {
-    let mut p = BridgePort { ifindex: link.ifindex, name: link.name.clone(), ..Default::default() };
+    let mut p = BridgePort {
+        ifindex: link.ifindex,
+        name: link.name.clone(),
+        ..Default::default()
+    };
     for a in info {
         match a {
             InfoBridgePort::State(s) => p.state = u8::from(*s),
@@ -205,13 +221,19 @@ pub fn parse_link_payload(payload: &[u8]) -> Option<LinkMessage> {
 
 /// Port VLANs from one AF_BRIDGE link dump with RTEXT_FILTER_BRVLAN (what
 /// `bridge vlan show` prints): ifindex → VLANs.
-pub fn port_vlans(msgs: &[RouteNetlinkMessage]) -> std::collections::HashMap<u32, Vec<crate::sample::bridge::PortVlan>> {
+pub fn port_vlans(
+    msgs: &[RouteNetlinkMessage],
+) -> std::collections::HashMap<u32, Vec<crate::sample::bridge::PortVlan>> {
     use netlink_packet_route::link::{AfSpecBridge, BridgeVlanInfoFlags};
     let mut out = std::collections::HashMap::new();
     for m in msgs {
-        let RouteNetlinkMessage::NewLink(m) = m else { continue };
+        let RouteNetlinkMessage::NewLink(m) = m else {
+            continue;
+        };
         for a in &m.attributes {
-            let LinkAttribute::AfSpecBridge(spec) = a else { continue };
+            let LinkAttribute::AfSpecBridge(spec) = a else {
+                continue;
+            };
             let vlans: Vec<crate::sample::bridge::PortVlan> = spec
                 .iter()
                 .filter_map(|x| match x {
@@ -238,7 +260,9 @@ pub fn sections(msgs: &[RouteNetlinkMessage], wanted: &[String]) -> (Vec<Link>, 
     let mut bridges: Vec<Bridge> = Vec::new();
     let mut ports: Vec<(u32, BridgePort)> = Vec::new();
     for m in msgs {
-        let RouteNetlinkMessage::NewLink(m) = m else { continue };
+        let RouteNetlinkMessage::NewLink(m) = m else {
+            continue;
+        };
         let p = parse_link(m);
         if let Some(info) = &p.bridge_info {
             if wanted.is_empty() || wanted.contains(&p.link.name) {
@@ -295,11 +319,17 @@ impl Collector for LinksCollector {
             use netlink_packet_route::link::LinkExtentMask;
             let mut req = LinkMessage::default();
             req.header.interface_family = netlink_packet_route::AddressFamily::Bridge;
-            req.attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::Brvlan]));
+            req.attributes
+                .push(LinkAttribute::ExtMask(vec![LinkExtentMask::Brvlan]));
             let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
-            let vmsgs = socket.dump("bridge vlan", RouteNetlinkMessage::GetLink(req)).inspect_err(|_| self.socket = None)?;
+            let vmsgs = socket
+                .dump("bridge vlan", RouteNetlinkMessage::GetLink(req))
+                .inspect_err(|_| self.socket = None)?;
             let vlans = port_vlans(&vmsgs);
-            for b in bridges.iter_mut().filter(|b| b.vlan_filtering == Some(true)) {
+            for b in bridges
+                .iter_mut()
+                .filter(|b| b.vlan_filtering == Some(true))
+            {
                 for p in b.ports.iter_mut() {
                     p.vlans = vlans.get(&p.ifindex).cloned().unwrap_or_default();
                 }
@@ -326,8 +356,14 @@ mod tests {
         let mut m = LinkMessage::default();
         m.header.index = 7;
         m.attributes.push(LinkAttribute::AfSpecBridge(vec![
-            AfSpecBridge::VlanInfo(BridgeVlanInfo { flags: BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged, vid: 1 }),
-            AfSpecBridge::VlanInfo(BridgeVlanInfo { flags: BridgeVlanInfoFlags::empty(), vid: 100 }),
+            AfSpecBridge::VlanInfo(BridgeVlanInfo {
+                flags: BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged,
+                vid: 1,
+            }),
+            AfSpecBridge::VlanInfo(BridgeVlanInfo {
+                flags: BridgeVlanInfoFlags::empty(),
+                vid: 100,
+            }),
         ]));
         let v = port_vlans(&[RouteNetlinkMessage::NewLink(m)]);
         let p = &v[&7];
@@ -348,7 +384,10 @@ mod tests {
         m.emit(&mut buf);
         let parsed = parse_link_payload(&buf).unwrap();
         let p = parse_link(&parsed);
-        assert_eq!((p.link.ifindex, p.link.name.as_str(), p.link.mtu), (3, "vnet0", 1450));
+        assert_eq!(
+            (p.link.ifindex, p.link.name.as_str(), p.link.mtu),
+            (3, "vnet0", 1450)
+        );
         assert_eq!(parsed.attributes.len(), 2, "IFLA_IFALIAS is not decoded");
     }
 }

@@ -26,16 +26,27 @@ pub struct Context {
 
 impl Default for Context {
     fn default() -> Self {
-        Context { proc_root: "/proc".into(), sys_root: "/sys".into(), bridges: Vec::new() }
+        Context {
+            proc_root: "/proc".into(),
+            sys_root: "/sys".into(),
+            bridges: Vec::new(),
+        }
     }
 }
 
 #[derive(Debug, Error)]
 pub enum CollectError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: {msg}")]
-    Parse { path: String, line: usize, msg: String },
+    Parse {
+        path: String,
+        line: usize,
+        msg: String,
+    },
     #[error("netlink {what}: {msg}")]
     Netlink { what: String, msg: String },
     #[error("libvirt {uri}: {msg}")]
@@ -48,7 +59,10 @@ pub enum CollectError {
 
 impl CollectError {
     pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
-        CollectError::Io { path: path.into(), source }
+        CollectError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn timed_out(&self) -> bool {
         matches!(self, CollectError::Timeout { .. })
@@ -71,7 +85,12 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(ctx: Context, host: String, collectors: Vec<Box<dyn Collector>>) -> Self {
-        Sampler { ctx, host, collectors, seq: 0 }
+        Sampler {
+            ctx,
+            host,
+            collectors,
+            seq: 0,
+        }
     }
 
     pub fn collector_names(&self) -> Vec<&'static str> {
@@ -109,8 +128,15 @@ impl Sampler {
 /// Links stay complete: an uplink may sit under a bond or VLAN.
 pub fn scope_to_libvirt_bridges(sample: &mut Sample) {
     let Some(lv) = &sample.libvirt else { return };
-    let used: Vec<&str> = lv.domains.iter().flat_map(|d| &d.vnics).map(|v| v.bridge.as_str()).collect();
-    let Some(bridges) = &mut sample.bridges else { return };
+    let used: Vec<&str> = lv
+        .domains
+        .iter()
+        .flat_map(|d| &d.vnics)
+        .map(|v| v.bridge.as_str())
+        .collect();
+    let Some(bridges) = &mut sample.bridges else {
+        return;
+    };
     if !bridges.iter().any(|b| used.contains(&b.name.as_str())) {
         return;
     }
@@ -128,7 +154,10 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
     let bridges = !cfg.collect.disabled.iter().any(|d| d == "bridge");
     vec![
         Box::new(links::LinksCollector::new(timeout, bridges)),
-        Box::new(fdb::FdbCollector::new(timeout, cfg.collect.fdb_max_entries as usize)),
+        Box::new(fdb::FdbCollector::new(
+            timeout,
+            cfg.collect.fdb_max_entries as usize,
+        )),
         Box::new(neigh::NeighCollector::new(timeout)),
         Box::new(qdisc::QdiscCollector::new(timeout)),
         Box::new(procnet::ConntrackCollector),
@@ -144,9 +173,9 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
         )),
     ]
 }
-pub mod links;
 pub mod fdb;
-pub mod neigh;
-pub mod qdisc;
-pub mod procnet;
 pub mod libvirt;
+pub mod links;
+pub mod neigh;
+pub mod procnet;
+pub mod qdisc;

@@ -22,7 +22,10 @@ pub struct NeighCollector {
 
 impl NeighCollector {
     pub fn new(timeout: Duration) -> Self {
-        NeighCollector { socket: None, timeout }
+        NeighCollector {
+            socket: None,
+            timeout,
+        }
     }
 }
 
@@ -40,7 +43,11 @@ fn read_stat(proc_root: &Path, name: &str) -> Result<Option<BTreeMap<String, u64
     match std::fs::read_to_string(&p) {
         Ok(t) => crate::kernel::stat_table::parse(&t)
             .map(Some)
-            .map_err(|e| CollectError::Parse { path: p.display().to_string(), line: e.line, msg: e.msg }),
+            .map_err(|e| CollectError::Parse {
+                path: p.display().to_string(),
+                line: e.line,
+                msg: e.msg,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CollectError::io(p.display().to_string(), e)),
     }
@@ -52,18 +59,29 @@ impl Collector for NeighCollector {
     }
 
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        let names: std::collections::HashMap<u32, &str> =
-            sample.links.iter().flatten().map(|l| (l.ifindex, l.name.as_str())).collect();
+        let names: std::collections::HashMap<u32, &str> = sample
+            .links
+            .iter()
+            .flatten()
+            .map(|l| (l.ifindex, l.name.as_str()))
+            .collect();
         let mut n = Neighbours::default();
-        for (family, key) in [(AddressFamily::Inet, "inet"), (AddressFamily::Inet6, "inet6")] {
+        for (family, key) in [
+            (AddressFamily::Inet, "inet"),
+            (AddressFamily::Inet6, "inet6"),
+        ] {
             let mut req = NeighbourMessage::default();
             req.header.family = family;
             let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
-            let msgs = socket.dump(key, RouteNetlinkMessage::GetNeighbour(req)).inspect_err(|_| self.socket = None)?;
+            let msgs = socket
+                .dump(key, RouteNetlinkMessage::GetNeighbour(req))
+                .inspect_err(|_| self.socket = None)?;
             let by_state = n.by_state.entry(key.to_string()).or_default();
             let mut total = 0u32;
             for m in &msgs {
-                let RouteNetlinkMessage::NewNeighbour(m) = m else { continue };
+                let RouteNetlinkMessage::NewNeighbour(m) = m else {
+                    continue;
+                };
                 total += 1;
                 *by_state.entry(nud_name(m.header.state)).or_default() += 1;
                 let dev = names.get(&m.header.ifindex).copied().unwrap_or("?");

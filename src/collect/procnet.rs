@@ -23,7 +23,10 @@ impl Collector for SoftnetCollector {
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
         let rel = "net/softnet_stat";
         let t = read(&ctx.proc_root, rel)?;
-        sample.softnet = Some(kernel::softnet::parse(&t).map_err(|e| parse_err(&ctx.proc_root, rel, e.line, e.msg))?);
+        sample.softnet = Some(
+            kernel::softnet::parse(&t)
+                .map_err(|e| parse_err(&ctx.proc_root, rel, e.line, e.msg))?,
+        );
         Ok(())
     }
 }
@@ -38,7 +41,8 @@ impl Collector for SnmpCollector {
         let mut counters = BTreeMap::new();
         for rel in ["net/snmp", "net/netstat"] {
             let t = read(&ctx.proc_root, rel)?;
-            kernel::snmp::parse_paired(&t, &mut counters).map_err(|e| parse_err(&ctx.proc_root, rel, e.line, e.msg))?;
+            kernel::snmp::parse_paired(&t, &mut counters)
+                .map_err(|e| parse_err(&ctx.proc_root, rel, e.line, e.msg))?;
         }
         // IPv6 may be disabled: snmp6 is optional.
         if let Some(t) = read_optional(&ctx.proc_root, "net/snmp6")? {
@@ -66,7 +70,8 @@ impl Collector for ConntrackCollector {
         };
         let rel = "net/stat/nf_conntrack";
         if let Some(t) = read_optional(root, rel)? {
-            c.stats = kernel::stat_table::parse(&t).map_err(|e| parse_err(root, rel, e.line, e.msg))?;
+            c.stats =
+                kernel::stat_table::parse(&t).map_err(|e| parse_err(root, rel, e.line, e.msg))?;
         }
         sample.conntrack = Some(c);
         Ok(())
@@ -93,14 +98,20 @@ impl Collector for SystemCollector {
         // Explicit, from sysconf: procfs's own lookup reads the aux vector
         // through rustix, which crashes under valgrind (our profiler).
         // SAFETY: sysconf with valid names has no preconditions.
-        let (tps, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let (tps, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
         let si = procfs::ExplicitSystemInfo {
             boot_time_secs: 0,
             ticks_per_second: tps.max(1) as u64,
             page_size: page.max(1) as u64,
             is_little_endian: cfg!(target_endian = "little"),
         };
-        let stat = procfs::KernelStats::from_read(open(root, "stat")?, &si).map_err(|e| procfs_err(root, "stat", e))?;
+        let stat = procfs::KernelStats::from_read(open(root, "stat")?, &si)
+            .map_err(|e| procfs_err(root, "stat", e))?;
         let t = &stat.total;
         let mut s = System {
             cpu: CpuTimes {
@@ -121,7 +132,8 @@ impl Collector for SystemCollector {
             .map_err(|e| procfs_err(root, "meminfo", e))?;
         s.mem_total_kb = mem.mem_total / 1024;
         s.mem_available_kb = mem.mem_available.unwrap_or(mem.mem_free) / 1024;
-        let load = procfs::LoadAverage::from_read(open(root, "loadavg")?).map_err(|e| procfs_err(root, "loadavg", e))?;
+        let load = procfs::LoadAverage::from_read(open(root, "loadavg")?)
+            .map_err(|e| procfs_err(root, "loadavg", e))?;
         s.load1 = load.one as f64;
         // PSI may be disabled (psi=0 on the kernel command line): optional.
         if let Ok(f) = open(root, "pressure/cpu") {
@@ -142,11 +154,13 @@ impl Collector for SystemCollector {
             }
         }
         let sirq = read(root, "softirqs")?;
-        let mut sirq = kernel::softirqs::parse_softirqs(&sirq).map_err(|(l, m)| parse_err(root, "softirqs", l, m))?;
+        let mut sirq = kernel::softirqs::parse_softirqs(&sirq)
+            .map_err(|(l, m)| parse_err(root, "softirqs", l, m))?;
         s.softirq_net_rx = sirq.remove("NET_RX").unwrap_or_default();
         s.softirq_net_tx = sirq.remove("NET_TX").unwrap_or_default();
         if let Some(b) = read_optional(root, "buddyinfo")? {
-            s.buddy_free = kernel::softirqs::parse_buddyinfo(&b).map_err(|(l, m)| parse_err(root, "buddyinfo", l, m))?;
+            s.buddy_free = kernel::softirqs::parse_buddyinfo(&b)
+                .map_err(|(l, m)| parse_err(root, "buddyinfo", l, m))?;
         }
         sample.system = Some(s);
         Ok(())
@@ -186,17 +200,27 @@ impl Collector for NetfilterCollector {
             ..Default::default()
         };
         if let Some(t) = read_optional(root, "net/ip_tables_names")? {
-            n.legacy_tables = t.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+            n.legacy_tables = t
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
         }
         if self.nfgen.is_none() {
-            self.nfgen = Some(NfGen::new().map_err(|e| CollectError::Netlink { what: "nfnetlink".into(), msg: e.to_string() })?);
+            self.nfgen = Some(NfGen::new().map_err(|e| CollectError::Netlink {
+                what: "nfnetlink".into(),
+                msg: e.to_string(),
+            })?);
         }
         let g = self.nfgen.as_mut().expect("just set");
         match g.genid() {
             Ok(id) => n.nft_genid = id,
             Err(e) => {
                 self.nfgen = None;
-                return Err(CollectError::Netlink { what: "NFT_MSG_GETGEN".into(), msg: e.to_string() });
+                return Err(CollectError::Netlink {
+                    what: "NFT_MSG_GETGEN".into(),
+                    msg: e.to_string(),
+                });
             }
         }
         sample.netfilter = Some(n);

@@ -17,7 +17,10 @@ pub struct QdiscCollector {
 
 impl QdiscCollector {
     pub fn new(timeout: Duration) -> Self {
-        QdiscCollector { socket: None, timeout }
+        QdiscCollector {
+            socket: None,
+            timeout,
+        }
     }
 }
 
@@ -82,10 +85,17 @@ impl Collector for QdiscCollector {
     fn collect(&mut self, _ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
         let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
         let msgs = socket
-            .dump("qdisc", RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()))
+            .dump(
+                "qdisc",
+                RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+            )
             .inspect_err(|_| self.socket = None)?;
-        let names: HashMap<u32, String> =
-            sample.links.iter().flatten().map(|l| (l.ifindex, l.name.clone())).collect();
+        let names: HashMap<u32, String> = sample
+            .links
+            .iter()
+            .flatten()
+            .map(|l| (l.ifindex, l.name.clone()))
+            .collect();
         let qdiscs = msgs
             .iter()
             .filter_map(|m| match m {

@@ -19,10 +19,15 @@ use crate::sample::{Event, EventKind};
 pub enum ClientError {
     #[error("the agent is not running (no control socket listening at {path})")]
     NotRunning { path: String },
-    #[error("permission denied on {path}: be root or in the socket's group (config agent.socket_group)")]
+    #[error(
+        "permission denied on {path}: be root or in the socket's group (config agent.socket_group)"
+    )]
     Denied { path: String },
     #[error("control socket {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("agent answered: {0}")]
     Agent(String),
 }
@@ -38,15 +43,27 @@ impl ClientError {
 }
 
 pub fn connect(path: &Path, cmd: &str) -> Result<UnixStream, ClientError> {
-    connect_with(path, Request { v: PROTOCOL_VERSION, cmd: cmd.into(), reason: String::new() })
+    connect_with(
+        path,
+        Request {
+            v: PROTOCOL_VERSION,
+            cmd: cmd.into(),
+            reason: String::new(),
+        },
+    )
 }
 
 fn connect_with(path: &Path, req: Request) -> Result<UnixStream, ClientError> {
     let p = path.display().to_string();
     let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ClientError::NotRunning { path: p.clone() },
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning { path: p.clone() }
+        }
         std::io::ErrorKind::PermissionDenied => ClientError::Denied { path: p.clone() },
-        _ => ClientError::Io { path: p.clone(), source: e },
+        _ => ClientError::Io {
+            path: p.clone(),
+            source: e,
+        },
     })?;
     let req = serde_json::to_string(&req).expect("request serializes");
     writeln!(s, "{req}").map_err(|e| ClientError::Io { path: p, source: e })?;
@@ -59,27 +76,53 @@ pub fn status(path: &Path) -> Result<serde_json::Value, ClientError> {
     let mut line = String::new();
     BufReader::new(&s)
         .read_line(&mut line)
-        .map_err(|e| ClientError::Io { path: path.display().to_string(), source: e })?;
-    let v: serde_json::Value = serde_json::from_str(&line).map_err(|_| ClientError::Agent(format!("unreadable answer: {line:?}")))?;
+        .map_err(|e| ClientError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|_| ClientError::Agent(format!("unreadable answer: {line:?}")))?;
     if v["kind"] == "error" {
-        return Err(ClientError::Agent(v["error"].as_str().unwrap_or("?").to_string()));
+        return Err(ClientError::Agent(
+            v["error"].as_str().unwrap_or("?").to_string(),
+        ));
     }
     Ok(v)
 }
 
 /// Asks the agent for a bundle now; returns (incident id, bundle path).
-pub fn trigger(path: &Path, reason: &str, timeout: Duration) -> Result<(String, String), ClientError> {
-    let s = connect_with(path, Request { v: PROTOCOL_VERSION, cmd: "trigger".into(), reason: reason.into() })?;
+pub fn trigger(
+    path: &Path,
+    reason: &str,
+    timeout: Duration,
+) -> Result<(String, String), ClientError> {
+    let s = connect_with(
+        path,
+        Request {
+            v: PROTOCOL_VERSION,
+            cmd: "trigger".into(),
+            reason: reason.into(),
+        },
+    )?;
     let _ = s.set_read_timeout(Some(timeout));
     let mut line = String::new();
     BufReader::new(&s)
         .read_line(&mut line)
-        .map_err(|e| ClientError::Io { path: path.display().to_string(), source: e })?;
-    let v: serde_json::Value = serde_json::from_str(&line).map_err(|_| ClientError::Agent(format!("unreadable answer: {line:?}")))?;
+        .map_err(|e| ClientError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|_| ClientError::Agent(format!("unreadable answer: {line:?}")))?;
     if v["kind"] != "triggered" {
-        return Err(ClientError::Agent(v["error"].as_str().unwrap_or("no answer").to_string()));
+        return Err(ClientError::Agent(
+            v["error"].as_str().unwrap_or("no answer").to_string(),
+        ));
     }
-    Ok((v["id"].as_str().unwrap_or("").into(), v["bundle"].as_str().unwrap_or("").into()))
+    Ok((
+        v["id"].as_str().unwrap_or("").into(),
+        v["bundle"].as_str().unwrap_or("").into(),
+    ))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -92,7 +135,11 @@ pub struct TailFilter {
 /// True when our stdout's reader is gone (ssh client closed): without a
 /// pty we would otherwise learn it only on the next write.
 fn stdout_gone() -> bool {
-    let mut pfd = libc::pollfd { fd: std::io::stdout().as_raw_fd(), events: 0, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: std::io::stdout().as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, zero timeout.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
@@ -113,54 +160,106 @@ pub fn tick_line(t: &Tick, f: &TailFilter) -> Option<String> {
     let shown: Vec<(&String, &super::tick::IfaceTick)> = t
         .ifaces
         .iter()
-        .filter(|(n, i)| f.iface.as_ref().is_none_or(|x| x == *n) && f.domain.as_ref().is_none_or(|d| &i.domain == d))
+        .filter(|(n, i)| {
+            f.iface.as_ref().is_none_or(|x| x == *n)
+                && f.domain.as_ref().is_none_or(|d| &i.domain == d)
+        })
         .collect();
     if f.iface.is_some() || f.domain.is_some() {
         if shown.is_empty() {
             return None;
         }
         for (n, i) in shown {
-            let carrier = if i.carrier == Some(false) { " NO-CARRIER" } else { "" };
+            let carrier = if i.carrier == Some(false) {
+                " NO-CARRIER"
+            } else {
+                ""
+            };
             out.push_str(&format!(
                 " | {n} {}{carrier} rx {:.0} tx {:.0} pps drop {:.1}/s",
-                i.operstate, i.rx_pps, i.tx_pps, i.rx_drop_ps + i.tx_drop_ps
+                i.operstate,
+                i.rx_pps,
+                i.tx_pps,
+                i.rx_drop_ps + i.tx_drop_ps
             ));
         }
         return Some(out);
     }
-    let bridges: BTreeSet<&str> = t.ifaces.values().map(|i| i.bridge.as_str()).filter(|b| !b.is_empty()).collect();
+    let bridges: BTreeSet<&str> = t
+        .ifaces
+        .values()
+        .map(|i| i.bridge.as_str())
+        .filter(|b| !b.is_empty())
+        .collect();
     for b in bridges {
         if let Some(i) = t.ifaces.get(b) {
             out.push_str(&format!(" | {b} rx {:.0} tx {:.0} pps", i.rx_pps, i.tx_pps));
         }
-        for (n, i) in t.ifaces.iter().filter(|(_, i)| i.bridge == b && i.role == "uplink") {
-            let carrier = if i.carrier == Some(false) { " NO-CARRIER" } else { "" };
-            let state = match i.port_state { Some(3) | None => String::new(), Some(s) => format!(" port-state {s}") };
+        for (n, i) in t
+            .ifaces
+            .iter()
+            .filter(|(_, i)| i.bridge == b && i.role == "uplink")
+        {
+            let carrier = if i.carrier == Some(false) {
+                " NO-CARRIER"
+            } else {
+                ""
+            };
+            let state = match i.port_state {
+                Some(3) | None => String::new(),
+                Some(s) => format!(" port-state {s}"),
+            };
             out.push_str(&format!(
                 " · uplink {n} rx {:.0} tx {:.0} pps drop {:.1}/s{carrier}{state}",
-                i.rx_pps, i.tx_pps, i.rx_drop_ps + i.tx_drop_ps
+                i.rx_pps,
+                i.tx_pps,
+                i.rx_drop_ps + i.tx_drop_ps
             ));
         }
-        let mut vnics: Vec<(&String, &super::tick::IfaceTick)> =
-            t.ifaces.iter().filter(|(_, i)| i.bridge == b && i.role == "vnic").collect();
+        let mut vnics: Vec<(&String, &super::tick::IfaceTick)> = t
+            .ifaces
+            .iter()
+            .filter(|(_, i)| i.bridge == b && i.role == "vnic")
+            .collect();
         let drops: f64 = vnics.iter().map(|(_, i)| i.rx_drop_ps + i.tx_drop_ps).sum();
-        let silent: Vec<&str> = vnics.iter().filter(|(_, i)| i.rx_pps == 0.0 && i.tx_pps == 0.0).map(|(n, _)| n.as_str()).collect();
+        let silent: Vec<&str> = vnics
+            .iter()
+            .filter(|(_, i)| i.rx_pps == 0.0 && i.tx_pps == 0.0)
+            .map(|(n, _)| n.as_str())
+            .collect();
         vnics.sort_by(|a, b| (b.1.rx_pps + b.1.tx_pps).total_cmp(&(a.1.rx_pps + a.1.tx_pps)));
         out.push_str(&format!(" · vnics {} drop {drops:.1}/s", vnics.len()));
         if let Some((n, i)) = vnics.first().filter(|(_, i)| i.rx_pps + i.tx_pps > 0.0) {
             out.push_str(&format!(" busiest {n} {:.0} pps", i.rx_pps + i.tx_pps));
         }
         if !silent.is_empty() {
-            let more = if silent.len() > 5 { format!(" +{}", silent.len() - 5) } else { String::new() };
-            out.push_str(&format!(" silent {}{more}", silent[..silent.len().min(5)].join(" ")));
+            let more = if silent.len() > 5 {
+                format!(" +{}", silent.len() - 5)
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                " silent {}{more}",
+                silent[..silent.len().min(5)].join(" ")
+            ));
         }
     }
     if t.domains_total > 0 {
-        out.push_str(&format!(" · domains {}/{} running", t.domains_running, t.domains_total));
+        out.push_str(&format!(
+            " · domains {}/{} running",
+            t.domains_running, t.domains_total
+        ));
     }
     if !t.detector.is_empty() {
-        let state = if t.detector == "healthy" { t.detector.clone() } else { t.detector.to_uppercase() };
-        out.push_str(&format!(" · detector {state} ({} eligible)", t.eligible_guests));
+        let state = if t.detector == "healthy" {
+            t.detector.clone()
+        } else {
+            t.detector.to_uppercase()
+        };
+        out.push_str(&format!(
+            " · detector {state} ({} eligible)",
+            t.eligible_guests
+        ));
     }
     if !t.failures.is_empty() {
         out.push_str(&format!(" · FAILED: {}", t.failures.join(",")));
@@ -169,7 +268,12 @@ pub fn tick_line(t: &Tick, f: &TailFilter) -> Option<String> {
 }
 
 /// Streams from the agent until it goes away (Err) or our reader does (Ok).
-pub fn tail(path: &Path, f: &TailFilter, json: bool, out: &mut dyn Write) -> Result<(), ClientError> {
+pub fn tail(
+    path: &Path,
+    f: &TailFilter,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), ClientError> {
     let s = connect(path, "tail")?;
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let mut r = BufReader::new(&s);
@@ -178,37 +282,70 @@ pub fn tail(path: &Path, f: &TailFilter, json: bool, out: &mut dyn Write) -> Res
     loop {
         line.clear();
         match r.read_line(&mut line) {
-            Ok(0) => return Err(ClientError::Agent("the agent stopped (it closed the connection)".into())),
+            Ok(0) => {
+                return Err(ClientError::Agent(
+                    "the agent stopped (it closed the connection)".into(),
+                ))
+            }
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 if stdout_gone() {
                     return Ok(());
                 }
                 continue;
             }
-            Err(e) => return Err(ClientError::Io { path: path.display().to_string(), source: e }),
+            Err(e) => {
+                return Err(ClientError::Io {
+                    path: path.display().to_string(),
+                    source: e,
+                })
+            }
         }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim_end()) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim_end()) else {
+            continue;
+        };
         let kind = v["kind"].as_str().unwrap_or("");
         let printed: Option<String> = match kind {
             "heartbeat" => None,
-            "error" => return Err(ClientError::Agent(v["error"].as_str().unwrap_or("?").into())),
+            "error" => {
+                return Err(ClientError::Agent(
+                    v["error"].as_str().unwrap_or("?").into(),
+                ))
+            }
             "dropped" => Some(if json {
                 line.trim_end().to_string()
             } else {
-                format!("-- {} lines dropped: this client fell behind --", v["count"])
+                format!(
+                    "-- {} lines dropped: this client fell behind --",
+                    v["count"]
+                )
             }),
             "tick" => {
-                let Ok(t) = serde_json::from_value::<Tick>(v.clone()) else { continue };
+                let Ok(t) = serde_json::from_value::<Tick>(v.clone()) else {
+                    continue;
+                };
                 if let Some(d) = &f.domain {
-                    domain_ifaces = t.ifaces.iter().filter(|(_, i)| &i.domain == d).map(|(n, _)| n.clone()).collect();
+                    domain_ifaces = t
+                        .ifaces
+                        .iter()
+                        .filter(|(_, i)| &i.domain == d)
+                        .map(|(n, _)| n.clone())
+                        .collect();
                 }
                 if f.events_only {
                     None
                 } else if json {
                     if f.iface.is_some() || f.domain.is_some() {
                         let mut t2 = t.clone();
-                        t2.ifaces.retain(|n, i| f.iface.as_ref().is_none_or(|x| x == n) && f.domain.as_ref().is_none_or(|d| &i.domain == d));
+                        t2.ifaces.retain(|n, i| {
+                            f.iface.as_ref().is_none_or(|x| x == n)
+                                && f.domain.as_ref().is_none_or(|d| &i.domain == d)
+                        });
                         serde_json::to_string(&t2).ok()
                     } else {
                         Some(line.trim_end().to_string())
@@ -218,8 +355,13 @@ pub fn tail(path: &Path, f: &TailFilter, json: bool, out: &mut dyn Write) -> Res
                 }
             }
             _ => {
-                let Ok(e) = serde_json::from_value::<Event>(v.clone()) else { continue };
-                let iface_ok = f.iface.as_ref().is_none_or(|x| event_ifaces(&e) == Some(x.as_str()));
+                let Ok(e) = serde_json::from_value::<Event>(v.clone()) else {
+                    continue;
+                };
+                let iface_ok = f
+                    .iface
+                    .as_ref()
+                    .is_none_or(|x| event_ifaces(&e) == Some(x.as_str()));
                 let domain_ok = f.domain.as_ref().is_none_or(|d| match &e.kind {
                     EventKind::Libvirt { domain, uuid, .. } => domain == d || uuid == d,
                     _ => event_ifaces(&e).is_some_and(|i| domain_ifaces.contains(i)),

@@ -49,7 +49,10 @@ pub struct ControlServer {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("control socket {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("control socket {path}: another agent is listening there")]
     InUse { path: String },
     #[error("control socket group {0:?} does not exist")]
@@ -70,9 +73,17 @@ fn push(c: &Client, line: &Arc<str>, cap: usize) {
 impl ControlServer {
     /// Binds the socket (mode 0660, owned by root and `group` when given)
     /// and starts accepting.
-    pub fn start(path: &Path, group: &str, queue_lines: usize, handlers: Handlers) -> Result<ControlServer, ControlError> {
+    pub fn start(
+        path: &Path,
+        group: &str,
+        queue_lines: usize,
+        handlers: Handlers,
+    ) -> Result<ControlServer, ControlError> {
         let p = path.display().to_string();
-        let io = |source| ControlError::Io { path: p.clone(), source };
+        let io = |source| ControlError::Io {
+            path: p.clone(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -99,7 +110,12 @@ impl ControlServer {
             .name("hvflight-control".into())
             .spawn(move || accept_loop(listener, c2, s2, handlers))
             .map_err(io)?;
-        Ok(ControlServer { path: path.to_path_buf(), queue_lines: queue_lines.max(1), clients, stop })
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            queue_lines: queue_lines.max(1),
+            clients,
+            stop,
+        })
     }
 
     /// Hands a line (one JSON object, no newline) to every tail client. Never blocks on a client.
@@ -126,7 +142,12 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for c in self.clients.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for c in self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             c.queue.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
             c.ready.notify_all();
         }
@@ -134,7 +155,12 @@ impl Drop for ControlServer {
     }
 }
 
-fn accept_loop(listener: UnixListener, clients: Arc<Mutex<Vec<Arc<Client>>>>, stop: Arc<AtomicBool>, handlers: Handlers) {
+fn accept_loop(
+    listener: UnixListener,
+    clients: Arc<Mutex<Vec<Arc<Client>>>>,
+    stop: Arc<AtomicBool>,
+    handlers: Handlers,
+) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -143,7 +169,9 @@ fn accept_loop(listener: UnixListener, clients: Arc<Mutex<Vec<Arc<Client>>>>, st
                     .name("hvflight-control-client".into())
                     .spawn(move || serve(stream, c, s));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "control socket: accept failed");
                 std::thread::sleep(Duration::from_millis(200));
@@ -162,13 +190,18 @@ fn read_request(stream: &UnixStream) -> Result<Request, String> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = Vec::new();
     let mut r = BufReader::new(stream).take(MAX_REQUEST_BYTES as u64 + 1);
-    r.read_until(b'\n', &mut line).map_err(|e| format!("reading request: {e}"))?;
+    r.read_until(b'\n', &mut line)
+        .map_err(|e| format!("reading request: {e}"))?;
     if line.len() > MAX_REQUEST_BYTES {
         return Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
     }
-    let req: Request = serde_json::from_slice(&line).map_err(|e| format!("request is not a JSON object {{\"v\":1,\"cmd\":…}}: {e}"))?;
+    let req: Request = serde_json::from_slice(&line)
+        .map_err(|e| format!("request is not a JSON object {{\"v\":1,\"cmd\":…}}: {e}"))?;
     if req.v != PROTOCOL_VERSION {
-        return Err(format!("protocol version {} not supported; this agent speaks {PROTOCOL_VERSION}", req.v));
+        return Err(format!(
+            "protocol version {} not supported; this agent speaks {PROTOCOL_VERSION}",
+            req.v
+        ));
     }
     Ok(req)
 }
@@ -185,35 +218,64 @@ fn serve(stream: UnixStream, clients: Arc<Mutex<Vec<Arc<Client>>>>, handlers: Ha
             let mut s = (handlers.status)();
             if let Some(o) = s.as_object_mut() {
                 o.insert("kind".into(), "status".into());
-                o.insert("ts".into(), crate::clock::format_rfc3339(crate::clock::now().unix_ns).into());
+                o.insert(
+                    "ts".into(),
+                    crate::clock::format_rfc3339(crate::clock::now().unix_ns).into(),
+                );
             }
             let _ = writeln!(&stream, "{s}");
         }
         "tail" => {
-            let client = Arc::new(Client { queue: Mutex::new(Queue { lines: VecDeque::new(), dropped: 0, closed: false }), ready: Condvar::new() });
+            let client = Arc::new(Client {
+                queue: Mutex::new(Queue {
+                    lines: VecDeque::new(),
+                    dropped: 0,
+                    closed: false,
+                }),
+                ready: Condvar::new(),
+            });
             {
                 let mut all = clients.lock().unwrap_or_else(|e| e.into_inner());
                 if all.len() >= MAX_CLIENTS {
                     drop(all);
-                    return reply_error(&stream, &format!("too many clients (at most {MAX_CLIENTS})"));
+                    return reply_error(
+                        &stream,
+                        &format!("too many clients (at most {MAX_CLIENTS})"),
+                    );
                 }
                 all.push(Arc::clone(&client));
             }
             write_loop(&stream, &client);
-            clients.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| !Arc::ptr_eq(c, &client));
+            clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|c| !Arc::ptr_eq(c, &client));
         }
         "trigger" => {
-            let Some(t) = &handlers.trigger else { return reply_error(&stream, "this agent takes no bundles") };
-            let reason = if req.reason.trim().is_empty() { "manual trigger".to_string() } else { req.reason.clone() };
+            let Some(t) = &handlers.trigger else {
+                return reply_error(&stream, "this agent takes no bundles");
+            };
+            let reason = if req.reason.trim().is_empty() {
+                "manual trigger".to_string()
+            } else {
+                req.reason.clone()
+            };
             match t(reason) {
                 Ok((id, bundle)) => {
                     let now = crate::clock::format_rfc3339(crate::clock::now().unix_ns);
-                    let _ = writeln!(&stream, "{}", json!({"ts": now, "kind": "triggered", "id": id, "bundle": bundle}));
+                    let _ = writeln!(
+                        &stream,
+                        "{}",
+                        json!({"ts": now, "kind": "triggered", "id": id, "bundle": bundle})
+                    );
                 }
                 Err(e) => reply_error(&stream, &e),
             }
         }
-        other => reply_error(&stream, &format!("unknown command {other:?}; known: status, tail, trigger")),
+        other => reply_error(
+            &stream,
+            &format!("unknown command {other:?}; known: status, tail, trigger"),
+        ),
     }
 }
 
@@ -240,7 +302,11 @@ fn write_loop(stream: &UnixStream, client: &Client) {
         let (batch, dropped) = {
             let mut q = client.queue.lock().unwrap_or_else(|e| e.into_inner());
             if q.lines.is_empty() && !q.closed {
-                q = client.ready.wait_timeout(q, Duration::from_secs(1)).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+                q = client
+                    .ready
+                    .wait_timeout(q, Duration::from_secs(1))
+                    .map(|r| r.0)
+                    .unwrap_or_else(|e| e.into_inner().0);
             }
             if q.closed {
                 return;
@@ -251,13 +317,21 @@ fn write_loop(stream: &UnixStream, client: &Client) {
         let now = crate::clock::format_rfc3339(crate::clock::now().unix_ns);
         let mut res = Ok(());
         if dropped > 0 {
-            res = res.and_then(|_| writeln!(w, "{}", json!({"ts": now, "kind": "dropped", "count": dropped})));
+            res = res.and_then(|_| {
+                writeln!(
+                    w,
+                    "{}",
+                    json!({"ts": now, "kind": "dropped", "count": dropped})
+                )
+            });
         }
         if batch.is_empty() && dropped == 0 {
             res = res.and_then(|_| writeln!(w, "{}", json!({"ts": now, "kind": "heartbeat"})));
         }
         for l in &batch {
-            res = res.and_then(|_| w.write_all(l.as_bytes())).and_then(|_| w.write_all(b"\n"));
+            res = res
+                .and_then(|_| w.write_all(l.as_bytes()))
+                .and_then(|_| w.write_all(b"\n"));
         }
         if res.and_then(|_| w.flush()).is_err() {
             return; // client gone

@@ -66,7 +66,11 @@ pub fn tick(s: &Sample, m: &Model) -> Tick {
         s.libvirt
             .iter()
             .flat_map(|l| &l.domains)
-            .find(|d| d.vnics.iter().any(|v| v.host_ifname.as_deref() == Some(ifname)))
+            .find(|d| {
+                d.vnics
+                    .iter()
+                    .any(|v| v.host_ifname.as_deref() == Some(ifname))
+            })
             .map(|d| d.name.clone())
             .unwrap_or_default()
     };
@@ -82,7 +86,11 @@ pub fn tick(s: &Sample, m: &Model) -> Tick {
             IfaceTick {
                 role: role.into(),
                 bridge: bridge.into(),
-                domain: if role == "vnic" { domain_of(name) } else { String::new() },
+                domain: if role == "vnic" {
+                    domain_of(name)
+                } else {
+                    String::new()
+                },
                 operstate: link.operstate.clone(),
                 carrier: link.carrier,
                 port_state,
@@ -97,7 +105,11 @@ pub fn tick(s: &Sample, m: &Model) -> Tick {
         add(&b.name, "bridge", &b.name, None);
         for p in &b.ports {
             let mac = s.link(&p.name).map(|l| l.mac.clone()).unwrap_or_default();
-            let role = if is_vnic(s, &p.name, &mac) { "vnic" } else { "uplink" };
+            let role = if is_vnic(s, &p.name, &mac) {
+                "vnic"
+            } else {
+                "uplink"
+            };
             add(&p.name, role, &b.name, Some(p.state));
         }
     }

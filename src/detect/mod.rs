@@ -44,7 +44,15 @@ pub struct DetectConfig {
 
 impl Default for DetectConfig {
     fn default() -> Self {
-        DetectConfig { enabled: true, collapse_after: 2, recover_after: 5, window_s: 2.0, min_guest_packets: 1.0, boot_grace_s: 60, merge_window_s: 300 }
+        DetectConfig {
+            enabled: true,
+            collapse_after: 2,
+            recover_after: 5,
+            window_s: 2.0,
+            min_guest_packets: 1.0,
+            boot_grace_s: 60,
+            merge_window_s: 300,
+        }
     }
 }
 
@@ -83,7 +91,11 @@ pub struct Verdict {
 /// Something the agent should act on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    Transition { from: State, to: State, reason: String },
+    Transition {
+        from: State,
+        to: State,
+        reason: String,
+    },
     /// A new incident starts (take a bundle).
     Incident { reason: String },
     /// One guest cut off (not a host-wide collapse).
@@ -140,7 +152,11 @@ impl Detector {
         let horizon = s.mono_ns.saturating_sub((self.cfg.window_s * 1e9) as u64);
         for (name, r) in &m.links {
             let w = self.window.entry(name.clone()).or_default();
-            w.push_back((s.mono_ns, r.rx_packets_per_s * m.interval_s, r.tx_packets_per_s * m.interval_s));
+            w.push_back((
+                s.mono_ns,
+                r.rx_packets_per_s * m.interval_s,
+                r.tx_packets_per_s * m.interval_s,
+            ));
         }
         for w in self.window.values_mut() {
             while w.front().is_some_and(|x| x.0 <= horizon) {
@@ -152,16 +168,24 @@ impl Detector {
 
     /// Judges one bridge over the window.
     fn judge(&mut self, s: &Sample, br: &crate::sample::Bridge) -> Verdict {
-        let mut v = Verdict { bridge: br.name.clone(), ..Default::default() };
+        let mut v = Verdict {
+            bridge: br.name.clone(),
+            ..Default::default()
+        };
         let grace_ns = self.cfg.boot_grace_s * 1_000_000_000;
         let (mut guests_tx, mut toward_guests) = (0.0, 0.0);
         // Judge only over a full window.
-        if self.first_mono_ns.is_none_or(|f| (s.mono_ns - f) as f64 / 1e9 < self.cfg.window_s) {
+        if self
+            .first_mono_ns
+            .is_none_or(|f| (s.mono_ns - f) as f64 / 1e9 < self.cfg.window_s)
+        {
             for p in &br.ports {
                 if let Some(link) = s.link(&p.name) {
                     if is_vnic(s, &p.name, &link.mac) {
                         v.total_guests += 1;
-                        self.first_seen_mono_ns.entry(format!("{}/{}", p.name, p.ifindex)).or_insert(s.mono_ns);
+                        self.first_seen_mono_ns
+                            .entry(format!("{}/{}", p.name, p.ifindex))
+                            .or_insert(s.mono_ns);
                     }
                 }
             }
@@ -169,13 +193,23 @@ impl Detector {
         }
         let mut uplinks = Vec::new();
         for p in &br.ports {
-            let Some(link) = s.link(&p.name) else { continue };
+            let Some(link) = s.link(&p.name) else {
+                continue;
+            };
             if is_vnic(s, &p.name, &link.mac) {
                 v.total_guests += 1;
-                let first = *self.first_seen_mono_ns.entry(format!("{}/{}", p.name, p.ifindex)).or_insert(s.mono_ns);
-                let Some((rx, tx)) = self.sums(&p.name) else { continue };
+                let first = *self
+                    .first_seen_mono_ns
+                    .entry(format!("{}/{}", p.name, p.ifindex))
+                    .or_insert(s.mono_ns);
+                let Some((rx, tx)) = self.sums(&p.name) else {
+                    continue;
+                };
                 // Host side rx = what the guest sends; tx = what reaches it.
-                if s.mono_ns.saturating_sub(first) >= grace_ns && rx >= self.cfg.min_guest_packets && link.operstate != "down" {
+                if s.mono_ns.saturating_sub(first) >= grace_ns
+                    && rx >= self.cfg.min_guest_packets
+                    && link.operstate != "down"
+                {
                     v.eligible_guests += 1;
                     guests_tx += rx;
                     toward_guests += tx;
@@ -190,25 +224,50 @@ impl Detector {
         if v.eligible_guests == 0 || uplinks.is_empty() {
             return v; // nothing to judge with
         }
-        let usable: Vec<_> = uplinks.iter().filter(|(p, l)| p.state == 3 && l.carrier != Some(false) && l.operstate != "down").collect();
+        let usable: Vec<_> = uplinks
+            .iter()
+            .filter(|(p, l)| p.state == 3 && l.carrier != Some(false) && l.operstate != "down")
+            .collect();
         if usable.is_empty() {
             let why: Vec<String> = uplinks
                 .iter()
-                .map(|(p, l)| format!("{} carrier {} port state {}", p.name, if l.carrier == Some(false) { "off" } else { "on" }, p.state))
+                .map(|(p, l)| {
+                    format!(
+                        "{} carrier {} port state {}",
+                        p.name,
+                        if l.carrier == Some(false) {
+                            "off"
+                        } else {
+                            "on"
+                        },
+                        p.state
+                    )
+                })
                 .collect();
             v.bad.push(format!("no usable uplink ({})", why.join(", ")));
             return v;
         }
         let w = self.cfg.window_s;
-        let up_tx: f64 = usable.iter().filter_map(|(p, _)| self.sums(&p.name)).map(|x| x.1).sum();
-        let up_rx: f64 = usable.iter().filter_map(|(p, _)| self.sums(&p.name)).map(|x| x.0).sum();
+        let up_tx: f64 = usable
+            .iter()
+            .filter_map(|(p, _)| self.sums(&p.name))
+            .map(|x| x.1)
+            .sum();
+        let up_rx: f64 = usable
+            .iter()
+            .filter_map(|(p, _)| self.sums(&p.name))
+            .map(|x| x.0)
+            .sum();
         // Only signals that idle networks cannot fake: "the uplink sent
         // and nothing came back" or "nothing reaches the guests" happen on
         // quiet hosts too (multicast chatter, one-way traffic) — those need
         // the gateway probes and the packet ring of the detector issue.
         let _ = (up_rx, toward_guests);
         if guests_tx > 0.0 && up_tx == 0.0 {
-            v.bad.push(format!("{} guest(s) sent {guests_tx:.0} packets in {w} s, nothing left through the uplink", v.eligible_guests));
+            v.bad.push(format!(
+                "{} guest(s) sent {guests_tx:.0} packets in {w} s, nothing left through the uplink",
+                v.eligible_guests
+            ));
         }
         v
     }
@@ -223,14 +282,21 @@ impl Detector {
         self.update_window(s, m);
         let bridges: Vec<crate::sample::Bridge> = s.bridges.clone().unwrap_or_default();
         self.last = bridges.iter().map(|b| self.judge(s, b)).collect();
-        let bad: Vec<String> = self.last.iter().flat_map(|v| v.bad.iter().map(move |b| format!("{}: {b}", v.bridge))).collect();
+        let bad: Vec<String> = self
+            .last
+            .iter()
+            .flat_map(|v| v.bad.iter().map(move |b| format!("{}: {b}", v.bridge)))
+            .collect();
         // Per-guest: cut off for `collapse_after` samples while the host is fine.
         let cut: Vec<String> = self.last.iter().flat_map(|v| v.cut_off.clone()).collect();
         self.cut_off_run.retain(|k, _| cut.contains(k));
         for c in &cut {
             let n = self.cut_off_run.entry(c.clone()).or_default();
             *n += 1;
-            if *n == self.cfg.collapse_after && bad.is_empty() && !self.reported_cut_off.contains_key(c) {
+            if *n == self.cfg.collapse_after
+                && bad.is_empty()
+                && !self.reported_cut_off.contains_key(c)
+            {
                 self.reported_cut_off.insert(c.clone(), true);
                 let domain = s
                     .libvirt
@@ -239,7 +305,10 @@ impl Detector {
                     .find(|d| d.vnics.iter().any(|v| v.host_ifname.as_deref() == Some(c)))
                     .map(|d| d.name.clone())
                     .unwrap_or_default();
-                actions.push(Action::GuestCutOff { iface: c.clone(), domain });
+                actions.push(Action::GuestCutOff {
+                    iface: c.clone(),
+                    domain,
+                });
             }
         }
         self.reported_cut_off.retain(|k, _| cut.contains(k));
@@ -254,7 +323,11 @@ impl Detector {
         }
         let to = match self.state {
             State::Healthy if !bad.is_empty() => {
-                if self.bad_run >= self.cfg.collapse_after { State::Collapsed } else { State::Suspect }
+                if self.bad_run >= self.cfg.collapse_after {
+                    State::Collapsed
+                } else {
+                    State::Suspect
+                }
             }
             State::Suspect if bad.is_empty() => State::Healthy,
             State::Suspect if self.bad_run >= self.cfg.collapse_after => State::Collapsed,
@@ -264,12 +337,20 @@ impl Detector {
             st => st,
         };
         if to != from {
-            let reason = if bad.is_empty() { "uplink crossing works again".to_string() } else { bad.join("; ") };
-            actions.push(Action::Transition { from, to, reason: reason.clone() });
+            let reason = if bad.is_empty() {
+                "uplink crossing works again".to_string()
+            } else {
+                bad.join("; ")
+            };
+            actions.push(Action::Transition {
+                from,
+                to,
+                reason: reason.clone(),
+            });
             if to == State::Collapsed && from != State::Recovering {
-                let merged = self
-                    .last_collapse_unix_ns
-                    .is_some_and(|t| s.ts_unix_ns - t < self.cfg.merge_window_s as i64 * 1_000_000_000);
+                let merged = self.last_collapse_unix_ns.is_some_and(|t| {
+                    s.ts_unix_ns - t < self.cfg.merge_window_s as i64 * 1_000_000_000
+                });
                 if !merged {
                     actions.push(Action::Incident { reason });
                 }

@@ -23,7 +23,12 @@ impl Host {
         };
         Host {
             t: 0,
-            links: vec![mk(1, "br0", "02:00:00:00:00:01"), mk(2, "uplink0", "02:00:00:00:00:02"), mk(3, "vnet0", "fe:54:00:00:00:01"), mk(4, "vnet1", "fe:54:00:00:00:02")],
+            links: vec![
+                mk(1, "br0", "02:00:00:00:00:01"),
+                mk(2, "uplink0", "02:00:00:00:00:02"),
+                mk(3, "vnet0", "fe:54:00:00:00:01"),
+                mk(4, "vnet1", "fe:54:00:00:00:02"),
+            ],
             uplink_state: 3,
         }
     }
@@ -39,7 +44,12 @@ impl Host {
         add(&mut self.links[1].stats, up_rx, up_tx);
         add(&mut self.links[2].stats, g, to_g);
         add(&mut self.links[3].stats, g, to_g);
-        let port = |i: u32, n: &str, st: u8| BridgePort { ifindex: i, name: n.into(), state: st, ..Default::default() };
+        let port = |i: u32, n: &str, st: u8| BridgePort {
+            ifindex: i,
+            name: n.into(),
+            state: st,
+            ..Default::default()
+        };
         Sample {
             seq: self.t,
             ts_unix_ns: (1_800_000_000 + self.t as i64) * 1_000_000_000,
@@ -49,7 +59,11 @@ impl Host {
             bridges: Some(vec![Bridge {
                 ifindex: 1,
                 name: "br0".into(),
-                ports: vec![port(2, "uplink0", self.uplink_state), port(3, "vnet0", 3), port(4, "vnet1", 3)],
+                ports: vec![
+                    port(2, "uplink0", self.uplink_state),
+                    port(3, "vnet0", 3),
+                    port(4, "vnet1", 3),
+                ],
                 ..Default::default()
             }]),
             ..Default::default()
@@ -58,7 +72,10 @@ impl Host {
 }
 
 fn cfg() -> DetectConfig {
-    DetectConfig { boot_grace_s: 0, ..Default::default() }
+    DetectConfig {
+        boot_grace_s: 0,
+        ..Default::default()
+    }
 }
 
 fn run(d: &mut Detector, prev: &mut Option<Sample>, s: Sample) -> Vec<Action> {
@@ -69,7 +86,9 @@ fn run(d: &mut Detector, prev: &mut Option<Sample>, s: Sample) -> Vec<Action> {
 }
 
 fn incidents(a: &[Action]) -> usize {
-    a.iter().filter(|x| matches!(x, Action::Incident { .. })).count()
+    a.iter()
+        .filter(|x| matches!(x, Action::Incident { .. }))
+        .count()
 }
 
 #[test]
@@ -87,9 +106,27 @@ fn uplink_loss_collapses_after_two_samples_and_recovers_with_hysteresis() {
     }
     assert_eq!(d.state, State::Collapsed);
     assert_eq!(incidents(&all), 1);
-    assert!(all.iter().any(|a| matches!(a, Action::Transition { to: State::Suspect, .. })));
-    let reason = all.iter().find_map(|a| if let Action::Incident { reason } = a { Some(reason.clone()) } else { None }).unwrap();
-    assert!(reason.contains("no usable uplink") && reason.contains("carrier off"), "{reason}");
+    assert!(all.iter().any(|a| matches!(
+        a,
+        Action::Transition {
+            to: State::Suspect,
+            ..
+        }
+    )));
+    let reason = all
+        .iter()
+        .find_map(|a| {
+            if let Action::Incident { reason } = a {
+                Some(reason.clone())
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert!(
+        reason.contains("no usable uplink") && reason.contains("carrier off"),
+        "{reason}"
+    );
     h.links[1].carrier = Some(true);
     run(&mut d, &mut prev, h.step(2, 4, 4, 2));
     assert_eq!(d.state, State::Recovering);
@@ -161,12 +198,22 @@ fn a_short_flap_is_suspect_only_and_flaps_in_the_window_are_one_incident() {
             run(&mut d, &mut prev, h.step(2, 4, 4, 2));
         }
     }
-    assert_eq!(n, 1, "three collapses within the merge window are one incident");
+    assert_eq!(
+        n, 1,
+        "three collapses within the merge window are one incident"
+    );
 }
 
 #[test]
 fn booting_guests_are_not_evidence() {
-    let (mut h, mut d, mut prev) = (Host::new(), Detector::new(DetectConfig { boot_grace_s: 30, ..Default::default() }), None);
+    let (mut h, mut d, mut prev) = (
+        Host::new(),
+        Detector::new(DetectConfig {
+            boot_grace_s: 30,
+            ..Default::default()
+        }),
+        None,
+    );
     h.links[1].carrier = Some(false);
     for _ in 0..10 {
         assert_eq!(incidents(&run(&mut d, &mut prev, h.step(2, 0, 0, 0))), 0);
@@ -185,7 +232,9 @@ fn one_guest_cut_off_is_reported_alone() {
             let mut s = h.step(2, 4, 4, 2);
             // vnet1 gets nothing any more.
             let links = s.links.as_mut().unwrap();
-            links[3].stats.tx_packets = prev.as_ref().unwrap().links.as_ref().unwrap()[3].stats.tx_packets;
+            links[3].stats.tx_packets = prev.as_ref().unwrap().links.as_ref().unwrap()[3]
+                .stats
+                .tx_packets;
             h.links[3].stats.tx_packets = links[3].stats.tx_packets;
             s
         };
@@ -193,5 +242,10 @@ fn one_guest_cut_off_is_reported_alone() {
     }
     assert_eq!(d.state, State::Healthy);
     assert_eq!(incidents(&all), 0);
-    assert_eq!(all.iter().filter(|a| matches!(a, Action::GuestCutOff { iface, .. } if iface == "vnet1")).count(), 1);
+    assert_eq!(
+        all.iter()
+            .filter(|a| matches!(a, Action::GuestCutOff { iface, .. } if iface == "vnet1"))
+            .count(),
+        1
+    );
 }

@@ -18,12 +18,19 @@ use crate::kernel::kmsg::{parse_record, tags};
 use crate::sample::{Event, EventKind};
 
 pub fn start(path: PathBuf, max_lines_per_s: u64, tx: Sender<Event>) -> std::io::Result<Worker> {
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)?;
     Worker::spawn("kmsg", move |stop| run(file, max_lines_per_s, tx, stop))
 }
 
 fn wait_readable(file: &File, timeout: Duration) {
-    let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
 }
@@ -57,15 +64,26 @@ fn run(mut file: File, max_per_s: u64, tx: Sender<Event>, stop: Arc<AtomicBool>)
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                let _ = tx.send(event(EventKind::Loss { source: "kmsg".into(), detail: format!("read failed: {e}"), count: 0 }));
+                let _ = tx.send(event(EventKind::Loss {
+                    source: "kmsg".into(),
+                    detail: format!("read failed: {e}"),
+                    count: 0,
+                }));
                 return;
             }
         }
         // Complete records only; a regular file may end mid-line.
-        let Some(end) = pending.rfind('\n') else { continue };
+        let Some(end) = pending.rfind('\n') else {
+            continue;
+        };
         let complete: String = pending.drain(..=end).collect();
-        for line in complete.lines().filter(|l| !l.starts_with(' ') && !l.is_empty()) {
-            let Some(rec) = parse_record(line) else { continue };
+        for line in complete
+            .lines()
+            .filter(|l| !l.starts_with(' ') && !l.is_empty())
+        {
+            let Some(rec) = parse_record(line) else {
+                continue;
+            };
             if window.elapsed() >= Duration::from_secs(1) {
                 if capped > 0 {
                     let _ = tx.send(event(EventKind::Loss {
@@ -100,5 +118,9 @@ fn run(mut file: File, max_per_s: u64, tx: Sender<Event>, stop: Arc<AtomicBool>)
 
 fn event(kind: EventKind) -> Event {
     let t = crate::clock::now();
-    Event { ts_unix_ns: t.unix_ns, mono_ns: t.mono_ns, kind }
+    Event {
+        ts_unix_ns: t.unix_ns,
+        mono_ns: t.mono_ns,
+        kind,
+    }
 }

@@ -37,7 +37,9 @@ pub fn register_event_loop() {
 
 pub fn start(uri: String, reconnect_ms: u64, tx: Sender<Event>) -> std::io::Result<Worker> {
     register_event_loop();
-    Worker::spawn("libvirt-events", move |stop| run(uri, Duration::from_millis(reconnect_ms), tx, stop))
+    Worker::spawn("libvirt-events", move |stop| {
+        run(uri, Duration::from_millis(reconnect_ms), tx, stop)
+    })
 }
 
 struct CallbackData {
@@ -46,7 +48,11 @@ struct CallbackData {
 
 fn event(kind: EventKind) -> Event {
     let t = crate::clock::now();
-    Event { ts_unix_ns: t.unix_ns, mono_ns: t.mono_ns, kind }
+    Event {
+        ts_unix_ns: t.unix_ns,
+        mono_ns: t.mono_ns,
+        kind,
+    }
 }
 
 unsafe extern "C" fn lifecycle_cb(
@@ -61,7 +67,11 @@ unsafe extern "C" fn lifecycle_cb(
     let data = unsafe { &*(opaque as *const CallbackData) };
     let name = unsafe {
         let p = sys::virDomainGetName(dom);
-        if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
     };
     let mut buf = [0 as libc::c_char; 64];
     let uuid = unsafe {
@@ -72,7 +82,12 @@ unsafe extern "C" fn lifecycle_cb(
         }
     };
     let (event_s, detail_s) = event_name(ev, detail);
-    let _ = data.tx.send(event(EventKind::Libvirt { domain: name, uuid, event: event_s, detail: detail_s }));
+    let _ = data.tx.send(event(EventKind::Libvirt {
+        domain: name,
+        uuid,
+        event: event_s,
+        detail: detail_s,
+    }));
     0
 }
 
@@ -81,21 +96,35 @@ unsafe extern "C" fn free_cb(opaque: *mut libc::c_void) {
     drop(unsafe { Box::from_raw(opaque as *mut CallbackData) });
 }
 
-unsafe extern "C" fn close_cb(_conn: sys::virConnectPtr, _reason: libc::c_int, opaque: *mut libc::c_void) {
+unsafe extern "C" fn close_cb(
+    _conn: sys::virConnectPtr,
+    _reason: libc::c_int,
+    opaque: *mut libc::c_void,
+) {
     // SAFETY: opaque is the AtomicBool of `run`, which outlives the connection.
     let closed = unsafe { &*(opaque as *const AtomicBool) };
     closed.store(true, Ordering::Relaxed);
 }
 
 /// Registers the lifecycle callback; returns its id.
-fn subscribe(conn: &Connect, tx: Sender<Event>, closed: &AtomicBool) -> Result<libc::c_int, String> {
+fn subscribe(
+    conn: &Connect,
+    tx: Sender<Event>,
+    closed: &AtomicBool,
+) -> Result<libc::c_int, String> {
     let data = Box::into_raw(Box::new(CallbackData { tx }));
     // SAFETY: the lifecycle callback has the virConnectDomainEventCallback
     // signature; libvirt's own VIR_DOMAIN_EVENT_CALLBACK macro casts it to
     // the generic type in the same way. `data` is freed by free_cb.
     let id = unsafe {
         let cb: sys::virConnectDomainEventGenericCallback = Some(std::mem::transmute::<
-            unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, libc::c_int, libc::c_int, *mut libc::c_void) -> libc::c_int,
+            unsafe extern "C" fn(
+                sys::virConnectPtr,
+                sys::virDomainPtr,
+                libc::c_int,
+                libc::c_int,
+                *mut libc::c_void,
+            ) -> libc::c_int,
             unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut libc::c_void),
         >(lifecycle_cb));
         sys::virConnectDomainEventRegisterAny(
@@ -114,7 +143,12 @@ fn subscribe(conn: &Connect, tx: Sender<Event>, closed: &AtomicBool) -> Result<l
     }
     // SAFETY: `closed` lives in `run`'s frame for as long as the connection.
     unsafe {
-        sys::virConnectRegisterCloseCallback(conn.as_ptr(), Some(close_cb), closed as *const AtomicBool as *mut libc::c_void, None);
+        sys::virConnectRegisterCloseCallback(
+            conn.as_ptr(),
+            Some(close_cb),
+            closed as *const AtomicBool as *mut libc::c_void,
+            None,
+        );
     }
     Ok(id)
 }
@@ -128,18 +162,28 @@ fn run(uri: String, reconnect: Duration, tx: Sender<Event>, stop: Arc<AtomicBool
         if conn.is_none() && last_attempt.is_none_or(|t| t.elapsed() >= reconnect) {
             last_attempt = Some(Instant::now());
             closed.store(false, Ordering::Relaxed);
-            match Connect::open_read_only(Some(&uri)).map_err(|e| e.to_string()).and_then(|c| {
-                let id = subscribe(&c, tx.clone(), &closed)?;
-                Ok((c, id))
-            }) {
+            match Connect::open_read_only(Some(&uri))
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    let id = subscribe(&c, tx.clone(), &closed)?;
+                    Ok((c, id))
+                }) {
                 Ok(c) => {
                     conn = Some(c);
                     announced_down = false;
-                    let _ = tx.send(event(EventKind::LibvirtConnection { uri: uri.clone(), connected: true, error: String::new() }));
+                    let _ = tx.send(event(EventKind::LibvirtConnection {
+                        uri: uri.clone(),
+                        connected: true,
+                        error: String::new(),
+                    }));
                 }
                 Err(e) if !announced_down => {
                     announced_down = true;
-                    let _ = tx.send(event(EventKind::LibvirtConnection { uri: uri.clone(), connected: false, error: e }));
+                    let _ = tx.send(event(EventKind::LibvirtConnection {
+                        uri: uri.clone(),
+                        connected: false,
+                        error: e,
+                    }));
                 }
                 Err(_) => {}
             }
@@ -152,7 +196,9 @@ fn run(uri: String, reconnect: Duration, tx: Sender<Event>, stop: Arc<AtomicBool
             std::thread::sleep(Duration::from_millis(250));
         }
         let lost = closed.load(Ordering::Relaxed)
-            || conn.as_ref().is_some_and(|(c, _)| !uri.starts_with("test:") && !c.is_alive().unwrap_or(false));
+            || conn
+                .as_ref()
+                .is_some_and(|(c, _)| !uri.starts_with("test:") && !c.is_alive().unwrap_or(false));
         if lost {
             if let Some((mut c, id)) = conn.take() {
                 // SAFETY: valid connection and callback id from `subscribe`.
@@ -163,7 +209,11 @@ fn run(uri: String, reconnect: Duration, tx: Sender<Event>, stop: Arc<AtomicBool
                 let _ = c.close();
             }
             announced_down = true;
-            let _ = tx.send(event(EventKind::LibvirtConnection { uri: uri.clone(), connected: false, error: "connection closed".into() }));
+            let _ = tx.send(event(EventKind::LibvirtConnection {
+                uri: uri.clone(),
+                connected: false,
+                error: "connection closed".into(),
+            }));
         }
     }
     if let Some((mut c, id)) = conn.take() {

@@ -27,8 +27,14 @@ impl Worker {
     ) -> std::io::Result<Worker> {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = std::sync::Arc::clone(&stop);
-        let thread = std::thread::Builder::new().name(format!("hvflight-{name}")).spawn(move || body(flag))?;
-        Ok(Worker { name, stop, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name(format!("hvflight-{name}"))
+            .spawn(move || body(flag))?;
+        Ok(Worker {
+            name,
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -49,10 +55,7 @@ pub type Started = (Vec<Box<dyn EventSource>>, Vec<(&'static str, String)>);
 
 /// Starts every event source the config enables. Returns the running ones
 /// and, for those that could not start, (name, why).
-pub fn start_all(
-    cfg: &Config,
-    tx: Sender<Event>,
-) -> Started {
+pub fn start_all(cfg: &Config, tx: Sender<Event>) -> Started {
     let mut running: Vec<Box<dyn EventSource>> = Vec::new();
     let mut failed = Vec::new();
     match rtnetlink::start(tx.clone()) {
@@ -60,13 +63,21 @@ pub fn start_all(
         Err(e) => failed.push(("rtnetlink", e.to_string())),
     }
     if cfg.collect.kmsg {
-        match kmsg::start(cfg.collect.kmsg_path.clone(), cfg.collect.kmsg_max_lines_per_s, tx.clone()) {
+        match kmsg::start(
+            cfg.collect.kmsg_path.clone(),
+            cfg.collect.kmsg_max_lines_per_s,
+            tx.clone(),
+        ) {
             Ok(s) => running.push(Box::new(s)),
             Err(e) => failed.push(("kmsg", format!("{}: {e}", cfg.collect.kmsg_path.display()))),
         }
     }
     if !cfg.collect.disabled.iter().any(|d| d == "libvirt") {
-        match libvirt::start(cfg.agent.libvirt_uri.clone(), cfg.collect.libvirt_reconnect_ms, tx) {
+        match libvirt::start(
+            cfg.agent.libvirt_uri.clone(),
+            cfg.collect.libvirt_reconnect_ms,
+            tx,
+        ) {
             Ok(s) => running.push(Box::new(s)),
             Err(e) => failed.push(("libvirt-events", e.to_string())),
         }

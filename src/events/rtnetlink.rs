@@ -31,7 +31,12 @@ const RTNLGRP_IPV6_IFADDR: u32 = 9;
 fn open() -> std::io::Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
     s.bind(&SocketAddr::new(0, 0))?;
-    for g in [RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR] {
+    for g in [
+        RTNLGRP_LINK,
+        RTNLGRP_NEIGH,
+        RTNLGRP_IPV4_IFADDR,
+        RTNLGRP_IPV6_IFADDR,
+    ] {
         s.add_membership(g)?;
     }
     // A big buffer rides out bursts (an FDB flush on a 500-port bridge).
@@ -85,22 +90,38 @@ fn run(socket: Socket, tx: Sender<Event>, stop: Arc<AtomicBool>) {
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 let _ = tx.send(now_event(EventKind::Loss {
                     source: "rtnetlink".into(),
-                    detail: "receive buffer overrun (ENOBUFS); state re-read by the next sample".into(),
+                    detail: "receive buffer overrun (ENOBUFS); state re-read by the next sample"
+                        .into(),
                     count: 0,
                 }));
                 continue;
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "rtnetlink events: receive failed; stopping");
-                let _ = tx.send(now_event(EventKind::Loss { source: "rtnetlink".into(), detail: format!("receive failed: {e}"), count: 0 }));
+                let _ = tx.send(now_event(EventKind::Loss {
+                    source: "rtnetlink".into(),
+                    detail: format!("receive failed: {e}"),
+                    count: 0,
+                }));
                 return;
             }
         };
         let t = crate::clock::now();
         let mut off = 0;
         while off < n {
-            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..n]) else { break };
+            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..n]) else {
+                break;
+            };
             let len = msg.header.length as usize;
             if len == 0 {
                 break;
@@ -108,7 +129,14 @@ fn run(socket: Socket, tx: Sender<Event>, stop: Arc<AtomicBool>) {
             off += (len + 3) & !3;
             if let NetlinkPayload::InnerMessage(m) = msg.payload {
                 if let Some(kind) = to_event(&m, &mut names) {
-                    if tx.send(Event { ts_unix_ns: t.unix_ns, mono_ns: t.mono_ns, kind }).is_err() {
+                    if tx
+                        .send(Event {
+                            ts_unix_ns: t.unix_ns,
+                            mono_ns: t.mono_ns,
+                            kind,
+                        })
+                        .is_err()
+                    {
                         return; // agent gone
                     }
                 }
@@ -119,7 +147,11 @@ fn run(socket: Socket, tx: Sender<Event>, stop: Arc<AtomicBool>) {
 
 fn now_event(kind: EventKind) -> Event {
     let t = crate::clock::now();
-    Event { ts_unix_ns: t.unix_ns, mono_ns: t.mono_ns, kind }
+    Event {
+        ts_unix_ns: t.unix_ns,
+        mono_ns: t.mono_ns,
+        kind,
+    }
 }
 
 /// Pure conversion of one multicast message into an event.
@@ -130,11 +162,19 @@ pub fn to_event(m: &RouteNetlinkMessage, names: &mut HashMap<u32, String>) -> Op
             link_event(l, del, names)
         }
         RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
-            let action = if matches!(m, RouteNetlinkMessage::DelNeighbour(_)) { "del" } else { "new" };
+            let action = if matches!(m, RouteNetlinkMessage::DelNeighbour(_)) {
+                "del"
+            } else {
+                "new"
+            };
             neigh_event(n, action, names)
         }
         RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
-            let action = if matches!(m, RouteNetlinkMessage::DelAddress(_)) { "del" } else { "new" };
+            let action = if matches!(m, RouteNetlinkMessage::DelAddress(_)) {
+                "del"
+            } else {
+                "new"
+            };
             addr_event(a, action, names)
         }
         _ => None,
@@ -146,7 +186,10 @@ fn link_event(l: &LinkMessage, del: bool, names: &mut HashMap<u32, String>) -> O
     let link = p.link;
     // AF_BRIDGE link messages (port state changes) carry the port's state in
     // IFLA_PROTINFO; the generic ones carry it in the slave data.
-    let port_state = p.port_info.as_ref().map(|info| crate::collect::links::port_from(&link, info).state);
+    let port_state = p
+        .port_info
+        .as_ref()
+        .map(|info| crate::collect::links::port_from(&link, info).state);
     if del {
         names.remove(&link.ifindex);
     } else if !link.name.is_empty() {
@@ -166,7 +209,11 @@ fn link_event(l: &LinkMessage, del: bool, names: &mut HashMap<u32, String>) -> O
     })
 }
 
-fn neigh_event(n: &NeighbourMessage, action: &str, names: &HashMap<u32, String>) -> Option<EventKind> {
+fn neigh_event(
+    n: &NeighbourMessage,
+    action: &str,
+    names: &HashMap<u32, String>,
+) -> Option<EventKind> {
     if n.header.family == AddressFamily::Bridge {
         let e = parse_fdb(n, names)?;
         return Some(EventKind::Fdb {

@@ -37,7 +37,10 @@ pub fn parse(xml: &str) -> Result<DomainXml, String> {
             });
         }
     }
-    if let Some(inst) = root.descendants().find(|n| n.tag_name().namespace() == Some(NOVA_NS) && n.tag_name().name() == "instance") {
+    if let Some(inst) = root
+        .descendants()
+        .find(|n| n.tag_name().namespace() == Some(NOVA_NS) && n.tag_name().name() == "instance")
+    {
         let text = |name: &str| -> String {
             inst.descendants()
                 .find(|n| n.tag_name().namespace() == Some(NOVA_NS) && n.tag_name().name() == name)
@@ -81,30 +84,105 @@ pub fn state_name(state: u32) -> &'static str {
 /// libvirt's reason names per state (virDomain*Reason).
 pub fn reason_name(state: u32, reason: i32) -> String {
     let names: &[&str] = match state {
-        1 => &["unknown", "booted", "migrated", "restored", "from_snapshot", "unpaused", "migration_canceled", "save_canceled", "wakeup", "crashed", "postcopy", "postcopy_failed"],
-        3 => &["unknown", "user", "migration", "save", "dump", "ioerror", "watchdog", "from_snapshot", "shutting_down", "snapshot", "crashed", "starting_up", "postcopy", "postcopy_failed", "api_error"],
+        1 => &[
+            "unknown",
+            "booted",
+            "migrated",
+            "restored",
+            "from_snapshot",
+            "unpaused",
+            "migration_canceled",
+            "save_canceled",
+            "wakeup",
+            "crashed",
+            "postcopy",
+            "postcopy_failed",
+        ],
+        3 => &[
+            "unknown",
+            "user",
+            "migration",
+            "save",
+            "dump",
+            "ioerror",
+            "watchdog",
+            "from_snapshot",
+            "shutting_down",
+            "snapshot",
+            "crashed",
+            "starting_up",
+            "postcopy",
+            "postcopy_failed",
+            "api_error",
+        ],
         4 => &["unknown", "user"],
-        5 => &["unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot", "daemon"],
+        5 => &[
+            "unknown",
+            "shutdown",
+            "destroyed",
+            "crashed",
+            "migrated",
+            "saved",
+            "failed",
+            "from_snapshot",
+            "daemon",
+        ],
         6 => &["unknown", "panicked"],
         _ => &["unknown"],
     };
-    names.get(reason as usize).map(|s| s.to_string()).unwrap_or_else(|| format!("reason_{reason}"))
+    names
+        .get(reason as usize)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("reason_{reason}"))
 }
 
 /// Lifecycle event names (virDomainEventType) and their details.
 pub fn event_name(event: i32, detail: i32) -> (String, String) {
-    let ev = ["defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown", "pmsuspended", "crashed"];
+    let ev = [
+        "defined",
+        "undefined",
+        "started",
+        "suspended",
+        "resumed",
+        "stopped",
+        "shutdown",
+        "pmsuspended",
+        "crashed",
+    ];
     let details: &[&str] = match event {
         2 => &["booted", "migrated", "restored", "from_snapshot", "wakeup"],
-        3 => &["paused", "migrated", "ioerror", "watchdog", "restored", "from_snapshot", "api_error", "postcopy", "postcopy_failed"],
+        3 => &[
+            "paused",
+            "migrated",
+            "ioerror",
+            "watchdog",
+            "restored",
+            "from_snapshot",
+            "api_error",
+            "postcopy",
+            "postcopy_failed",
+        ],
         4 => &["unpaused", "migrated", "from_snapshot", "postcopy"],
-        5 => &["shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot"],
+        5 => &[
+            "shutdown",
+            "destroyed",
+            "crashed",
+            "migrated",
+            "saved",
+            "failed",
+            "from_snapshot",
+        ],
         8 => &["panicked", "crashloaded"],
         _ => &[],
     };
     (
-        ev.get(event as usize).map(|s| s.to_string()).unwrap_or_else(|| format!("event_{event}")),
-        details.get(detail as usize).map(|s| s.to_string()).unwrap_or_else(|| detail.to_string()),
+        ev.get(event as usize)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| format!("event_{event}")),
+        details
+            .get(detail as usize)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| detail.to_string()),
     )
 }
 
@@ -116,7 +194,10 @@ mod tests {
     fn nova_domain() {
         // tests/fixtures/libvirt/nova-instance.xml: shaped like a nova-compute
         // generated domain (OpenStack 2023.x), addresses and ids made up.
-        let d = parse(include_str!("../../tests/fixtures/libvirt/nova-instance.xml")).unwrap();
+        let d = parse(include_str!(
+            "../../tests/fixtures/libvirt/nova-instance.xml"
+        ))
+        .unwrap();
         assert_eq!(d.vnics.len(), 2);
         assert_eq!(d.vnics[0].mac, "fa:16:3e:4b:6a:01");
         assert_eq!(d.vnics[0].target_dev, "tap3f2a1b4c-5d");
@@ -145,6 +226,9 @@ mod tests {
         assert_eq!(reason_name(5, 3), "crashed");
         assert_eq!(reason_name(1, 2), "migrated");
         assert_eq!(reason_name(5, 99), "reason_99");
-        assert_eq!(event_name(5, 2), ("stopped".to_string(), "crashed".to_string()));
+        assert_eq!(
+            event_name(5, 2),
+            ("stopped".to_string(), "crashed".to_string())
+        );
     }
 }

@@ -43,7 +43,9 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 3 < b.len() && b[i + 1] == b'x' {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 2..i + 4]).unwrap_or("zz"), 16) {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 2..i + 4]).unwrap_or("zz"), 16)
+            {
                 out.push(v);
                 i += 4;
                 continue;
@@ -57,14 +59,23 @@ fn unescape(s: &str) -> String {
 
 /// (catalogue id, pattern) — from shared/failure-catalog.md's evidence column.
 const SIGNATURES: &[(&str, &str)] = &[
-    ("F1", r"NETDEV WATCHDOG: (\S+) \((\S+)\): transmit queue (\d+) timed out"),
+    (
+        "F1",
+        r"NETDEV WATCHDOG: (\S+) \((\S+)\): transmit queue (\d+) timed out",
+    ),
     ("F1", r"Detected (Hardware|Tx) Unit Hang"),
     ("F1", r"Reset adapter"),
     ("F2", r"[Ll]ink is [Dd]own"),
     ("F2", r"entered disabled state"),
-    ("F3", r"nf_conntrack: (nf_conntrack: )?table full, dropping packet"),
+    (
+        "F3",
+        r"nf_conntrack: (nf_conntrack: )?table full, dropping packet",
+    ),
     ("F4", r"[Nn]eighbou?r table overflow"),
-    ("F6", r"received packet on (\S+) with own address as source address"),
+    (
+        "F6",
+        r"received packet on (\S+) with own address as source address",
+    ),
     ("F8", r"port (\d+)\((\S+)\) entered (\w+) state"),
     ("F21", r"page allocation failure: ?order:(\d+)"),
     ("F22", r"Out of memory: Kill(ed)? process (\d+) \((\S+)\)"),
@@ -74,13 +85,19 @@ const SIGNATURES: &[(&str, &str)] = &[
     // The catalogue's `rcu_.*stall` also matched the boot command line
     // ("rcupdate.rcu_cpu_stall_cputime=1"); anchored on the kernel's wording.
     ("F23", r"rcu_\w+ (self-)?detected stalls?"),
-    ("F24", r"bond\d+: .*(link status definitely down|No 802\.3ad response)"),
+    (
+        "F24",
+        r"bond\d+: .*(link status definitely down|No 802\.3ad response)",
+    ),
 ];
 
 fn compiled() -> &'static Vec<(&'static str, Regex)> {
     static C: OnceLock<Vec<(&'static str, Regex)>> = OnceLock::new();
     C.get_or_init(|| {
-        SIGNATURES.iter().map(|(id, p)| (*id, Regex::new(p).expect("catalogue pattern compiles"))).collect()
+        SIGNATURES
+            .iter()
+            .map(|(id, p)| (*id, Regex::new(p).expect("catalogue pattern compiles")))
+            .collect()
     })
 }
 
@@ -112,11 +129,25 @@ mod tests {
 
     #[test]
     fn fields_and_continuation() {
-        let r = parse_record("4,1234,5678901,-;br0: port 1(uplink0) entered disabled state\n SUBSYSTEM=net\n").unwrap();
-        assert_eq!((r.priority, r.facility, r.seq, r.boot_us), (4, 0, 1234, 5_678_901));
+        let r = parse_record(
+            "4,1234,5678901,-;br0: port 1(uplink0) entered disabled state\n SUBSYSTEM=net\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.priority, r.facility, r.seq, r.boot_us),
+            (4, 0, 1234, 5_678_901)
+        );
         assert_eq!(r.text, "br0: port 1(uplink0) entered disabled state");
-        assert_eq!(parse_record("14,7,9,-,caller=T1;hello\\x09world").unwrap().text, "hello\tworld");
-        assert_eq!(parse_record("14,7,9,-,caller=T1;hello").unwrap().facility, 1);
+        assert_eq!(
+            parse_record("14,7,9,-,caller=T1;hello\\x09world")
+                .unwrap()
+                .text,
+            "hello\tworld"
+        );
+        assert_eq!(
+            parse_record("14,7,9,-,caller=T1;hello").unwrap().facility,
+            1
+        );
         assert!(parse_record("garbage").is_none());
         assert!(parse_record("x,1,2,-;t").is_none());
     }
@@ -142,15 +173,26 @@ mod tests {
             ("bond0: (slave eth1): link status definitely down, disabling slave", "F24"),
         ];
         for (line, id) in cases {
-            assert!(tags(line).contains(&id.to_string()), "{line:?} not tagged {id}: {:?}", tags(line));
+            assert!(
+                tags(line).contains(&id.to_string()),
+                "{line:?} not tagged {id}: {:?}",
+                tags(line)
+            );
         }
     }
 
     #[test]
     fn ordinary_lines_are_not_tagged() {
-        for line in include_str!("../../tests/fixtures/kmsg/boot.txt").lines().filter_map(parse_record) {
+        for line in include_str!("../../tests/fixtures/kmsg/boot.txt")
+            .lines()
+            .filter_map(parse_record)
+        {
             let t = tags(&line.text);
-            assert!(t.is_empty() || line.text.contains("state"), "{:?} tagged {t:?}", line.text);
+            assert!(
+                t.is_empty() || line.text.contains("state"),
+                "{:?} tagged {t:?}",
+                line.text
+            );
         }
         assert!(tags("virtio_net virtio0 eth0: renamed from veth").is_empty());
     }

@@ -20,13 +20,26 @@ pub fn parse(text: &str) -> Result<Vec<SoftnetCpu>, ParseError> {
         if line.trim().is_empty() {
             continue;
         }
-        let cols: Result<Vec<u64>, _> = line.split_whitespace().map(|c| u64::from_str_radix(c, 16)).collect();
-        let cols = cols.map_err(|e| ParseError { line: i + 1, msg: format!("not hex: {e}") })?;
+        let cols: Result<Vec<u64>, _> = line
+            .split_whitespace()
+            .map(|c| u64::from_str_radix(c, 16))
+            .collect();
+        let cols = cols.map_err(|e| ParseError {
+            line: i + 1,
+            msg: format!("not hex: {e}"),
+        })?;
         if cols.len() < 10 {
-            return Err(ParseError { line: i + 1, msg: format!("{} columns, expected at least 10", cols.len()) });
+            return Err(ParseError {
+                line: i + 1,
+                msg: format!("{} columns, expected at least 10", cols.len()),
+            });
         }
         out.push(SoftnetCpu {
-            cpu: if cols.len() >= 13 { cols[12] as u32 } else { i as u32 },
+            cpu: if cols.len() >= 13 {
+                cols[12] as u32
+            } else {
+                i as u32
+            },
             processed: cols[0],
             dropped: cols[1],
             time_squeeze: cols[2],
@@ -57,8 +70,14 @@ mod tests {
         let t = "0000a000 00000002 00000010 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000\n\
                  0000b000 00000000 00000001 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000003\n";
         let rows = parse(t).unwrap();
-        assert_eq!((rows[0].cpu, rows[0].dropped, rows[0].time_squeeze), (0, 2, 16));
-        assert_eq!((rows[1].cpu, rows[1].flow_limit_count, rows[1].backlog_len), (1, 3, None));
+        assert_eq!(
+            (rows[0].cpu, rows[0].dropped, rows[0].time_squeeze),
+            (0, 2, 16)
+        );
+        assert_eq!(
+            (rows[1].cpu, rows[1].flow_limit_count, rows[1].backlog_len),
+            (1, 3, None)
+        );
     }
 
     #[test]

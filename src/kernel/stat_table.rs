@@ -16,11 +16,17 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, u64>, ParseError> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines
         .next()
-        .ok_or(ParseError { line: 1, msg: "empty file".into() })?
+        .ok_or(ParseError {
+            line: 1,
+            msg: "empty file".into(),
+        })?
         .split_whitespace()
         .collect();
     if header.is_empty() {
-        return Err(ParseError { line: 1, msg: "no column names".into() });
+        return Err(ParseError {
+            line: 1,
+            msg: "no column names".into(),
+        });
     }
     let mut out: BTreeMap<String, u64> = header.iter().map(|h| (h.to_string(), 0)).collect();
     for (i, line) in lines.enumerate() {
@@ -35,8 +41,10 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, u64>, ParseError> {
             });
         }
         for (name, f) in header.iter().zip(fields) {
-            let v = u64::from_str_radix(f, 16)
-                .map_err(|e| ParseError { line: i + 2, msg: format!("column {name}: {f:?}: {e}") })?;
+            let v = u64::from_str_radix(f, 16).map_err(|e| ParseError {
+                line: i + 2,
+                msg: format!("column {name}: {f:?}: {e}"),
+            })?;
             let slot = out.get_mut(*name).expect("header key");
             if *name == "entries" {
                 *slot = v;

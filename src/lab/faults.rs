@@ -54,7 +54,10 @@ pub(crate) fn hold_tap(ns: &str, tap: &str) -> Result<Child, LabError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| LabError::Spawn { cmd: "python3 tap holder".into(), source })?;
+        .map_err(|source| LabError::Spawn {
+            cmd: "python3 tap holder".into(),
+            source,
+        })?;
     // Wait for "ready" so the tap has carrier before the lab is handed out.
     use std::io::BufRead;
     let mut line = String::new();
@@ -80,7 +83,9 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<(), LabError> {
 }
 
 fn guest(lab: &Lab, i: usize) -> Result<&super::Guest, LabError> {
-    lab.guests.get(i).ok_or_else(|| LabError::Invalid(format!("no guest {i}")))
+    lab.guests
+        .get(i)
+        .ok_or_else(|| LabError::Invalid(format!("no guest {i}")))
 }
 
 pub fn inject(lab: &Lab, f: &Fault) -> Result<(), LabError> {
@@ -101,19 +106,44 @@ pub fn inject(lab: &Lab, f: &Fault) -> Result<(), LabError> {
             // `sticky`: since Linux 4.x learning moves even static entries when the
             // guest sends again; a real loop keeps re-teaching the uplink, sticky
             // stands in for that.
-            run(&["bridge", "-n", hv, "fdb", "replace", &g.mac, "dev", &lab.uplink, "master", "static", "sticky"]).map(|_| ())
+            run(&[
+                "bridge",
+                "-n",
+                hv,
+                "fdb",
+                "replace",
+                &g.mac,
+                "dev",
+                &lab.uplink,
+                "master",
+                "static",
+                "sticky",
+            ])
+            .map(|_| ())
         }
         Fault::LearningFloodOff { port } => {
-            run(&["bridge", "-n", hv, "link", "set", "dev", port, "learning", "off", "flood", "off"])?;
+            run(&[
+                "bridge", "-n", hv, "link", "set", "dev", port, "learning", "off", "flood", "off",
+            ])?;
             // Already learned entries keep working until they age out: flush them.
             for g in lab.guests.iter().filter(|g| &g.host_port == port) {
-                let _ = run(&["bridge", "-n", hv, "fdb", "del", &g.mac, "dev", port, "master"]);
+                let _ = run(&[
+                    "bridge", "-n", hv, "fdb", "del", &g.mac, "dev", port, "master",
+                ]);
             }
             Ok(())
         }
-        Fault::MtuMismatch { mtu } => {
-            run(&["ip", "-n", &lab.switch_ns, "link", "set", &lab.switch_port, "mtu", &mtu.to_string()]).map(|_| ())
-        }
+        Fault::MtuMismatch { mtu } => run(&[
+            "ip",
+            "-n",
+            &lab.switch_ns,
+            "link",
+            "set",
+            &lab.switch_port,
+            "mtu",
+            &mtu.to_string(),
+        ])
+        .map(|_| ()),
         Fault::TapNotDrained { guest: i } => {
             let g = guest(lab, *i)?;
             let pid = lab
@@ -124,13 +154,38 @@ pub fn inject(lab: &Lab, f: &Fault) -> Result<(), LabError> {
             // learned (the guest sends nothing), so the bridge floods it to
             // the tap, whose queue fills.
             let ip = g.ip.to_string();
-            run(&["ip", "-n", &lab.switch_ns, "neigh", "replace", &ip, "lladdr", &g.mac, "dev", &lab.switch_port])?;
+            run(&[
+                "ip",
+                "-n",
+                &lab.switch_ns,
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                &g.mac,
+                "dev",
+                &lab.switch_port,
+            ])?;
             let child = Command::new("ip")
-                .args(["netns", "exec", &lab.switch_ns, "ping", "-q", "-i", "0.01", "-s", "1000", &ip])
+                .args([
+                    "netns",
+                    "exec",
+                    &lab.switch_ns,
+                    "ping",
+                    "-q",
+                    "-i",
+                    "0.01",
+                    "-s",
+                    "1000",
+                    &ip,
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .map_err(|source| LabError::Spawn { cmd: "ping".into(), source })?;
+                .map_err(|source| LabError::Spawn {
+                    cmd: "ping".into(),
+                    source,
+                })?;
             lab.spawned(child);
             Ok(())
         }
@@ -144,19 +199,40 @@ pub fn revert(lab: &Lab, f: &Fault) -> Result<(), LabError> {
         Fault::PortDisabled { port } => {
             run(&["bridge", "-n", hv, "link", "set", "dev", port, "state", "3"]).map(|_| ())
         }
-        Fault::NftBridgeDrop => {
-            run(&["ip", "netns", "exec", hv, "nft", "delete", "table", "bridge", NFT_TABLE]).map(|_| ())
-        }
+        Fault::NftBridgeDrop => run(&[
+            "ip", "netns", "exec", hv, "nft", "delete", "table", "bridge", NFT_TABLE,
+        ])
+        .map(|_| ()),
         Fault::FdbHijack { guest: i } => {
             let g = guest(lab, *i)?;
-            run(&["bridge", "-n", hv, "fdb", "del", &g.mac, "dev", &lab.uplink, "master"]).map(|_| ())
+            run(&[
+                "bridge",
+                "-n",
+                hv,
+                "fdb",
+                "del",
+                &g.mac,
+                "dev",
+                &lab.uplink,
+                "master",
+            ])
+            .map(|_| ())
         }
-        Fault::LearningFloodOff { port } => {
-            run(&["bridge", "-n", hv, "link", "set", "dev", port, "learning", "on", "flood", "on"]).map(|_| ())
-        }
-        Fault::MtuMismatch { .. } => {
-            run(&["ip", "-n", &lab.switch_ns, "link", "set", &lab.switch_port, "mtu", "1500"]).map(|_| ())
-        }
+        Fault::LearningFloodOff { port } => run(&[
+            "bridge", "-n", hv, "link", "set", "dev", port, "learning", "on", "flood", "on",
+        ])
+        .map(|_| ()),
+        Fault::MtuMismatch { .. } => run(&[
+            "ip",
+            "-n",
+            &lab.switch_ns,
+            "link",
+            "set",
+            &lab.switch_port,
+            "mtu",
+            "1500",
+        ])
+        .map(|_| ()),
         Fault::TapNotDrained { guest: i } => {
             let g = guest(lab, *i)?;
             if let Some(pid) = lab.tap_holder(&g.host_port) {

@@ -28,7 +28,11 @@ pub use faults::Fault;
 #[derive(Debug, Error)]
 pub enum LabError {
     #[error("lab command `{cmd}` failed ({status}): {stderr}")]
-    Command { cmd: String, status: String, stderr: String },
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
     #[error("lab: cannot run `{cmd}`: {source}")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("lab: {0}")]
@@ -53,7 +57,13 @@ pub struct LabConfig {
 
 impl Default for LabConfig {
     fn default() -> Self {
-        LabConfig { guests: 2, tap_guests: 0, bridge: "br0".into(), traffic: false, nova_metadata: false }
+        LabConfig {
+            guests: 2,
+            tap_guests: 0,
+            bridge: "br0".into(),
+            traffic: false,
+            nova_metadata: false,
+        }
     }
 }
 
@@ -102,11 +112,16 @@ pub fn run(args: &[&str]) -> Result<String, LabError> {
 fn run_input(args: &[&str], input: Option<&str>) -> Result<String, LabError> {
     let cmd = args.join(" ");
     let mut c = Command::new(args[0]);
-    c.args(&args[1..]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.args(&args[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if input.is_some() {
         c.stdin(Stdio::piped());
     }
-    let mut child = c.spawn().map_err(|source| LabError::Spawn { cmd: cmd.clone(), source })?;
+    let mut child = c.spawn().map_err(|source| LabError::Spawn {
+        cmd: cmd.clone(),
+        source,
+    })?;
     if let Some(text) = input {
         use std::io::Write;
         if let Some(mut stdin) = child.stdin.take() {
@@ -151,9 +166,13 @@ pub fn list_namespaces() -> Vec<String> {
 pub fn cleanup_stale() -> usize {
     let mut removed = 0;
     for ns in list_namespaces() {
-        let Some(rest) = ns.strip_prefix(PREFIX) else { continue };
+        let Some(rest) = ns.strip_prefix(PREFIX) else {
+            continue;
+        };
         let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        let Ok(pid) = pid.parse::<i32>() else { continue };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
         if std::path::Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
@@ -167,7 +186,12 @@ pub fn cleanup_stale() -> usize {
 /// Guest i's MAC under `prefix` (the last three octets encode i + 1).
 pub fn mac(prefix: &str, i: usize) -> String {
     let n = i + 1;
-    format!("{prefix}:{:02x}:{:02x}:{:02x}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)
+    format!(
+        "{prefix}:{:02x}:{:02x}:{:02x}",
+        (n >> 16) & 0xff,
+        (n >> 8) & 0xff,
+        n & 0xff
+    )
 }
 
 /// Deterministic UUID per lab and guest (the test driver needs valid ones).
@@ -178,7 +202,10 @@ fn uuid(lab: u32, pid: u32, i: usize) -> String {
 impl Lab {
     pub fn start(cfg: LabConfig) -> Result<Lab, LabError> {
         if cfg.bridge.is_empty() || cfg.bridge.len() > 15 {
-            return Err(LabError::Invalid(format!("bad bridge name {:?}", cfg.bridge)));
+            return Err(LabError::Invalid(format!(
+                "bad bridge name {:?}",
+                cfg.bridge
+            )));
         }
         let total = cfg.guests + cfg.tap_guests;
         if total > 4000 {
@@ -217,7 +244,10 @@ impl Lab {
             &[
                 "link set lo up".into(),
                 format!("link add {br} type bridge stp_state 0 forward_delay 0"),
-                format!("link add {} type veth peer name {} netns {sw}", self.uplink, self.switch_port),
+                format!(
+                    "link add {} type veth peer name {} netns {sw}",
+                    self.uplink, self.switch_port
+                ),
                 format!("link set {} master {br} up", self.uplink),
                 format!("link set {br} up"),
             ],
@@ -232,17 +262,30 @@ impl Lab {
         )?;
 
         let pid = std::process::id();
-        let lab_n: u32 = self.id.rsplit('x').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let lab_n: u32 = self
+            .id
+            .rsplit('x')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let total = cfg.guests + cfg.tap_guests;
         let mut hv_lines = Vec::new();
         for i in 0..total {
             let tap = i >= cfg.guests;
-            let host_port = if tap { format!("tap{}", i - cfg.guests) } else { format!("vnet{i}") };
+            let host_port = if tap {
+                format!("tap{}", i - cfg.guests)
+            } else {
+                format!("vnet{i}")
+            };
             let ip = Ipv4Addr::new(10, 77, 1 + (i / 250) as u8, 10 + (i % 250) as u8);
             let g = Guest {
                 name: format!("guest{i}"),
                 uuid: uuid(lab_n, pid, i),
-                ns: if tap { None } else { Some(format!("{}g{i}", self.id)) },
+                ns: if tap {
+                    None
+                } else {
+                    Some(format!("{}g{i}", self.id))
+                },
                 mac: mac("52:54:00", i),
                 host_port: host_port.clone(),
                 host_mac: mac("fe:54:00", i),
@@ -257,7 +300,10 @@ impl Lab {
                 ));
             } else {
                 hv_lines.push(format!("tuntap add dev {host_port} mode tap"));
-                hv_lines.push(format!("link set {host_port} address {} txqueuelen 16", g.host_mac));
+                hv_lines.push(format!(
+                    "link set {host_port} address {} txqueuelen 16",
+                    g.host_mac
+                ));
             }
             hv_lines.push(format!("link set {host_port} master {br} up"));
             self.guests.push(g);
@@ -279,7 +325,10 @@ impl Lab {
         for g in self.guests.clone() {
             if g.tap {
                 let child = faults::hold_tap(&self.hv_ns, &g.host_port)?;
-                self.tap_holders.lock().unwrap_or_else(|e| e.into_inner()).insert(g.host_port.clone(), child.id());
+                self.tap_holders
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(g.host_port.clone(), child.id());
                 self.spawned(child);
             }
         }
@@ -287,11 +336,23 @@ impl Lab {
             for g in &self.guests {
                 if let Some(ns) = &g.ns {
                     let child = Command::new("ip")
-                        .args(["netns", "exec", ns, "ping", "-q", "-i", "1", &self.gateway_ip.to_string()])
+                        .args([
+                            "netns",
+                            "exec",
+                            ns,
+                            "ping",
+                            "-q",
+                            "-i",
+                            "1",
+                            &self.gateway_ip.to_string(),
+                        ])
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .spawn()
-                        .map_err(|source| LabError::Spawn { cmd: "ping".into(), source })?;
+                        .map_err(|source| LabError::Spawn {
+                            cmd: "ping".into(),
+                            source,
+                        })?;
                     self.spawned(child);
                 }
             }
@@ -302,11 +363,18 @@ impl Lab {
 
     /// Keeps a child process to be killed when the lab goes away.
     pub fn spawned(&self, child: Child) {
-        self.children.lock().unwrap_or_else(|e| e.into_inner()).push(child);
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
     }
 
     pub(crate) fn tap_holder(&self, tap: &str) -> Option<u32> {
-        self.tap_holders.lock().unwrap_or_else(|e| e.into_inner()).get(tap).copied()
+        self.tap_holders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tap)
+            .copied()
     }
 
     /// `test:///…/node.xml` for libvirt's in-process test driver.
@@ -328,15 +396,39 @@ impl Lab {
     /// Pings the gateway from guest `i` (`count` pings, 0.2 s apart, 1 s
     /// deadline per ping); true if any answered.
     pub fn ping_from_guest(&self, i: usize, count: u32) -> bool {
-        let Some(ns) = self.guests.get(i).and_then(|g| g.ns.clone()) else { return false };
+        let Some(ns) = self.guests.get(i).and_then(|g| g.ns.clone()) else {
+            return false;
+        };
         let c = count.max(1).to_string();
         let deadline = (count.max(1) + 1).to_string();
-        self.exec_in(&ns, &["ping", "-q", "-c", &c, "-i", "0.2", "-w", &deadline, &self.gateway_ip.to_string()])
-            .is_ok()
+        self.exec_in(
+            &ns,
+            &[
+                "ping",
+                "-q",
+                "-c",
+                &c,
+                "-i",
+                "0.2",
+                "-w",
+                &deadline,
+                &self.gateway_ip.to_string(),
+            ],
+        )
+        .is_ok()
     }
 
     pub fn set_link(&self, ns: &str, dev: &str, up: bool) -> Result<(), LabError> {
-        run(&["ip", "-n", ns, "link", "set", dev, if up { "up" } else { "down" }]).map(|_| ())
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "link",
+            "set",
+            dev,
+            if up { "up" } else { "down" },
+        ])
+        .map(|_| ())
     }
 
     pub fn inject(&self, f: &Fault) -> Result<(), LabError> {
@@ -364,7 +456,10 @@ impl Drop for Lab {
         }
         // Deleting a namespace removes the veths and taps inside it.
         for ns in self.namespaces() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

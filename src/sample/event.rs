@@ -124,5 +124,9 @@ pub enum EventKind {
         domain: String,
     },
     /// Something the agent itself noticed (start, stop, clock jump, own stall).
-    Agent { what: String, #[serde(default)] detail: String },
+    Agent {
+        what: String,
+        #[serde(default)]
+        detail: String,
+    },
 }

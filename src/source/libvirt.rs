@@ -48,20 +48,33 @@ impl LibvirtWorker {
         // in the sample instead.
         virt::error::clear_error_callback();
         let (tx, rx) = mpsc::channel::<Sender<Reply>>();
-        let mut st = State { uri: uri.clone(), conn: None, last_attempt: None, reconnect, xml_refresh, xml_cache: HashMap::new() };
-        let spawned = std::thread::Builder::new().name("hvflight-libvirt".into()).spawn(move || {
-            for reply in rx {
-                let r = st.snapshot();
-                let _ = reply.send(r);
-            }
-            if let Some(mut c) = st.conn.take() {
-                let _ = c.close();
-            }
-        });
+        let mut st = State {
+            uri: uri.clone(),
+            conn: None,
+            last_attempt: None,
+            reconnect,
+            xml_refresh,
+            xml_cache: HashMap::new(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("hvflight-libvirt".into())
+            .spawn(move || {
+                for reply in rx {
+                    let r = st.snapshot();
+                    let _ = reply.send(r);
+                }
+                if let Some(mut c) = st.conn.take() {
+                    let _ = c.close();
+                }
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the libvirt worker thread");
         }
-        LibvirtWorker { uri, tx, pending: None }
+        LibvirtWorker {
+            uri,
+            tx,
+            pending: None,
+        }
     }
 
     /// Asks the worker for the domains and waits at most `timeout`. If an
@@ -74,7 +87,13 @@ impl LibvirtWorker {
                     Err(mpsc::TryRecvError::Empty) => {
                         let waited = since.elapsed();
                         self.pending = Some((rx, since));
-                        return Err((format!("previous libvirt call still running after {} ms", waited.as_millis()), true));
+                        return Err((
+                            format!(
+                                "previous libvirt call still running after {} ms",
+                                waited.as_millis()
+                            ),
+                            true,
+                        ));
                     }
                 }
             }
@@ -84,15 +103,22 @@ impl LibvirtWorker {
             Ok(r) => r.map_err(|e| (e, false)),
             Err(RecvTimeoutError::Timeout) => {
                 self.pending = Some((rx, Instant::now() - timeout));
-                Err((format!("no answer from libvirt within {} ms", timeout.as_millis()), true))
+                Err((
+                    format!("no answer from libvirt within {} ms", timeout.as_millis()),
+                    true,
+                ))
             }
-            Err(RecvTimeoutError::Disconnected) => Err(("libvirt worker thread is gone".into(), false)),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(("libvirt worker thread is gone".into(), false))
+            }
         }
     }
 
     fn request(&mut self) -> Result<Receiver<Reply>, (String, bool)> {
         let (rtx, rrx) = mpsc::channel();
-        self.tx.send(rtx).map_err(|_| ("libvirt worker thread is gone".to_string(), false))?;
+        self.tx
+            .send(rtx)
+            .map_err(|_| ("libvirt worker thread is gone".to_string(), false))?;
         Ok(rrx)
     }
 }
@@ -111,7 +137,10 @@ impl State {
         }
         if let Some(t) = self.last_attempt {
             if t.elapsed() < self.reconnect {
-                return Err(format!("not connected; next attempt in {} ms", (self.reconnect - t.elapsed()).as_millis()));
+                return Err(format!(
+                    "not connected; next attempt in {} ms",
+                    (self.reconnect - t.elapsed()).as_millis()
+                ));
             }
         }
         self.last_attempt = Some(Instant::now());
@@ -137,21 +166,39 @@ impl State {
         let mut seen = Vec::with_capacity(doms.len());
         for d in doms {
             // A domain that vanishes mid-listing is skipped, not an error.
-            let (Ok(name), Ok(uuid)) = (d.get_name(), d.get_uuid_string()) else { continue };
+            let (Ok(name), Ok(uuid)) = (d.get_name(), d.get_uuid_string()) else {
+                continue;
+            };
             let id = d.get_id();
             let (state, reason) = d.get_state().unwrap_or((0, 0));
             let key = (uuid.clone(), id);
-            let fresh = self.xml_cache.get(&key).filter(|(_, t)| t.elapsed() < self.xml_refresh).map(|(x, _)| x);
+            let fresh = self
+                .xml_cache
+                .get(&key)
+                .filter(|(_, t)| t.elapsed() < self.xml_refresh)
+                .map(|(x, _)| x);
             let xml = match fresh {
                 Some(x) => x.clone(),
                 None => {
-                    let parsed = d.get_xml_desc(0).ok().and_then(|x| domain_xml::parse(&x).ok()).unwrap_or_default();
-                    self.xml_cache.insert(key.clone(), (parsed.clone(), Instant::now()));
+                    let parsed = d
+                        .get_xml_desc(0)
+                        .ok()
+                        .and_then(|x| domain_xml::parse(&x).ok())
+                        .unwrap_or_default();
+                    self.xml_cache
+                        .insert(key.clone(), (parsed.clone(), Instant::now()));
                     parsed
                 }
             };
             seen.push(key);
-            out.push(RawDomain { name, uuid, id, state, reason, xml });
+            out.push(RawDomain {
+                name,
+                uuid,
+                id,
+                state,
+                reason,
+                xml,
+            });
         }
         self.xml_cache.retain(|k, _| seen.contains(k));
         Ok(out)

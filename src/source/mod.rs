@@ -1,6 +1,6 @@
 //! Thin OS access: /proc and /sys roots, rtnetlink sockets, libvirt connections, network namespaces. No logic worth a unit test lives here.
-pub mod netns;
-pub mod netlink;
-pub mod procfs;
-pub mod nfgen;
 pub mod libvirt;
+pub mod netlink;
+pub mod netns;
+pub mod nfgen;
+pub mod procfs;

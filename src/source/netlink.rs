@@ -24,7 +24,10 @@ pub struct RouteSocket {
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> CollectError {
-    CollectError::Netlink { what: what.to_string(), msg: e.to_string() }
+    CollectError::Netlink {
+        what: what.to_string(),
+        msg: e.to_string(),
+    }
 }
 
 /// Sets SO_RCVTIMEO; netlink-sys has no setter for it.
@@ -54,14 +57,23 @@ impl RouteSocket {
     pub fn new(timeout: Duration) -> Result<RouteSocket, CollectError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| err("socket", e))?;
         socket.bind_auto().map_err(|e| err("bind", e))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| err("connect", e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| err("connect", e))?;
         set_recv_timeout(&socket, timeout).map_err(|e| err("SO_RCVTIMEO", e))?;
-        Ok(RouteSocket { socket, buf: vec![0; 64 * 1024], seq: 0 })
+        Ok(RouteSocket {
+            socket,
+            buf: vec![0; 64 * 1024],
+            seq: 0,
+        })
     }
 
     /// The socket in `slot`, opened on first use (and again after a
     /// collector dropped it on error: a timed-out socket may hold stale replies).
-    pub fn ensure(slot: &mut Option<RouteSocket>, timeout: Duration) -> Result<&mut RouteSocket, CollectError> {
+    pub fn ensure(
+        slot: &mut Option<RouteSocket>,
+        timeout: Duration,
+    ) -> Result<&mut RouteSocket, CollectError> {
         if slot.is_none() {
             *slot = Some(RouteSocket::new(timeout)?);
         }
@@ -71,18 +83,27 @@ impl RouteSocket {
     /// Sends `msg` as a dump request and returns every reply message.
     /// An interrupted dump (NLM_F_DUMP_INTR: the table changed meanwhile) is
     /// retried once; its partial result is returned if it happens again.
-    pub fn dump(&mut self, what: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, CollectError> {
+    pub fn dump(
+        &mut self,
+        what: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, CollectError> {
         use netlink_packet_core::NetlinkDeserializable;
         let out = std::cell::RefCell::new(Vec::new());
         let mut decode_err = None;
-        self.dump_raw(what, msg, &mut || out.borrow_mut().clear(), &mut |ty, payload| {
-            let mut h = NetlinkHeader::default();
-            h.message_type = ty;
-            match RouteNetlinkMessage::deserialize(&h, payload) {
-                Ok(m) => out.borrow_mut().push(m),
-                Err(e) => decode_err = Some(format!("decode message type {ty}: {e}")),
-            }
-        })?;
+        self.dump_raw(
+            what,
+            msg,
+            &mut || out.borrow_mut().clear(),
+            &mut |ty, payload| {
+                let mut h = NetlinkHeader::default();
+                h.message_type = ty;
+                match RouteNetlinkMessage::deserialize(&h, payload) {
+                    Ok(m) => out.borrow_mut().push(m),
+                    Err(e) => decode_err = Some(format!("decode message type {ty}: {e}")),
+                }
+            },
+        )?;
         if let Some(e) = decode_err {
             return Err(err(what, e));
         }
@@ -117,7 +138,9 @@ impl RouteSocket {
         req.finalize();
         let mut out = vec![0u8; req.buffer_len()];
         req.serialize(&mut out);
-        self.socket.send(&out, 0).map_err(|e| err(what, format!("send: {e}")))?;
+        self.socket
+            .send(&out, 0)
+            .map_err(|e| err(what, format!("send: {e}")))?;
         Ok(())
     }
 
@@ -134,8 +157,14 @@ impl RouteSocket {
         loop {
             let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(CollectError::Timeout { what: format!("netlink {what} dump"), ms: 0 })
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return Err(CollectError::Timeout {
+                        what: format!("netlink {what} dump"),
+                        ms: 0,
+                    })
                 }
                 Err(e) => return Err(err(what, format!("recv: {e}"))),
             };
@@ -160,7 +189,10 @@ impl RouteSocket {
                 match ty {
                     NLMSG_DONE => return Ok(interrupted),
                     NLMSG_ERROR => {
-                        let code = payload.get(..4).map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]])).unwrap_or(0);
+                        let code = payload
+                            .get(..4)
+                            .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                            .unwrap_or(0);
                         if code != 0 {
                             return Err(err(what, std::io::Error::from_raw_os_error(-code)));
                         }
@@ -192,7 +224,10 @@ pub fn mac_string(bytes: &[u8]) -> String {
 mod tests {
     #[test]
     fn mac_string_matches_ip_link() {
-        assert_eq!(super::mac_string(&[0x52, 0x54, 0x00, 0x0a, 0xbc, 0xff]), "52:54:00:0a:bc:ff");
+        assert_eq!(
+            super::mac_string(&[0x52, 0x54, 0x00, 0x0a, 0xbc, 0xff]),
+            "52:54:00:0a:bc:ff"
+        );
         assert_eq!(super::mac_string(&[]), "");
     }
 }

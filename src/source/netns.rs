@@ -15,7 +15,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum NetnsError {
     #[error("network namespace {path}: {source}")]
-    Open { path: String, source: std::io::Error },
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("entering network namespace {path}: {errno}")]
     Setns { path: String, errno: nix::Error },
     #[error("remounting /sys for namespace {path}: {errno}")]
@@ -34,14 +37,37 @@ pub fn path_of(name: &str) -> PathBuf {
 pub fn enter_process(name: &str) -> Result<(), NetnsError> {
     let path = path_of(name);
     let p = path.display().to_string();
-    let f = File::open(&path).map_err(|source| NetnsError::Open { path: p.clone(), source })?;
-    setns(&f, CloneFlags::CLONE_NEWNET).map_err(|errno| NetnsError::Setns { path: p.clone(), errno })?;
-    let m = |errno| NetnsError::Mount { path: p.clone(), errno };
+    let f = File::open(&path).map_err(|source| NetnsError::Open {
+        path: p.clone(),
+        source,
+    })?;
+    setns(&f, CloneFlags::CLONE_NEWNET).map_err(|errno| NetnsError::Setns {
+        path: p.clone(),
+        errno,
+    })?;
+    let m = |errno| NetnsError::Mount {
+        path: p.clone(),
+        errno,
+    };
     unshare(CloneFlags::CLONE_NEWNS).map_err(m)?;
     // Do not propagate our remount back to the host's mount namespace.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>).map_err(m)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(m)?;
     umount2("/sys", MntFlags::MNT_DETACH).map_err(m)?;
-    mount(Some("sysfs"), "/sys", Some("sysfs"), MsFlags::empty(), None::<&str>).map_err(m)?;
+    mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(m)?;
     Ok(())
 }
 
@@ -50,6 +76,9 @@ pub fn enter_process(name: &str) -> Result<(), NetnsError> {
 pub fn enter_thread(name: &str) -> Result<(), NetnsError> {
     let path = path_of(name);
     let p = path.display().to_string();
-    let f = File::open(&path).map_err(|source| NetnsError::Open { path: p.clone(), source })?;
+    let f = File::open(&path).map_err(|source| NetnsError::Open {
+        path: p.clone(),
+        source,
+    })?;
     setns(&f, CloneFlags::CLONE_NEWNET).map_err(|errno| NetnsError::Setns { path: p, errno })
 }

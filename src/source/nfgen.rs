@@ -27,7 +27,11 @@ impl NfGen {
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
         super::netlink::set_recv_timeout(&socket, Duration::from_millis(500))?;
-        Ok(NfGen { socket, seq: 0, buf: vec![0; 4096] })
+        Ok(NfGen {
+            socket,
+            seq: 0,
+            buf: vec![0; 4096],
+        })
     }
 
     /// Ok(None) when nf_tables is not available in this kernel/namespace.
@@ -51,7 +55,10 @@ impl NfGen {
                 let ty = u16::from_ne_bytes(b[off + 4..off + 6].try_into().expect("2 bytes"));
                 let seq = u32::from_ne_bytes(b[off + 8..off + 12].try_into().expect("4 bytes"));
                 if len < 16 || off + len > n {
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "truncated netlink message"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "truncated netlink message",
+                    ));
                 }
                 let msg = &b[off..off + len];
                 off += (len + 3) & !3;
@@ -73,13 +80,18 @@ impl NfGen {
                     // attributes after nlmsghdr (16) + nfgenmsg (4)
                     let mut a = 20;
                     while a + 4 <= msg.len() {
-                        let alen = u16::from_ne_bytes(msg[a..a + 2].try_into().expect("2 bytes")) as usize;
-                        let aty = u16::from_ne_bytes(msg[a + 2..a + 4].try_into().expect("2 bytes")) & 0x3fff;
+                        let alen =
+                            u16::from_ne_bytes(msg[a..a + 2].try_into().expect("2 bytes")) as usize;
+                        let aty =
+                            u16::from_ne_bytes(msg[a + 2..a + 4].try_into().expect("2 bytes"))
+                                & 0x3fff;
                         if alen < 4 || a + alen > msg.len() {
                             break;
                         }
                         if aty == NFTA_GEN_ID && alen >= 8 {
-                            return Ok(Some(u32::from_be_bytes(msg[a + 4..a + 8].try_into().expect("4 bytes"))));
+                            return Ok(Some(u32::from_be_bytes(
+                                msg[a + 4..a + 8].try_into().expect("4 bytes"),
+                            )));
                         }
                         a += (alen + 3) & !3;
                     }

@@ -33,5 +33,9 @@ pub fn read_u64(root: &Path, rel: &str) -> Result<Option<u64>, CollectError> {
 }
 
 pub fn parse_err(root: &Path, rel: &str, line: usize, msg: String) -> CollectError {
-    CollectError::Parse { path: root.join(rel).display().to_string(), line, msg }
+    CollectError::Parse {
+        path: root.join(rel).display().to_string(),
+        line,
+        msg,
+    }
 }

@@ -38,13 +38,16 @@ pub fn decode_header(b: &[u8]) -> Result<(SegmentHeader, usize), String> {
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
     if version == 0 || version > FORMAT_VERSION {
-        return Err(format!("segment format version {version}; this hvflight reads up to {FORMAT_VERSION}"));
+        return Err(format!(
+            "segment format version {version}; this hvflight reads up to {FORMAT_VERSION}"
+        ));
     }
     let len = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes")) as usize;
     if b.len() < 16 + len {
         return Err("truncated segment header".into());
     }
-    let h: SegmentHeader = serde_json::from_slice(&b[16..16 + len]).map_err(|e| format!("segment header: {e}"))?;
+    let h: SegmentHeader =
+        serde_json::from_slice(&b[16..16 + len]).map_err(|e| format!("segment header: {e}"))?;
     Ok((h, 16 + len))
 }
 
@@ -105,8 +108,10 @@ pub fn compress(data: &[u8], prefix: Option<&[u8]>, level: i32) -> std::io::Resu
     use zstd::zstd_safe::{CCtx, CParameter};
     let mut cctx = CCtx::create();
     let e = |c| std::io::Error::other(format!("zstd: {}", zstd::zstd_safe::get_error_name(c)));
-    cctx.set_parameter(CParameter::CompressionLevel(level)).map_err(e)?;
-    cctx.set_parameter(CParameter::ContentSizeFlag(true)).map_err(e)?;
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(e)?;
+    cctx.set_parameter(CParameter::ContentSizeFlag(true))
+        .map_err(e)?;
     if let Some(p) = prefix {
         cctx.ref_prefix(p).map_err(e)?;
     }
@@ -120,7 +125,11 @@ pub fn decompress(data: &[u8], prefix: Option<&[u8]>) -> std::io::Result<Vec<u8>
     let e = |c| std::io::Error::other(format!("zstd: {}", zstd::zstd_safe::get_error_name(c)));
     let size = match zstd::zstd_safe::get_frame_content_size(data) {
         Ok(Some(n)) if n <= 256 << 20 => n as usize,
-        _ => return Err(std::io::Error::other("zstd: frame without a sane content size")),
+        _ => {
+            return Err(std::io::Error::other(
+                "zstd: frame without a sane content size",
+            ))
+        }
     };
     let mut dctx = DCtx::create();
     if let Some(p) = prefix {
@@ -139,7 +148,10 @@ mod tests {
     fn frames_round_trip_and_detect_damage() {
         let f = encode_frame(KIND_SAMPLE, -5, 7, b"hello");
         let h = decode_frame_header(&f).unwrap();
-        assert_eq!((h.len, h.kind, h.ts_unix_ns, h.mono_ns), (5, KIND_SAMPLE, -5, 7));
+        assert_eq!(
+            (h.len, h.kind, h.ts_unix_ns, h.mono_ns),
+            (5, KIND_SAMPLE, -5, 7)
+        );
         assert!(frame_ok(&f, &h));
         let mut bad = f.clone();
         bad[32] ^= 1;
@@ -151,20 +163,40 @@ mod tests {
 
     #[test]
     fn prefix_compression_round_trips_and_pays() {
-        let a: String = (0..2000).map(|i| format!("{{\"rx_packets\":{i},\"name\":\"vnet{i}\"}}")).collect();
+        let a: String = (0..2000)
+            .map(|i| format!("{{\"rx_packets\":{i},\"name\":\"vnet{i}\"}}"))
+            .collect();
         // The next second: a few counters moved.
-        let b = a.replace("rx_packets\":100,", "rx_packets\":107,").replace("rx_packets\":1500,", "rx_packets\":1502,");
+        let b = a
+            .replace("rx_packets\":100,", "rx_packets\":107,")
+            .replace("rx_packets\":1500,", "rx_packets\":1502,");
         let alone = compress(b.as_bytes(), None, 3).unwrap();
         let delta = compress(b.as_bytes(), Some(a.as_bytes()), 3).unwrap();
-        assert!(delta.len() * 3 < alone.len(), "{} vs {}", delta.len(), alone.len());
-        assert_eq!(decompress(&delta, Some(a.as_bytes())).unwrap(), b.as_bytes());
+        assert!(
+            delta.len() * 3 < alone.len(),
+            "{} vs {}",
+            delta.len(),
+            alone.len()
+        );
+        assert_eq!(
+            decompress(&delta, Some(a.as_bytes())).unwrap(),
+            b.as_bytes()
+        );
         assert_eq!(decompress(&alone, None).unwrap(), b.as_bytes());
-        assert!(decompress(&delta, None).is_err() || decompress(&delta, None).unwrap() != b.as_bytes());
+        assert!(
+            decompress(&delta, None).is_err() || decompress(&delta, None).unwrap() != b.as_bytes()
+        );
     }
 
     #[test]
     fn header_round_trip_and_version_check() {
-        let h = SegmentHeader { format_version: 1, host: "n1".into(), agent_version: "0.1.0".into(), created_unix_ns: 1, pid: 2 };
+        let h = SegmentHeader {
+            format_version: 1,
+            host: "n1".into(),
+            agent_version: "0.1.0".into(),
+            created_unix_ns: 1,
+            pid: 2,
+        };
         let b = encode_header(&h);
         assert_eq!(decode_header(&b).unwrap(), (h, b.len()));
         let mut future = b.clone();

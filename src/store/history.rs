@@ -39,7 +39,11 @@ pub fn parse_time(s: &str, now_ns: i64) -> Result<i64, String> {
             }
         }
     }
-    parse_rfc3339(s).ok_or_else(|| format!("{s:?}: expected a duration like 10m, 90s, 2h or a UTC time like 2026-11-24T04:30:00Z"))
+    parse_rfc3339(s).ok_or_else(|| {
+        format!(
+            "{s:?}: expected a duration like 10m, 90s, 2h or a UTC time like 2026-11-24T04:30:00Z"
+        )
+    })
 }
 
 fn parse_rfc3339(s: &str) -> Option<i64> {
@@ -106,11 +110,18 @@ fn iface_line(s: &Sample, m: &Model, ifaces: &BTreeSet<String>) -> String {
 }
 
 /// Prints the range; returns the number of records shown and the read report's warnings.
-pub fn history(dir: &Path, q: &HistoryQuery, out: &mut dyn Write) -> std::io::Result<(usize, Vec<String>)> {
+pub fn history(
+    dir: &Path,
+    q: &HistoryQuery,
+    out: &mut dyn Write,
+) -> std::io::Result<(usize, Vec<String>)> {
     let (records, report) = read_range(dir, q.since_ns, q.until_ns);
     let mut warnings = report.warnings.clone();
     for (p, off) in &report.torn_tails {
-        warnings.push(format!("{}: torn tail at offset {off} (a crash, or the record being written)", p.display()));
+        warnings.push(format!(
+            "{}: torn tail at offset {off} (a crash, or the record being written)",
+            p.display()
+        ));
     }
     let mut ifaces: BTreeSet<String> = q.iface.iter().cloned().collect();
     if let Some(d) = &q.domain {
@@ -130,7 +141,11 @@ pub fn history(dir: &Path, q: &HistoryQuery, out: &mut dyn Write) -> std::io::Re
                     writeln!(out, "{}", print::sample_json(s))?;
                 } else {
                     let m = Model::new(s, prev);
-                    let line = if filtered { iface_line(s, &m, &ifaces) } else { print::sample_line(s, &m) };
+                    let line = if filtered {
+                        iface_line(s, &m, &ifaces)
+                    } else {
+                        print::sample_line(s, &m)
+                    };
                     writeln!(out, "{line}")?;
                 }
                 prev = Some(s);
@@ -163,9 +178,17 @@ mod tests {
         let now = 1_000_000 * 1_000_000_000;
         assert_eq!(parse_time("10m", now).unwrap(), now - 600 * 1_000_000_000);
         assert_eq!(parse_time("1.5h", now).unwrap(), now - 5400 * 1_000_000_000);
-        assert_eq!(parse_time("2015-02-27T02:30:00Z", now).unwrap(), 1_425_004_200 * 1_000_000_000);
-        assert_eq!(parse_time("2015-02-27T02:30:00.25Z", now).unwrap(), 1_425_004_200_250_000_000);
-        assert!(parse_time("yesterday", now).unwrap_err().contains("expected a duration"));
+        assert_eq!(
+            parse_time("2015-02-27T02:30:00Z", now).unwrap(),
+            1_425_004_200 * 1_000_000_000
+        );
+        assert_eq!(
+            parse_time("2015-02-27T02:30:00.25Z", now).unwrap(),
+            1_425_004_200_250_000_000
+        );
+        assert!(parse_time("yesterday", now)
+            .unwrap_err()
+            .contains("expected a duration"));
         assert!(parse_time("-5m", now).is_err());
     }
 }

@@ -36,7 +36,10 @@ pub struct ReadReport {
 
 fn find_magic(b: &[u8], from: usize) -> Option<usize> {
     let m = format::FRAME_MAGIC.to_le_bytes();
-    b.get(from..)?.windows(4).position(|w| w == m).map(|p| p + from)
+    b.get(from..)?
+        .windows(4)
+        .position(|w| w == m)
+        .map(|p| p + from)
 }
 
 /// Reads records with since_ns ≤ wall time ≤ until_ns, in file order.
@@ -53,7 +56,10 @@ pub fn read_range(dir: &Path, since_ns: i64, until_ns: i64) -> (Vec<Record>, Rea
         if start > until_ns as i128 + 1_000_000_000 {
             continue;
         }
-        let next_start = segs.get(i + 1).and_then(|n| start_ms(n)).map(|ms| ms as i128 * 1_000_000);
+        let next_start = segs
+            .get(i + 1)
+            .and_then(|n| start_ms(n))
+            .map(|ms| ms as i128 * 1_000_000);
         if let Some(n) = next_start {
             if n >= start && n + 1_000_000_000 < since_ns as i128 {
                 continue;
@@ -64,7 +70,13 @@ pub fn read_range(dir: &Path, since_ns: i64, until_ns: i64) -> (Vec<Record>, Rea
     (out, report)
 }
 
-pub fn read_segment(path: &Path, since_ns: i64, until_ns: i64, out: &mut Vec<Record>, report: &mut ReadReport) {
+pub fn read_segment(
+    path: &Path,
+    since_ns: i64,
+    until_ns: i64,
+    out: &mut Vec<Record>,
+    report: &mut ReadReport,
+) {
     let name = path.display().to_string();
     let b = match std::fs::read(path) {
         Ok(b) => b,
@@ -94,7 +106,9 @@ pub fn read_segment(path: &Path, since_ns: i64, until_ns: i64, out: &mut Vec<Rec
                 report.torn_tails.push((path.to_path_buf(), off as u64));
                 return;
             }
-            report.warnings.push(format!("{name}: offset {off}: no record header; skipping to the next record"));
+            report.warnings.push(format!(
+                "{name}: offset {off}: no record header; skipping to the next record"
+            ));
             match find_magic(&b, off + 1) {
                 Some(n) => {
                     off = n;
@@ -108,7 +122,9 @@ pub fn read_segment(path: &Path, since_ns: i64, until_ns: i64, out: &mut Vec<Rec
             // Either a torn tail or a corrupt length: look for a later frame.
             match find_magic(&b, off + 1) {
                 Some(n) => {
-                    report.warnings.push(format!("{name}: offset {off}: record length runs past the end; skipped"));
+                    report.warnings.push(format!(
+                        "{name}: offset {off}: record length runs past the end; skipped"
+                    ));
                     off = n;
                     continue;
                 }
@@ -120,7 +136,9 @@ pub fn read_segment(path: &Path, since_ns: i64, until_ns: i64, out: &mut Vec<Rec
         }
         let frame = &b[off..end];
         if !format::frame_ok(frame, &h) {
-            report.warnings.push(format!("{name}: offset {off}: corrupt record (checksum mismatch); skipped"));
+            report.warnings.push(format!(
+                "{name}: offset {off}: corrupt record (checksum mismatch); skipped"
+            ));
             if h.kind == format::KIND_KEYFRAME {
                 keyframe = None;
                 keyframe_broken = true;
@@ -140,7 +158,9 @@ pub fn read_segment(path: &Path, since_ns: i64, until_ns: i64, out: &mut Vec<Rec
                     keyframe_broken = false;
                 }
                 Err(e) => {
-                    report.warnings.push(format!("{name}: offset {off}: keyframe does not decompress: {e}"));
+                    report.warnings.push(format!(
+                        "{name}: offset {off}: keyframe does not decompress: {e}"
+                    ));
                     keyframe = None;
                     keyframe_broken = true;
                 }
@@ -148,11 +168,17 @@ pub fn read_segment(path: &Path, since_ns: i64, until_ns: i64, out: &mut Vec<Rec
             format::KIND_SAMPLE if in_range => match &keyframe {
                 Some(k) => match format::decompress(payload, Some(k)) {
                     Ok(json) => push_sample(&json, &name, off, out, report),
-                    Err(e) => report.warnings.push(format!("{name}: offset {off}: sample does not decompress: {e}")),
+                    Err(e) => report.warnings.push(format!(
+                        "{name}: offset {off}: sample does not decompress: {e}"
+                    )),
                 },
                 None => report.warnings.push(format!(
                     "{name}: offset {off}: sample skipped: {}",
-                    if keyframe_broken { "its keyframe is damaged" } else { "no keyframe before it" }
+                    if keyframe_broken {
+                        "its keyframe is damaged"
+                    } else {
+                        "no keyframe before it"
+                    }
                 )),
             },
             format::KIND_EVENTS if in_range => match format::decompress(payload, None)
@@ -163,21 +189,33 @@ pub fn read_segment(path: &Path, since_ns: i64, until_ns: i64, out: &mut Vec<Rec
                     report.records_decoded += 1;
                     out.push(Record::Events(evs));
                 }
-                Err(e) => report.warnings.push(format!("{name}: offset {off}: events do not decode: {e}")),
+                Err(e) => report
+                    .warnings
+                    .push(format!("{name}: offset {off}: events do not decode: {e}")),
             },
             format::KIND_SAMPLE | format::KIND_EVENTS => {}
-            k => report.warnings.push(format!("{name}: offset {off}: unknown record kind {k}; skipped")),
+            k => report.warnings.push(format!(
+                "{name}: offset {off}: unknown record kind {k}; skipped"
+            )),
         }
         off = end;
     }
 }
 
-fn push_sample(json: &[u8], name: &str, off: usize, out: &mut Vec<Record>, report: &mut ReadReport) {
+fn push_sample(
+    json: &[u8],
+    name: &str,
+    off: usize,
+    out: &mut Vec<Record>,
+    report: &mut ReadReport,
+) {
     match serde_json::from_slice::<Sample>(json) {
         Ok(s) => {
             report.records_decoded += 1;
             out.push(Record::Sample(Box::new(s)));
         }
-        Err(e) => report.warnings.push(format!("{name}: offset {off}: sample does not decode: {e}")),
+        Err(e) => report
+            .warnings
+            .push(format!("{name}: offset {off}: sample does not decode: {e}")),
     }
 }

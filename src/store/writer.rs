@@ -62,11 +62,17 @@ pub struct StoreWriter {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io { path: path.display().to_string(), source }
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Free bytes available to us on the filesystem holding `dir`.
@@ -113,11 +119,18 @@ impl StoreWriter {
         self.close_active();
         // Sequence first: file order is write order even when the wall
         // clock steps backwards; the first record's wall time second.
-        let seq = segments(&self.cfg.dir).last().and_then(|p| seq_of(p)).map_or(1, |n| n + 1);
+        let seq = segments(&self.cfg.dir)
+            .last()
+            .and_then(|p| seq_of(p))
+            .map_or(1, |n| n + 1);
         let name = format!("seg-{seq:08}-{:016}.hvs", ts_unix_ns.max(0) / 1_000_000);
         self.n_segments += 1;
         let path = self.cfg.dir.join(name);
-        let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(|e| io(&path, e))?;
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
         let header = format::encode_header(&SegmentHeader {
             format_version: format::FORMAT_VERSION,
             host: self.cfg.host.clone(),
@@ -133,7 +146,11 @@ impl StoreWriter {
         if let Ok(d) = File::open(&self.cfg.dir) {
             let _ = d.sync_all();
         }
-        self.active = Some(Active { file, path, bytes: header.len() as u64 });
+        self.active = Some(Active {
+            file,
+            path,
+            bytes: header.len() as u64,
+        });
         self.keyframe = None; // each segment starts with a keyframe
         Ok(())
     }
@@ -148,14 +165,21 @@ impl StoreWriter {
     pub fn enforce_retention(&mut self, now_unix_ns: i64) {
         let segs = segments(&self.cfg.dir);
         let active = self.active.as_ref().map(|a| a.path.clone());
-        let mut total: u64 = segs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        let mut total: u64 = segs
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
         let age_limit_ms = (now_unix_ns / 1_000_000) - (self.cfg.max_age_s as i64 * 1000);
         for (i, p) in segs.iter().enumerate() {
             if Some(p) == active.as_ref() {
                 break;
             }
             // A segment is past the age bound when the NEXT one started before the limit.
-            let next_start = segs.get(i + 1).and_then(|n| start_ms(n)).unwrap_or(i64::MAX);
+            let next_start = segs
+                .get(i + 1)
+                .and_then(|n| start_ms(n))
+                .unwrap_or(i64::MAX);
             let too_old = next_start < age_limit_ms;
             if total <= self.cfg.max_bytes && !too_old {
                 break;
@@ -178,7 +202,9 @@ impl StoreWriter {
                 Some(_) => {}
             }
             let active = self.active.as_ref().map(|a| a.path.clone());
-            let oldest = segments(&self.cfg.dir).into_iter().find(|p| Some(p) != active.as_ref());
+            let oldest = segments(&self.cfg.dir)
+                .into_iter()
+                .find(|p| Some(p) != active.as_ref());
             match oldest {
                 Some(p) => {
                     tracing::warn!(segment = %p.display(), "store: filesystem low on space; deleting oldest segment");
@@ -189,7 +215,13 @@ impl StoreWriter {
         }
     }
 
-    fn append(&mut self, kind: u8, ts_unix_ns: i64, mono_ns: u64, payload: &[u8]) -> Result<bool, StoreError> {
+    fn append(
+        &mut self,
+        kind: u8,
+        ts_unix_ns: i64,
+        mono_ns: u64,
+        payload: &[u8],
+    ) -> Result<bool, StoreError> {
         let frame = format::encode_frame(kind, ts_unix_ns, mono_ns, payload);
         if !self.ensure_space(frame.len() as u64) {
             self.dropped += 1;
@@ -202,7 +234,10 @@ impl StoreWriter {
         }
         if self.paused {
             self.paused = false;
-            tracing::warn!(dropped = self.dropped, "store: space is back; recording resumed");
+            tracing::warn!(
+                dropped = self.dropped,
+                "store: space is back; recording resumed"
+            );
         }
         let a = self.active.as_mut().expect("segment open");
         if let Err(e) = a.file.write_all(&frame) {
@@ -223,7 +258,9 @@ impl StoreWriter {
     }
 
     fn needs_new_segment(&self) -> bool {
-        self.active.as_ref().is_none_or(|a| a.bytes >= self.cfg.segment_bytes)
+        self.active
+            .as_ref()
+            .is_none_or(|a| a.bytes >= self.cfg.segment_bytes)
     }
 
     /// Writes one sample; returns false if it was dropped (disk full).
@@ -238,9 +275,15 @@ impl StoreWriter {
         let json = serde_json::to_vec(s).expect("sample serializes");
         let keyframe = self.keyframe.is_none() || self.since_keyframe >= KEYFRAME_EVERY;
         let (kind, payload) = if keyframe {
-            (format::KIND_KEYFRAME, format::compress(&json, None, self.cfg.zstd_level))
+            (
+                format::KIND_KEYFRAME,
+                format::compress(&json, None, self.cfg.zstd_level),
+            )
         } else {
-            (format::KIND_SAMPLE, format::compress(&json, self.keyframe.as_deref(), self.cfg.zstd_level))
+            (
+                format::KIND_SAMPLE,
+                format::compress(&json, self.keyframe.as_deref(), self.cfg.zstd_level),
+            )
         };
         let payload = payload.map_err(|e| io(&self.cfg.dir, e))?;
         let written = self.append(kind, s.ts_unix_ns, s.mono_ns, &payload)?;
@@ -258,13 +301,21 @@ impl StoreWriter {
 
     /// Writes a batch of events (those that arrived during one interval).
     pub fn write_events(&mut self, events: &[Event]) -> Result<bool, StoreError> {
-        let Some(first) = events.first() else { return Ok(true) };
+        let Some(first) = events.first() else {
+            return Ok(true);
+        };
         if self.needs_new_segment() {
             self.new_segment(first.ts_unix_ns)?;
         }
         let json = serde_json::to_vec(events).expect("events serialize");
-        let payload = format::compress(&json, None, self.cfg.zstd_level).map_err(|e| io(&self.cfg.dir, e))?;
-        let w = self.append(format::KIND_EVENTS, first.ts_unix_ns, first.mono_ns, &payload)?;
+        let payload =
+            format::compress(&json, None, self.cfg.zstd_level).map_err(|e| io(&self.cfg.dir, e))?;
+        let w = self.append(
+            format::KIND_EVENTS,
+            first.ts_unix_ns,
+            first.mono_ns,
+            &payload,
+        )?;
         self.maybe_sync();
         Ok(w)
     }
@@ -320,10 +371,23 @@ impl Drop for StoreWriter {
 
 /// The write-order sequence number of a segment, from its name.
 pub fn seq_of(p: &Path) -> Option<u64> {
-    p.file_name()?.to_str()?.strip_prefix("seg-")?.split('-').next()?.parse().ok()
+    p.file_name()?
+        .to_str()?
+        .strip_prefix("seg-")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The first wall time (ms) of a segment, from its name.
 pub fn start_ms(p: &Path) -> Option<i64> {
-    p.file_name()?.to_str()?.strip_prefix("seg-")?.split('-').nth(1)?.trim_end_matches(".hvs").parse().ok()
+    p.file_name()?
+        .to_str()?
+        .strip_prefix("seg-")?
+        .split('-')
+        .nth(1)?
+        .trim_end_matches(".hvs")
+        .parse()
+        .ok()
 }
