@@ -3,63 +3,35 @@
 //! from both sides of the injection, and a healthy or idle lab raises nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hvflight::bundle::{verify, writer};
 use hvflight::lab::{Fault, Lab, LabConfig};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hvflight")
-}
-
-struct Agent(Child, tempfile::TempDir);
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::RunningAgent;
 
 const CONFIG: &str = "[detect]\nboot_grace_s = 0\nwindow_s = 2.0\ncollapse_after = 2\nrecover_after = 3\n[bundle]\nbefore_s = 60\nafter_s = 1\ncommand_timeout_ms = 3000\n";
 
-fn agent(lab: &Lab) -> Agent {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
-    let child = Command::new(bin())
-        .args([
-            "run",
+fn agent(lab: &Lab) -> RunningAgent {
+    RunningAgent::start(
+        CONFIG,
+        &[
             "--interval-ms",
             "200",
             "--netns",
             &lab.hv_ns,
             "--libvirt-uri",
             &lab.libvirt_uri(),
-            "--config",
-        ])
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(dir.path())
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Agent(child, dir)
+        ],
+    )
 }
 
-fn status(a: &Agent) -> serde_json::Value {
-    let out = Command::new(bin())
-        .args(["status", "--json", "--socket"])
-        .arg(a.1.path().join("s.sock"))
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+fn status(a: &RunningAgent) -> serde_json::Value {
+    a.status()
 }
 
-fn wait_healthy_with_evidence(a: &Agent) {
+fn wait_healthy_with_evidence(a: &RunningAgent) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let st = status(a);
@@ -97,7 +69,7 @@ fn scenario(fault: impl Fn(&Lab) -> Fault, expect: &str) -> f64 {
     lab.inject(&fault(&lab)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     let path = loop {
-        if let Some(p) = bundles(a.1.path()).into_iter().next() {
+        if let Some(p) = bundles(a.dir.path()).into_iter().next() {
             break p;
         }
         assert!(
@@ -137,7 +109,7 @@ fn scenario(fault: impl Fn(&Lab) -> Fault, expect: &str) -> f64 {
         hist.contains("\"kind\":\"detector\""),
         "detector transitions are in the event log"
     );
-    assert_eq!(bundles(a.1.path()).len(), 1, "one incident, one bundle");
+    assert_eq!(bundles(a.dir.path()).len(), 1, "one incident, one bundle");
     latency_ms
 }
 
@@ -190,14 +162,14 @@ fn healthy_and_idle_labs_raise_nothing_needs_root() {
     hvflight::lab::run(&["ip", "-n", &busy.hv_ns, "link", "del", "vnet2"]).unwrap();
     std::thread::sleep(Duration::from_secs(6));
     assert!(
-        bundles(a.1.path()).is_empty(),
+        bundles(a.dir.path()).is_empty(),
         "false positive on a healthy lab: {}",
         status(&a)
     );
     assert_eq!(status(&a)["detector"]["state"], "healthy");
     // Idle guests are no evidence: nothing judged, nothing raised, and status says so.
     let st = status(&b);
-    assert!(bundles(b.1.path()).is_empty());
+    assert!(bundles(b.dir.path()).is_empty());
     assert_eq!(st["detector"]["eligible_guests"], 0, "{st}");
     assert_eq!(st["detector"]["total_guests"], 3, "{st}");
 }

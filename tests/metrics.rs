@@ -3,7 +3,10 @@
 //! host.
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+mod common;
+use common::{free_port, RunningAgent};
 use std::time::{Duration, Instant};
 
 use hvflight::lab::{Fault, Lab, LabConfig};
@@ -31,35 +34,18 @@ fn metrics_follow_the_lab_needs_root() {
         ..Default::default()
     })
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, format!("[agent]\nmetrics_listen = \"{addr}\"\n")).unwrap();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_hvflight"))
-        .args([
-            "run",
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = RunningAgent::start(
+        &format!("[agent]\nmetrics_listen = \"{addr}\"\n"),
+        &[
             "--interval-ms",
             "200",
             "--netns",
             &lab.hv_ns,
             "--libvirt-uri",
             &lab.libvirt_uri(),
-            "--config",
-        ])
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(dir.path())
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+    );
     // The agent runs inside the lab's network namespace, but the test
     // reaches its loopback only through that namespace: scrape from there.
     let scrape_in = |lab: &Lab| -> String {
@@ -134,39 +120,16 @@ fn metrics_follow_the_lab_needs_root() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
 }
 
 #[test]
 fn metrics_listen_on_loopback_by_default_and_404_elsewhere() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, format!("[agent]\nmetrics_listen = \"{addr}\"\n")).unwrap();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_hvflight"))
-        .args([
-            "run",
-            "--interval-ms",
-            "200",
-            "--libvirt-uri",
-            "test:///default",
-            "--config",
-        ])
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(dir.path())
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = RunningAgent::start(
+        &format!("[agent]\nmetrics_listen = \"{addr}\"\n"),
+        &["--interval-ms", "200", "--libvirt-uri", "test:///default"],
+    );
     std::thread::sleep(Duration::from_millis(1200));
     let text = scrape(&addr);
     assert!(
@@ -180,8 +143,7 @@ fn metrics_listen_on_loopback_by_default_and_404_elsewhere() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.contains(" 404 "), "{out}");
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     assert_eq!(
         hvflight::config::Config::default().agent.metrics_listen,
         "127.0.0.1:9469"
