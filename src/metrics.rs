@@ -57,25 +57,37 @@ impl Exporter {
 
 type Labels = Vec<(String, String)>;
 
+/// One metric family from (labels, value) series; `make` builds the
+/// metric (a gauge or a counter) for a value.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, f64)],
+    make: impl Fn(f64) -> M,
+) -> Result<(), std::fmt::Error> {
+    if series.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(name, help, None, make(0.0).metric_type())?;
+    if let [(labels, v)] = series {
+        if labels.is_empty() {
+            return make(*v).encode(m);
+        }
+    }
+    for (labels, v) in series {
+        make(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 fn gauge(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     series: &[(Labels, f64)],
 ) -> Result<(), std::fmt::Error> {
-    if series.is_empty() {
-        return Ok(());
-    }
-    let mut m = enc.encode_descriptor(name, help, None, ConstGauge::new(0.0f64).metric_type())?;
-    if let [(labels, v)] = series {
-        if labels.is_empty() {
-            return ConstGauge::new(*v).encode(m);
-        }
-    }
-    for (labels, v) in series {
-        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
+    family(enc, name, help, series, ConstGauge::new)
 }
 
 fn counter(
@@ -84,19 +96,7 @@ fn counter(
     help: &str,
     series: &[(Labels, f64)],
 ) -> Result<(), std::fmt::Error> {
-    if series.is_empty() {
-        return Ok(());
-    }
-    let mut m = enc.encode_descriptor(name, help, None, ConstCounter::new(0.0f64).metric_type())?;
-    if let [(labels, v)] = series {
-        if labels.is_empty() {
-            return ConstCounter::new(*v).encode(m);
-        }
-    }
-    for (labels, v) in series {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
+    family(enc, name, help, series, ConstCounter::new)
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
