@@ -13,6 +13,7 @@ pub mod bundle;
 pub mod cli;
 pub mod clock;
 pub mod collect;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -58,10 +58,7 @@ pub fn hostname(cfg: &Config) -> String {
 /// The collectors the config enables, in sampling order (links first: later
 /// collectors name interfaces from it).
 pub fn collectors(cfg: &Config) -> Vec<Box<dyn Collector>> {
-    let all: Vec<Box<dyn Collector>> = crate::collect::all(cfg);
-    all.into_iter()
-        .filter(|c| !cfg.collect.disabled.iter().any(|d| d == c.name()))
-        .collect()
+    crate::collect::all(cfg)
 }
 
 impl Agent {

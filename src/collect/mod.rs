@@ -147,32 +147,54 @@ pub fn scope_to_libvirt_bridges(sample: &mut Sample) {
     }
 }
 
-/// Every collector, in sampling order (links first: later ones name
-/// interfaces from it).
+/// The enabled collectors, in sampling order (links first: later ones name
+/// interfaces from it). Disabled ones are not even built (the libvirt one
+/// starts a worker thread).
 pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
     let timeout = std::time::Duration::from_millis(cfg.collect.netlink_timeout_ms);
-    let bridges = !cfg.collect.disabled.iter().any(|d| d == "bridge");
-    vec![
-        Box::new(links::LinksCollector::new(timeout, bridges)),
-        Box::new(fdb::FdbCollector::new(
+    let on = |name: &str| !cfg.collect.disabled.iter().any(|d| d == name);
+    let mut v: Vec<Box<dyn Collector>> = Vec::new();
+    if on("links") {
+        v.push(Box::new(links::LinksCollector::new(timeout, on("bridge"))));
+    }
+    if on("fdb") {
+        v.push(Box::new(fdb::FdbCollector::new(
             timeout,
             cfg.collect.fdb_max_entries as usize,
-        )),
-        Box::new(neigh::NeighCollector::new(timeout)),
-        Box::new(qdisc::QdiscCollector::new(timeout)),
-        Box::new(procnet::ConntrackCollector),
-        Box::new(procnet::SoftnetCollector),
-        Box::new(procnet::SnmpCollector),
-        Box::new(procnet::SystemCollector),
-        Box::new(procnet::NetfilterCollector::new()),
-        Box::new(libvirt::LibvirtCollector::new(
+        )));
+    }
+    if on("neighbours") {
+        v.push(Box::new(neigh::NeighCollector::new(timeout)));
+    }
+    if on("qdisc") {
+        v.push(Box::new(qdisc::QdiscCollector::new(timeout)));
+    }
+    if on("conntrack") {
+        v.push(Box::new(procnet::ConntrackCollector));
+    }
+    if on("softnet") {
+        v.push(Box::new(procnet::SoftnetCollector));
+    }
+    if on("snmp") {
+        v.push(Box::new(procnet::SnmpCollector));
+    }
+    if on("system") {
+        v.push(Box::new(procnet::SystemCollector));
+    }
+    if on("netfilter") {
+        v.push(Box::new(procnet::NetfilterCollector::new()));
+    }
+    if on("libvirt") {
+        v.push(Box::new(libvirt::LibvirtCollector::new(
             cfg.agent.libvirt_uri.clone(),
             cfg.collect.libvirt_timeout_ms,
             cfg.collect.libvirt_reconnect_ms,
             cfg.collect.libvirt_xml_refresh_s,
-        )),
-    ]
+        )));
+    }
+    v
 }
+
 pub mod fdb;
 pub mod libvirt;
 pub mod links;

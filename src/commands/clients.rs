@@ -1,0 +1,249 @@
+//! The client-side commands: `tail`, `status`, `trigger` (through the
+//! control socket), `bundle`, `history` and `config check` (files only).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::agent::{self, print};
+use crate::cli::{AgentOpts, BundleCommand};
+use crate::config;
+
+pub fn tail(
+    opts: &AgentOpts,
+    json: bool,
+    filter: crate::control::client::TailFilter,
+    since: Option<&str>,
+) -> Result<ExitCode> {
+    let resolved = agent::resolve(opts)?;
+    let mut out = std::io::stdout().lock();
+    if let Some(since) = since {
+        let now = crate::clock::now().unix_ns;
+        let since_ns = crate::store::history::parse_time(since, now)
+            .map_err(|e| anyhow::anyhow!("--since {e}"))?;
+        let q = crate::store::history::HistoryQuery {
+            since_ns,
+            until_ns: i64::MAX,
+            iface: filter.iface.clone(),
+            domain: filter.domain.clone(),
+            json,
+        };
+        let dir = resolved.config.agent.state_dir.join("store");
+        match crate::store::history::history(&dir, &q, &mut out) {
+            Ok((_, warnings)) => warnings
+                .iter()
+                .for_each(|w| eprintln!("hvflight tail: warning: {w}")),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            Err(e) => eprintln!(
+                "hvflight tail: cannot read history from {}: {e}",
+                dir.display()
+            ),
+        }
+    }
+    match crate::control::client::tail(&resolved.config.agent.socket, &filter, json, &mut out) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ crate::control::client::ClientError::Agent(_)) => {
+            eprintln!("hvflight tail: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("hvflight tail: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
+    }
+}
+
+pub fn trigger(opts: &AgentOpts, reason: &str, timeout_s: u64) -> Result<ExitCode> {
+    let resolved = agent::resolve(opts)?;
+    let sock = &resolved.config.agent.socket;
+    match crate::control::client::trigger(sock, reason, std::time::Duration::from_secs(timeout_s)) {
+        Ok((id, path)) => {
+            println!("{id} {path}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ crate::control::client::ClientError::Agent(_)) => {
+            eprintln!("hvflight trigger: {e}");
+            Ok(ExitCode::from(5))
+        }
+        Err(e) => {
+            eprintln!("hvflight trigger: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
+    }
+}
+
+pub fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
+    use crate::bundle::{verify, writer};
+    match cmd {
+        BundleCommand::List { opts, json } => {
+            let dir = agent::resolve(&opts)?
+                .config
+                .agent
+                .state_dir
+                .join("bundles");
+            for p in writer::list(&dir) {
+                let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                match verify::manifest(&p) {
+                    Ok(m) if json => println!(
+                        "{}",
+                        serde_json::json!({"path": p, "size": size, "id": m.incident.id, "ts": m.incident.ts,
+                            "trigger": m.incident.trigger, "reason": m.incident.reason, "complete": m.complete})
+                    ),
+                    Ok(m) => println!(
+                        "{}  {}  {:>9} bytes  {:<8} {}  {}{}",
+                        m.incident.id,
+                        m.incident.ts,
+                        size,
+                        m.incident.trigger,
+                        m.incident.reason,
+                        p.display(),
+                        if m.complete {
+                            ""
+                        } else {
+                            "  (post-window pending)"
+                        }
+                    ),
+                    Err(e) => eprintln!("hvflight bundle list: {e}"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BundleCommand::Show { opts, id } => {
+            let dir = agent::resolve(&opts)?
+                .config
+                .agent
+                .state_dir
+                .join("bundles");
+            let p = std::path::Path::new(&id);
+            let path = if p.exists() {
+                p.to_path_buf()
+            } else {
+                writer::list(&dir)
+                    .into_iter()
+                    .find(|b| {
+                        b.file_name()
+                            .is_some_and(|n| n.to_string_lossy().contains(&id))
+                    })
+                    .ok_or_else(|| anyhow::anyhow!("no bundle {id:?} in {}", dir.display()))?
+            };
+            let m = verify::manifest(&path).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        BundleCommand::Verify { path } => match verify::verify(&path) {
+            Ok((m, problems)) if problems.is_empty() => {
+                println!(
+                    "{}: OK ({} entries, incident {}, {})",
+                    path.display(),
+                    m.entries.len(),
+                    m.incident.id,
+                    if m.complete {
+                        "complete"
+                    } else {
+                        "post-window pending"
+                    }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok((_, problems)) => {
+                for p in problems {
+                    eprintln!("{}: {p}", path.display());
+                }
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+    }
+}
+
+pub fn status(opts: &AgentOpts, json: bool) -> Result<ExitCode> {
+    let resolved = agent::resolve(opts)?;
+    let v = match crate::control::client::status(&resolved.config.agent.socket) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("hvflight status: {e}");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    if json {
+        println!("{v}");
+    } else {
+        print!("{}", print::status_text(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn history(
+    opts: &AgentOpts,
+    since: &str,
+    until: Option<&str>,
+    iface: Option<String>,
+    domain: Option<String>,
+    json: bool,
+) -> Result<ExitCode> {
+    let resolved = agent::resolve(opts)?;
+    let now = crate::clock::now().unix_ns;
+    let since_ns = crate::store::history::parse_time(since, now)
+        .map_err(|e| anyhow::anyhow!("--since {e}"))?;
+    let until_ns = match until {
+        Some(u) => {
+            crate::store::history::parse_time(u, now).map_err(|e| anyhow::anyhow!("--until {e}"))?
+        }
+        None => i64::MAX,
+    };
+    let dir = resolved.config.agent.state_dir.join("store");
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "no store at {} (is --state-dir right? has the agent run here?)",
+            dir.display()
+        );
+    }
+    let q = crate::store::history::HistoryQuery {
+        since_ns,
+        until_ns,
+        iface,
+        domain,
+        json,
+    };
+    let mut out = std::io::stdout().lock();
+    let (shown, warnings) = match crate::store::history::history(&dir, &q, &mut out) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        Err(e) => return Err(e.into()),
+    };
+    for w in &warnings {
+        eprintln!("hvflight history: warning: {w}");
+    }
+    if shown == 0 {
+        eprintln!("hvflight history: nothing recorded in that range");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn config_check(file: Option<std::path::PathBuf>) -> Result<ExitCode> {
+    let path = file.unwrap_or_else(|| config::DEFAULT_PATH.into());
+    match config::load(Some(&path)) {
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(loaded) if !loaded.unknown.is_empty() => {
+            for u in &loaded.unknown {
+                eprintln!("{u}");
+            }
+            eprintln!(
+                "{}: {} unknown key(s); the agent would ignore them",
+                path.display(),
+                loaded.unknown.len()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(_) => {
+            println!("{}: OK", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

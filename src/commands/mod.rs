@@ -1,0 +1,4 @@
+//! What each subcommand does; main.rs only parses and dispatches.
+
+pub mod clients;
+pub mod run;
