@@ -190,6 +190,13 @@ pub enum BundleCommand {
     },
     /// Check a bundle: the manifest and every entry's size and sha256. Exit 1 on any mismatch.
     Verify { path: std::path::PathBuf },
+    /// Likely causes, ranked, with their evidence in time order around the incident.
+    Analyze {
+        path: std::path::PathBuf,
+        /// text or json ({"findings": [{"id", "cause", "confidence", "evidence"}, …], …}).
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -228,12 +228,24 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
     drop(agent);
     let _ = relay.join();
     println!("demo: bundles taken (the detector's and the trigger's):");
-    for b in crate::bundle::writer::list(&state_dir.path().join("bundles")) {
-        if let Ok(m) = crate::bundle::verify::manifest(&b) {
+    let taken = crate::bundle::writer::list(&state_dir.path().join("bundles"));
+    for b in &taken {
+        if let Ok(m) = crate::bundle::verify::manifest(b) {
             println!(
                 "demo:    {} {} {:<8} {}",
                 m.incident.id, m.incident.ts, m.incident.trigger, m.incident.reason
             );
+        }
+    }
+    if let Some(first) = taken.first() {
+        println!("demo: `hvflight bundle analyze` on the first one:");
+        match crate::analyze::load(first) {
+            Ok(input) => {
+                for l in crate::analyze::text(&crate::analyze::analyze(&input)).lines() {
+                    println!("  analyze │ {l}");
+                }
+            }
+            Err(e) => println!("demo:    cannot analyze: {e}"),
         }
     }
     println!("demo: the store kept what the agent saw (`hvflight history --state-dir … --iface uplink0`):");

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod agent;
+pub mod analyze;
 pub mod bundle;
 pub mod cli;
 pub mod clock;

@@ -29,6 +29,9 @@ fn demo_short_runs_and_cleans_up_needs_root() {
         "{stdout}"
     );
     assert!(stdout.contains("domains 2/2 running"), "{stdout}");
+    // The detector caught the first fault by itself, and the analyzer names it.
+    assert!(stdout.contains("DETECTOR healthy → SUSPECT"), "{stdout}");
+    assert!(stdout.contains("analyze │ 1. [F8]"), "{stdout}");
     // The incident frozen into a verified, complete bundle, and the history kept.
     assert!(
         stdout.contains("bundle verified: OK") && stdout.contains("complete: true"),

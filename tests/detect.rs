@@ -3,6 +3,7 @@
 //! from both sides of the injection, and a healthy or idle lab raises nothing.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hvflight::bundle::{verify, writer};
@@ -52,8 +53,9 @@ fn bundles(dir: &Path) -> Vec<PathBuf> {
     writer::list(&dir.join("bundles"))
 }
 
-/// Injects `fault` after a random short delay; returns (latency ms, reason).
-fn scenario(fault: impl Fn(&Lab) -> Fault, expect: &str) -> f64 {
+/// Injects `fault` after a random short delay, checks detection, the
+/// bundle, and that the analyzer ranks `cause` first; returns the latency (ms).
+fn scenario(fault: impl Fn(&Lab) -> Fault, expect: &str, cause: &str) -> f64 {
     let lab = Lab::start(LabConfig {
         guests: 3,
         traffic: true,
@@ -110,12 +112,32 @@ fn scenario(fault: impl Fn(&Lab) -> Fault, expect: &str) -> f64 {
         "detector transitions are in the event log"
     );
     assert_eq!(bundles(a.dir.path()).len(), 1, "one incident, one bundle");
+    // The analyzer names the injected cause first, with evidence around the incident.
+    let out = Command::new(common::bin())
+        .args(["bundle", "analyze", "--format", "json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let top = &r["findings"][0];
+    assert_eq!(
+        top["id"],
+        cause,
+        "{}",
+        serde_json::to_string_pretty(&r["findings"]).unwrap()
+    );
+    assert!(!top["evidence"].as_array().unwrap().is_empty());
     latency_ms
 }
 
 #[test]
 fn uplink_peer_down_is_detected_f2_needs_root() {
-    let ms = scenario(|_| Fault::UplinkDown, "no usable uplink");
+    let ms = scenario(|_| Fault::UplinkDown, "no usable uplink", "F2");
     eprintln!("F2 detection latency: {ms:.0} ms");
     assert!(ms < 6000.0, "{ms} ms");
 }
@@ -127,6 +149,7 @@ fn uplink_port_leaving_forwarding_is_detected_f8_needs_root() {
             port: lab.uplink.clone(),
         },
         "port state 0",
+        "F8",
     );
     eprintln!("F8 detection latency: {ms:.0} ms");
     assert!(ms < 6000.0, "{ms} ms");
@@ -134,7 +157,11 @@ fn uplink_port_leaving_forwarding_is_detected_f8_needs_root() {
 
 #[test]
 fn bridge_forward_drop_is_detected_f11_needs_root() {
-    let ms = scenario(|_| Fault::NftBridgeDrop, "nothing left through the uplink");
+    let ms = scenario(
+        |_| Fault::NftBridgeDrop,
+        "nothing left through the uplink",
+        "F11",
+    );
     eprintln!("F11 detection latency: {ms:.0} ms");
     assert!(ms < 6000.0, "{ms} ms");
 }

@@ -130,6 +130,16 @@ pub fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&m)?);
             Ok(ExitCode::SUCCESS)
         }
+        BundleCommand::Analyze { path, format } => {
+            let input = crate::analyze::load(&path).map_err(anyhow::Error::msg)?;
+            let report = crate::analyze::analyze(&input);
+            match format.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&report)?),
+                "text" => print!("{}", crate::analyze::text(&report)),
+                other => anyhow::bail!("--format {other:?}: expected text or json"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         BundleCommand::Verify { path } => match verify::verify(&path) {
             Ok((m, problems)) if problems.is_empty() => {
                 println!(
