@@ -146,6 +146,17 @@ pub enum Command {
         #[command(subcommand)]
         command: BundleCommand,
     },
+    /// Likely causes from the live store (as `bundle analyze` does for a bundle).
+    Analyze {
+        #[command(flatten)]
+        opts: AgentOpts,
+        /// How far back: 15m, 1h, or a UTC time.
+        #[arg(long, default_value = "15m")]
+        since: String,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
     /// What the store holds for a time range (works without the agent, and while it runs).
     History {
         #[command(flatten)]

@@ -73,6 +73,11 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             timeout_s,
         } => clients::trigger(&opts, &reason, timeout_s),
         Command::Bundle { command } => clients::bundle(command),
+        Command::Analyze {
+            opts,
+            since,
+            format,
+        } => clients::analyze_live(&opts, &since, &format),
         Command::History {
             opts,
             since,

@@ -132,6 +132,33 @@ fn scenario(fault: impl Fn(&Lab) -> Fault, expect: &str, cause: &str) -> f64 {
         serde_json::to_string_pretty(&r["findings"]).unwrap()
     );
     assert!(!top["evidence"].as_array().unwrap().is_empty());
+    // The same from the live store, without a bundle.
+    let out = Command::new(common::bin())
+        .args([
+            "analyze",
+            "--since",
+            "2m",
+            "--format",
+            "json",
+            "--state-dir",
+        ])
+        .arg(a.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let live: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        live["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == cause),
+        "{live}"
+    );
     latency_ms
 }
 

@@ -82,6 +82,36 @@ pub fn load(path: &Path) -> Result<Input, String> {
     })
 }
 
+/// The live store as if an incident happened now (`hvflight analyze --since`).
+pub fn load_store(store_dir: &Path, since_ns: i64, host: &str) -> Input {
+    let now = crate::clock::now().unix_ns;
+    let (records, report) = crate::store::read_range(store_dir, since_ns, i64::MAX);
+    let (mut samples, mut events) = (Vec::new(), Vec::new());
+    for r in records {
+        match r {
+            crate::store::Record::Sample(s) => samples.push(*s),
+            crate::store::Record::Events(e) => events.extend(e),
+        }
+    }
+    let manifest = Manifest {
+        host: host.to_string(),
+        incident: crate::bundle::Incident {
+            id: "live".into(),
+            trigger: "live".into(),
+            reason: "analysis of the live store".into(),
+            ts_unix_ns: now,
+            ts: crate::clock::format_rfc3339(now),
+        },
+        store_warnings: report.warnings,
+        ..Default::default()
+    };
+    Input {
+        manifest,
+        samples,
+        events,
+    }
+}
+
 pub fn analyze(input: &Input) -> Report {
     let mut findings = rules::all(input);
     findings.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));

@@ -132,13 +132,7 @@ pub fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
         }
         BundleCommand::Analyze { path, format } => {
             let input = crate::analyze::load(&path).map_err(anyhow::Error::msg)?;
-            let report = crate::analyze::analyze(&input);
-            match format.as_str() {
-                "json" => println!("{}", serde_json::to_string_pretty(&report)?),
-                "text" => print!("{}", crate::analyze::text(&report)),
-                other => anyhow::bail!("--format {other:?}: expected text or json"),
-            }
-            Ok(ExitCode::SUCCESS)
+            print_report(&crate::analyze::analyze(&input), &format)
         }
         BundleCommand::Verify { path } => match verify::verify(&path) {
             Ok((m, problems)) if problems.is_empty() => {
@@ -256,4 +250,29 @@ pub fn config_check(file: Option<std::path::PathBuf>) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn print_report(report: &crate::analyze::Report, format: &str) -> Result<ExitCode> {
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(report)?),
+        "text" => print!("{}", crate::analyze::text(report)),
+        other => anyhow::bail!("--format {other:?}: expected text or json"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn analyze_live(opts: &AgentOpts, since: &str, format: &str) -> Result<ExitCode> {
+    let resolved = agent::resolve(opts)?;
+    let now = crate::clock::now().unix_ns;
+    let since_ns = crate::store::history::parse_time(since, now)
+        .map_err(|e| anyhow::anyhow!("--since {e}"))?;
+    let dir = resolved.config.agent.state_dir.join("store");
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "no store at {} (is --state-dir right? has the agent run here?)",
+            dir.display()
+        );
+    }
+    let input = crate::analyze::load_store(&dir, since_ns, &agent::hostname(&resolved.config));
+    print_report(&crate::analyze::analyze(&input), format)
 }
