@@ -11,10 +11,25 @@ fn bridge_cmd(lab: &Lab, args: &[&str]) -> String {
     lab::run(&full).unwrap()
 }
 
+fn virsh(lab: &Lab, args: &[&str]) -> String {
+    let out = std::process::Command::new("virsh")
+        .args(["-c", &lab.libvirt_uri()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn guests_reach_gateway_and_fdb_has_each_guest_on_its_port_needs_root() {
     let lab = Lab::start(LabConfig {
         guests: 3,
+        nova_metadata: true,
         ..Default::default()
     })
     .unwrap();
@@ -32,19 +47,29 @@ fn guests_reach_gateway_and_fdb_has_each_guest_on_its_port_needs_root() {
             .unwrap_or_else(|| panic!("{} not in fdb:\n{fdb}", g.mac));
         assert!(line.contains(&format!("dev {}", g.host_port)), "{line}");
     }
-    // libvirt accepts the node description.
-    let out = std::process::Command::new("virsh")
-        .args(["-c", &lab.libvirt_uri(), "list", "--all"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // libvirt accepts the node description: every guest a running domain,
+    // with the guest's MAC on the lab's bridge and its nova metadata.
+    let list = virsh(&lab, &["list", "--all"]);
     for g in &lab.guests {
-        assert!(text.contains(&g.name) && text.contains("running"), "{text}");
+        assert!(
+            list.lines()
+                .any(|l| l.contains(&g.name) && l.contains("running")),
+            "{list}"
+        );
+        let xml = virsh(&lab, &["dumpxml", &g.name]);
+        assert!(xml.contains(&g.uuid), "{xml}");
+        assert!(
+            xml.contains(&format!("<mac address='{}'/>", g.mac)),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(&format!("<source bridge='{}'/>", lab.bridge)),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<nova:name>") && xml.contains("<nova:project uuid="),
+            "{xml}"
+        );
     }
 }
 
@@ -56,31 +81,78 @@ fn faults_break_connectivity_and_revert_restores_it_needs_root() {
     })
     .unwrap();
     assert!(lab.ping_from_guest(0, 1));
-    for f in [
-        Fault::UplinkDown,
-        Fault::PortDisabled {
-            port: lab.uplink.clone(),
-        },
-        Fault::NftBridgeDrop,
-        Fault::FdbHijack { guest: 0 },
-    ] {
-        lab.inject(&f).unwrap();
+    let uplink = lab.uplink.clone();
+    // Each fault with what it leaves on the host for a collector to see.
+    type Evidence = Box<dyn Fn(&Lab)>;
+    let checks: Vec<(Fault, Evidence)> = vec![
+        (
+            Fault::UplinkDown,
+            Box::new(|lab| {
+                let l = lab::run(&["ip", "-n", &lab.hv_ns, "link", "show", &lab.uplink]).unwrap();
+                assert!(l.contains("NO-CARRIER"), "{l}");
+            }),
+        ),
+        (
+            Fault::PortDisabled {
+                port: uplink.clone(),
+            },
+            Box::new(|lab| {
+                let l = bridge_cmd(lab, &["link", "show", "dev", &lab.uplink]);
+                assert!(l.contains("state disabled"), "{l}");
+            }),
+        ),
+        (
+            Fault::PortState {
+                port: uplink.clone(),
+                state: 1,
+            },
+            Box::new(|lab| {
+                let l = bridge_cmd(lab, &["link", "show", "dev", &lab.uplink]);
+                assert!(l.contains("state listening"), "{l}");
+            }),
+        ),
+        (
+            Fault::NftBridgeDrop,
+            Box::new(|lab| {
+                let r = lab.exec_in(&lab.hv_ns, &["nft", "list", "tables"]).unwrap();
+                assert!(r.contains("table bridge"), "{r}");
+            }),
+        ),
+        (
+            Fault::FdbHijack { guest: 0 },
+            Box::new(|lab| {
+                let fdb = bridge_cmd(lab, &["fdb", "show", "br", &lab.bridge]);
+                let mac = &lab.guests[0].mac;
+                assert!(
+                    fdb.lines().any(|l| l.starts_with(mac.as_str())
+                        && l.contains(&format!("dev {}", lab.uplink))),
+                    "{fdb}"
+                );
+            }),
+        ),
+    ];
+    for (f, evidence) in &checks {
+        lab.inject(f).unwrap();
+        evidence(&lab);
         assert!(
-            !lab.ping_from_guest(0, 2),
+            !lab.ping_from_guest(0, 1),
             "guest 0 still reaches the gateway under {f:?}"
         );
-        lab.revert(&f).unwrap();
+        lab.revert(f).unwrap();
         assert!(
             lab.ping_from_guest(0, 3),
             "guest 0 does not recover after reverting {f:?}"
         );
     }
-    lab.inject(&Fault::PortDisabled {
-        port: lab.uplink.clone(),
-    })
-    .unwrap();
-    let link = bridge_cmd(&lab, &["link", "show", "dev", &lab.uplink]);
-    assert!(link.contains("state disabled"), "{link}");
+    // Blocking cannot be held with STP off (the kernel makes it forwarding
+    // again): the lab says so instead of injecting nothing.
+    let err = lab
+        .inject(&Fault::PortState {
+            port: uplink,
+            state: 4,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("forwarding"), "{err}");
 }
 
 #[test]
@@ -111,6 +183,8 @@ fn mtu_mismatch_drops_large_packets_only_needs_root() {
         "1428-byte packet passed a 1000-byte MTU"
     );
     assert!(lab.ping_from_guest(0, 1), "small packets must still pass");
+    lab.revert(&Fault::MtuMismatch { mtu: 1000 }).unwrap();
+    assert!(lab.exec_in(&ns, &big).is_ok(), "large packets pass again");
 }
 
 #[test]
@@ -136,18 +210,24 @@ fn learning_off_removes_guest_from_fdb_needs_root() {
         link.contains("learning off") && link.contains("flood off"),
         "{link}"
     );
+    lab.revert(&Fault::LearningFloodOff { port }).unwrap();
+    assert!(lab.ping_from_guest(1, 2), "guest 1 reachable again");
 }
 
-fn tap_tx_dropped(lab: &Lab, tap: &str) -> u64 {
+fn tap_stat(lab: &Lab, tap: &str, counter: &str) -> u64 {
     let p = lab::run(&[
         "ip",
         "netns",
         "exec",
         &lab.hv_ns,
         "cat",
-        &format!("/sys/class/net/{tap}/statistics/tx_dropped"),
+        &format!("/sys/class/net/{tap}/statistics/{counter}"),
     ]);
     p.unwrap().trim().parse().unwrap()
+}
+
+fn tap_tx_dropped(lab: &Lab, tap: &str) -> u64 {
+    tap_stat(lab, tap, "tx_dropped")
 }
 
 #[test]
@@ -169,6 +249,25 @@ fn undrained_tap_drops_toward_guest_needs_root() {
     assert!(
         tap_tx_dropped(&lab, &tap) > before + 10,
         "tap tx_dropped did not rise"
+    );
+    // Inject again must not start a second flood; revert drains again while
+    // the traffic toward the guest goes on.
+    lab.inject(&Fault::TapNotDrained { guest: 1 }).unwrap();
+    lab.revert(&Fault::TapNotDrained { guest: 1 }).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (dropped, sent) = (
+        tap_tx_dropped(&lab, &tap),
+        tap_stat(&lab, &tap, "tx_packets"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert_eq!(
+        tap_tx_dropped(&lab, &tap),
+        dropped,
+        "drops go on after revert"
+    );
+    assert!(
+        tap_stat(&lab, &tap, "tx_packets") >= sent + 20,
+        "the tap is not drained after revert"
     );
 }
 
@@ -229,4 +328,49 @@ fn fifty_guests_start_needs_root() {
     ])
     .unwrap();
     assert_eq!(links.lines().count(), 51);
+}
+
+#[test]
+fn cleanup_stale_removes_namespaces_of_dead_processes_only_needs_root() {
+    // A pid that surely is dead: a child we started and reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!("hvf{dead}x0hv");
+    let ours = format!("hvf{}xstale", std::process::id());
+    lab::run(&["ip", "netns", "add", &stale]).unwrap();
+    lab::run(&["ip", "netns", "add", &ours]).unwrap();
+    lab::cleanup_stale();
+    let left = lab::list_namespaces();
+    let _ = lab::run(&["ip", "netns", "del", &ours]);
+    let _ = lab::run(&["ip", "netns", "del", &stale]);
+    assert!(!left.contains(&stale), "stale namespace kept: {left:?}");
+    assert!(
+        left.contains(&ours),
+        "a live process's namespace was removed"
+    );
+}
+
+#[test]
+fn failed_start_reports_stderr_and_leaves_nothing_needs_root() {
+    // `ip` refuses the name (a '/' is not allowed in interface names) after
+    // the lab's namespaces were already made.
+    let err = match Lab::start(LabConfig {
+        bridge: "br/0".into(),
+        ..Default::default()
+    }) {
+        Ok(_) => panic!("a bridge named br/0 was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("not a valid ifname"), "{err}");
+    let hv = err
+        .split_whitespace()
+        .find(|w| w.starts_with("hvf") && w.ends_with("hv"))
+        .unwrap_or_else(|| panic!("error names no namespace: {err}"));
+    let sw = format!("{}sw", hv.trim_end_matches("hv"));
+    let left = lab::list_namespaces();
+    assert!(
+        !left.iter().any(|n| n == hv || *n == sw),
+        "left behind: {left:?}"
+    );
 }

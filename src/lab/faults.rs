@@ -14,6 +14,13 @@ pub enum Fault {
     /// forwarding at once by br_port_state_selection(); only "disabled"
     /// sticks (measured on 6.18). With kernel STP on, user changes get EBUSY.
     PortDisabled { port: String },
+    /// F8, "long forward delay": a port held in another non-forwarding
+    /// state — 1 (listening: drops everything) or 2 (learning: learns
+    /// source MACs, forwards nothing) — as a new port sits for
+    /// 2×forward_delay under STP. 0 works too; 4 (blocking) is refused: with
+    /// STP off the kernel turns it back into forwarding at once, so it would
+    /// inject nothing. Revert sets 3 (forwarding).
+    PortState { port: String, state: u8 },
     /// F11/F12: a bridge-family nftables chain drops all forwarded frames.
     NftBridgeDrop,
     /// F6: a guest's MAC pinned on the uplink port in the FDB.
@@ -22,8 +29,26 @@ pub enum Fault {
     LearningFloodOff { port: String },
     /// F17: the switch side's MTU lowered below the guests'.
     MtuMismatch { mtu: u32 },
-    /// F14: a tap guest's process stops reading its tap while traffic toward it continues.
+    /// F14: a tap guest's process stops reading its tap while traffic toward
+    /// it continues (a 100 pps unicast flood from the switch side, started on
+    /// the first inject). Revert resumes reading and leaves the traffic
+    /// flowing, so the tap's tx_dropped stops rising while tx_packets rises.
     TapNotDrained { guest: usize },
+}
+
+impl Fault {
+    /// The failure catalogue row this fault reproduces (shared/failure-catalog.md).
+    pub fn catalog_id(&self) -> &'static str {
+        match self {
+            Fault::UplinkDown => "F2",
+            Fault::PortDisabled { .. } | Fault::PortState { .. } => "F8",
+            Fault::NftBridgeDrop => "F11",
+            Fault::FdbHijack { .. } => "F6",
+            Fault::LearningFloodOff { .. } => "F7",
+            Fault::MtuMismatch { .. } => "F17",
+            Fault::TapNotDrained { .. } => "F14",
+        }
+    }
 }
 
 const NFT_TABLE: &str = "hvflight_lab";
@@ -95,6 +120,25 @@ pub fn inject(lab: &Lab, f: &Fault) -> Result<(), LabError> {
         Fault::PortDisabled { port } => {
             run(&["bridge", "-n", hv, "link", "set", "dev", port, "state", "0"]).map(|_| ())
         }
+        Fault::PortState { port, state } => {
+            if !matches!(state, 0..=2) {
+                return Err(LabError::Invalid(format!(
+                    "port state {state}: only 0, 1 or 2 stay put with STP off (4 reverts to forwarding at once)"
+                )));
+            }
+            run(&[
+                "bridge",
+                "-n",
+                hv,
+                "link",
+                "set",
+                "dev",
+                port,
+                "state",
+                &state.to_string(),
+            ])
+            .map(|_| ())
+        }
         Fault::NftBridgeDrop => {
             let rules = format!(
                 "table bridge {NFT_TABLE} {{\n chain forward {{\n  type filter hook forward priority 0; policy drop;\n }}\n}}\n"
@@ -150,6 +194,9 @@ pub fn inject(lab: &Lab, f: &Fault) -> Result<(), LabError> {
                 .tap_holder(&g.host_port)
                 .ok_or_else(|| LabError::Invalid(format!("guest {i} is not a tap guest")))?;
             signal(pid, nix::sys::signal::Signal::SIGUSR1)?;
+            if !lab.start_tap_flood(&g.host_port) {
+                return Ok(());
+            }
             // Unicast toward the guest from the switch side: its MAC is never
             // learned (the guest sends nothing), so the bridge floods it to
             // the tap, whose queue fills.
@@ -196,7 +243,7 @@ pub fn revert(lab: &Lab, f: &Fault) -> Result<(), LabError> {
     let hv = lab.hv_ns.as_str();
     match f {
         Fault::UplinkDown => lab.set_link(&lab.switch_ns, &lab.switch_port, true),
-        Fault::PortDisabled { port } => {
+        Fault::PortDisabled { port } | Fault::PortState { port, .. } => {
             run(&["bridge", "-n", hv, "link", "set", "dev", port, "state", "3"]).map(|_| ())
         }
         Fault::NftBridgeDrop => run(&[
