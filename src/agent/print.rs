@@ -23,18 +23,22 @@ fn pps(v: f64) -> String {
     }
 }
 
-/// A vNIC is a bridge port with libvirt's tap MAC prefix (fe:…) or one that
-/// libvirt maps to a domain; every other bridge port is an uplink.
+/// A vNIC is a bridge port libvirt maps to a domain; every other bridge
+/// port is an uplink. Without libvirt's view (unreachable, or no domain
+/// mapped) libvirt's tap MAC prefix (fe:…) decides — only then, because a
+/// random kernel MAC (a veth uplink's, say) starts with fe: one time in 64.
 pub fn is_vnic(sample: &Sample, ifname: &str, mac: &str) -> bool {
-    if mac.starts_with("fe:") {
-        return true;
+    let mapped: Vec<&str> = sample
+        .libvirt
+        .iter()
+        .flat_map(|l| &l.domains)
+        .flat_map(|d| &d.vnics)
+        .filter_map(|v| v.host_ifname.as_deref())
+        .collect();
+    if mapped.is_empty() {
+        return mac.starts_with("fe:");
     }
-    sample.libvirt.as_ref().is_some_and(|l| {
-        l.domains
-            .iter()
-            .flat_map(|d| &d.vnics)
-            .any(|v| v.host_ifname.as_deref() == Some(ifname))
-    })
+    mapped.contains(&ifname)
 }
 
 pub fn sample_line(s: &Sample, m: &Model) -> String {

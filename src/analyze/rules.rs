@@ -329,8 +329,7 @@ fn mtu(input: &Input) -> Option<Finding> {
             let before = input
                 .samples
                 .iter()
-                .filter(|s| s.ts_unix_ns < x.ts_unix_ns)
-                .next_back()
+                .rfind(|s| s.ts_unix_ns < x.ts_unix_ns)
                 .and_then(|s| s.link(name))
                 .map(|l| l.mtu);
             if before.is_some_and(|b| b != *m) {

@@ -169,21 +169,7 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
     if on("qdisc") {
         v.push(Box::new(qdisc::QdiscCollector::new(timeout)));
     }
-    if on("conntrack") {
-        v.push(Box::new(procnet::ConntrackCollector));
-    }
-    if on("softnet") {
-        v.push(Box::new(procnet::SoftnetCollector));
-    }
-    if on("snmp") {
-        v.push(Box::new(procnet::SnmpCollector));
-    }
-    if on("system") {
-        v.push(Box::new(procnet::SystemCollector));
-    }
-    if on("netfilter") {
-        v.push(Box::new(procnet::NetfilterCollector::new()));
-    }
+    v.extend(proc_all::proc_collectors_where(on));
     if on("libvirt") {
         v.push(Box::new(libvirt::LibvirtCollector::new(
             cfg.agent.libvirt_uri.clone(),
@@ -195,9 +181,15 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
     v
 }
 
+pub mod conntrack;
 pub mod fdb;
 pub mod libvirt;
 pub mod links;
 pub mod neigh;
-pub mod procnet;
+pub mod neigh_limits;
+pub mod netfilter;
+pub mod proc_all;
 pub mod qdisc;
+pub mod snmp;
+pub mod softnet;
+pub mod system;

@@ -3,8 +3,6 @@
 //! keeps in /proc (gc_thresh*, arp_cache/ndisc_cache — global, so absent in
 //! a child namespace, which is normal and not a failure).
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use netlink_packet_route::neighbour::NeighbourMessage;
@@ -26,30 +24,6 @@ impl NeighCollector {
             socket: None,
             timeout,
         }
-    }
-}
-
-fn read_thresh(proc_root: &Path, family: &str) -> Option<[u32; 3]> {
-    let mut out = [0u32; 3];
-    for (i, slot) in out.iter_mut().enumerate() {
-        let p = proc_root.join(format!("sys/net/{family}/neigh/default/gc_thresh{}", i + 1));
-        *slot = std::fs::read_to_string(p).ok()?.trim().parse().ok()?;
-    }
-    Some(out)
-}
-
-fn read_stat(proc_root: &Path, name: &str) -> Result<Option<BTreeMap<String, u64>>, CollectError> {
-    let p = proc_root.join("net/stat").join(name);
-    match std::fs::read_to_string(&p) {
-        Ok(t) => crate::kernel::stat_table::parse(&t)
-            .map(Some)
-            .map_err(|e| CollectError::Parse {
-                path: p.display().to_string(),
-                line: e.line,
-                msg: e.msg,
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(CollectError::io(p.display().to_string(), e)),
     }
 }
 
@@ -93,10 +67,7 @@ impl Collector for NeighCollector {
                 n.total_inet6 = total;
             }
         }
-        n.gc_thresh = read_thresh(&ctx.proc_root, "ipv4");
-        n.gc_thresh6 = read_thresh(&ctx.proc_root, "ipv6");
-        n.arp_cache = read_stat(&ctx.proc_root, "arp_cache")?;
-        n.ndisc_cache = read_stat(&ctx.proc_root, "ndisc_cache")?;
+        super::neigh_limits::read_neigh_limits(ctx)?.apply_to(&mut n);
         sample.neighbours = Some(n);
         Ok(())
     }

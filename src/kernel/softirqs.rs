@@ -1,45 +1,55 @@
-//! /proc/softirqs (NET_RX / NET_TX per CPU) and /proc/buddyinfo (free blocks
-//! per order). Written by hand: procfs does not parse either.
+//! /proc/softirqs: per-CPU counts of each softirq (NET_RX, NET_TX, …), a
+//! header of CPU names, then one "NAME: n n n" row per softirq. NET_RX
+//! stopping on one CPU while traffic arrives is a stall signature (F15, F23).
+//! Written by hand: the procfs crate does not parse this file.
 
 use std::collections::BTreeMap;
 
-/// Rows of /proc/softirqs by name ("NET_RX" → per-CPU counts).
-pub fn parse_softirqs(text: &str) -> Result<BTreeMap<String, Vec<u64>>, (usize, String)> {
+use super::proc_error::LineError;
+
+/// Rows by softirq name ("NET_RX" → one count per CPU of the header).
+pub fn parse(text: &str) -> Result<BTreeMap<String, Vec<u64>>, LineError> {
+    let mut lines = text.lines();
+    let ncpu = lines
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter(|c| c.starts_with("CPU"))
+        .count();
+    if ncpu == 0 {
+        return Err(LineError::new(1, "no CPU columns in the header"));
+    }
     let mut out = BTreeMap::new();
-    for (i, l) in text.lines().enumerate().skip(1) {
-        let Some((name, rest)) = l.split_once(':') else {
+    let mut last = 1;
+    for (i, l) in lines.enumerate() {
+        let n = i + 2;
+        last = n;
+        if l.trim().is_empty() {
             continue;
+        }
+        let Some((name, rest)) = l.split_once(':') else {
+            return Err(LineError::new(n, "no 'NAME:' prefix"));
         };
-        let v: Result<Vec<u64>, _> = rest.split_whitespace().map(str::parse).collect();
-        out.insert(
-            name.trim().to_string(),
-            v.map_err(|e| (i + 1, format!("{}: {e}", name.trim())))?,
-        );
+        let name = name.trim();
+        let mut counts = Vec::with_capacity(ncpu);
+        for v in rest.split_whitespace() {
+            counts.push(
+                v.parse()
+                    .map_err(|e| LineError::new(n, format!("{name}: {v:?}: {e}")))?,
+            );
+        }
+        if counts.len() != ncpu {
+            return Err(LineError::new(
+                n,
+                format!("{name}: {} counts for {ncpu} CPUs", counts.len()),
+            ));
+        }
+        out.insert(name.to_string(), counts);
+    }
+    if !text.ends_with('\n') {
+        return Err(LineError::new(last, "no final newline: truncated read"));
     }
     Ok(out)
-}
-
-/// Free blocks per order summed over nodes and zones.
-pub fn parse_buddyinfo(text: &str) -> Result<Vec<u64>, (usize, String)> {
-    let mut sum: Vec<u64> = Vec::new();
-    for (i, l) in text.lines().enumerate() {
-        // "Node 0, zone   Normal   12  4 …"
-        let Some(rest) = l.split_once("zone").map(|(_, r)| r) else {
-            continue;
-        };
-        let mut it = rest.split_whitespace();
-        it.next(); // zone name
-        for (order, v) in it.enumerate() {
-            let v: u64 = v
-                .parse()
-                .map_err(|e| (i + 1, format!("order {order}: {e}")))?;
-            if sum.len() <= order {
-                sum.resize(order + 1, 0);
-            }
-            sum[order] += v;
-        }
-    }
-    Ok(sum)
 }
 
 #[cfg(test)]
@@ -47,20 +57,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_machines_files() {
-        // tests/fixtures/proc/{softirqs,buddyinfo}: Debian 12, kernel 6.18, 2 CPUs.
-        let s = parse_softirqs(include_str!("../../tests/fixtures/proc/softirqs")).unwrap();
-        assert_eq!(s["NET_RX"].len(), 2);
-        let b = parse_buddyinfo(include_str!("../../tests/fixtures/proc/buddyinfo")).unwrap();
-        assert_eq!(b.len(), 11);
+    fn this_machines_file() {
+        let t = include_str!("../../tests/fixtures/proc/host/softirqs");
+        let s = parse(t).unwrap();
+        let row: Vec<u64> = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("NET_RX:"))
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(s["NET_RX"], row);
+        assert_eq!(s["NET_TX"].len(), 2);
+        assert_eq!(s.len(), 10, "HI … RCU");
     }
 
     #[test]
-    fn malformed_is_an_error_with_line() {
-        assert_eq!(parse_softirqs("CPU0\nNET_RX: 1 x\n").unwrap_err().0, 2);
-        assert_eq!(
-            parse_buddyinfo("Node 0, zone DMA 1 2 z\n").unwrap_err().0,
-            1
-        );
+    fn malformed_files_name_the_line() {
+        let e = parse(include_str!(
+            "../../tests/fixtures/proc/malformed/softirqs-truncated"
+        ))
+        .unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        assert_eq!(parse("CPU0\nNET_RX: 1 x\n").unwrap_err().line, 2);
+        assert_eq!(parse("").unwrap_err().line, 1);
+        assert_eq!(parse("CPU0\nNET_RX 1\n").unwrap_err().line, 2);
     }
 }

@@ -273,7 +273,9 @@ impl Lab {
                 "link set lo up".into(),
                 format!("link add {br} type bridge stp_state 0 forward_delay 0"),
                 format!(
-                    "link add {} type veth peer name {} netns {sw}",
+                    // A fixed MAC: a random one could start with fe:
+                    // (libvirt's vNIC prefix) and pass for a guest.
+                    "link add {} address 02:00:00:00:00:01 type veth peer name {} netns {sw}",
                     self.uplink, self.switch_port
                 ),
                 format!("link set {} master {br} up", self.uplink),

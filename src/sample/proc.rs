@@ -118,4 +118,8 @@ pub struct Netfilter {
     /// Legacy xtables tables present in /proc/net/ip_tables_names (names only).
     #[serde(default)]
     pub legacy_tables: Vec<String>,
+    /// The same for IPv6 (/proc/net/ip6_tables_names): a legacy ip6tables
+    /// FORWARD drop cuts guests' IPv6 when bridge-nf-call-ip6tables is on.
+    #[serde(default)]
+    pub legacy_tables6: Vec<String>,
 }

@@ -89,3 +89,7 @@ PY
 echo
 echo "store (synthetic busy host, 15 minutes at 1 Hz):"
 cargo test --release --test store_bench -- --ignored --nocapture 2>/dev/null | grep -E "vNICs|^ +[0-9]|GiB/day"
+
+echo
+echo "/proc collectors, µs per collect:"
+cargo test --release --test proc_bench -- --ignored --nocapture 2>/dev/null | grep -E "µs"
