@@ -1,7 +1,8 @@
 //! The bridge forwarding database from ONE AF_BRIDGE RTM_GETNEIGH dump
-//! (what `bridge fdb show` prints), capped so a flooded FDB cannot blow
-//! the agent's memory.
+//! (what `bridge fdb show` prints), decoded one entry at a time as the dump
+//! streams in and capped, so a flooded FDB cannot blow the agent's memory.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use super::{CollectError, Collector, Context};
 use crate::sample::{FdbEntry, Sample};
 use crate::source::netlink::{mac_string, RouteSocket};
+
+const RTM_NEWNEIGH: u16 = 28;
 
 pub struct FdbCollector {
     socket: Option<RouteSocket>,
@@ -70,18 +73,84 @@ pub fn parse_fdb(m: &NeighbourMessage, names: &HashMap<u32, String>) -> Option<F
     Some(e)
 }
 
+/// Builds the FDB section one dump message at a time, so a 100k-entry FDB
+/// costs `max_entries` entries of memory, not a decoded copy of the whole
+/// table: entries of the bridges in `wanted` (by NDA_MASTER; None = all),
+/// at most `max_entries`; the rest are only counted.
+pub struct FdbSection<'a> {
+    names: &'a HashMap<u32, String>,
+    wanted: Option<&'a [u32]>,
+    max_entries: usize,
+    pub entries: Vec<FdbEntry>,
+    /// Entries left out by the cap.
+    pub dropped: usize,
+    /// Messages netlink-packet-route could not decode (skipped), and the first error.
+    pub undecodable: usize,
+    pub first_error: Option<String>,
+}
+
+impl<'a> FdbSection<'a> {
+    pub fn new(
+        names: &'a HashMap<u32, String>,
+        wanted: Option<&'a [u32]>,
+        max_entries: usize,
+    ) -> Self {
+        FdbSection {
+            names,
+            wanted,
+            max_entries,
+            entries: Vec::new(),
+            dropped: 0,
+            undecodable: 0,
+            first_error: None,
+        }
+    }
+
+    /// Forgets what was added (an interrupted dump is read again).
+    pub fn reset(&mut self) {
+        self.entries.clear();
+        self.dropped = 0;
+        self.undecodable = 0;
+        self.first_error = None;
+    }
+
+    pub fn add(&mut self, m: &NeighbourMessage) {
+        let Some(e) = parse_fdb(m, self.names) else {
+            return;
+        };
+        if let Some(w) = self.wanted {
+            if !e.master.is_some_and(|b| w.contains(&b)) {
+                return;
+            }
+        }
+        if self.entries.len() >= self.max_entries {
+            self.dropped += 1;
+            return;
+        }
+        self.entries.push(e);
+    }
+
+    /// Adds one RTM_NEWNEIGH payload (after the netlink header).
+    pub fn add_payload(&mut self, payload: &[u8]) {
+        use netlink_packet_core::Parseable;
+        match NeighbourMessage::parse(payload) {
+            Ok(m) => self.add(&m),
+            Err(e) => {
+                self.undecodable += 1;
+                if self.first_error.is_none() {
+                    self.first_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
 impl Collector for FdbCollector {
     fn name(&self) -> &'static str {
         "fdb"
     }
 
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
-        let mut req = NeighbourMessage::default();
-        req.header.family = AddressFamily::Bridge;
-        let msgs = socket
-            .dump("fdb", RouteNetlinkMessage::GetNeighbour(req))
-            .inspect_err(|_| self.socket = None)?;
         let names: HashMap<u32, String> = sample
             .links
             .iter()
@@ -102,27 +171,39 @@ impl Collector for FdbCollector {
                     .collect(),
             )
         };
-        let mut entries = Vec::new();
-        let mut dropped = 0usize;
-        for m in &msgs {
-            let RouteNetlinkMessage::NewNeighbour(m) = m else {
-                continue;
-            };
-            let Some(e) = parse_fdb(m, &names) else {
-                continue;
-            };
-            if let Some(w) = &wanted {
-                if !e.master.is_some_and(|b| w.contains(&b)) {
-                    continue;
-                }
-            }
-            if entries.len() >= self.max_entries {
-                dropped += 1;
-                continue;
-            }
-            entries.push(e);
-        }
+        let mut req = NeighbourMessage::default();
+        req.header.family = AddressFamily::Bridge;
+        let section = RefCell::new(FdbSection::new(&names, wanted.as_deref(), self.max_entries));
+        let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
+        socket
+            .dump_raw(
+                "fdb",
+                RouteNetlinkMessage::GetNeighbour(req),
+                &mut || section.borrow_mut().reset(),
+                &mut |ty, payload| {
+                    if ty == RTM_NEWNEIGH {
+                        section.borrow_mut().add_payload(payload);
+                    }
+                },
+            )
+            .inspect_err(|_| self.socket = None)?;
+        let FdbSection {
+            entries,
+            dropped,
+            undecodable,
+            first_error,
+            ..
+        } = section.into_inner();
         sample.fdb = Some(entries);
+        if undecodable > 0 {
+            return Err(CollectError::Netlink {
+                what: "fdb".into(),
+                msg: format!(
+                    "{undecodable} entries not decodable, skipped: {}",
+                    first_error.unwrap_or_default()
+                ),
+            });
+        }
         if dropped > 0 {
             // The section is kept (capped); the cap is recorded like a failure.
             return Err(CollectError::Unavailable(format!(

@@ -9,8 +9,23 @@ use std::time::Duration;
 
 use super::{CollectError, Collector, Context};
 use crate::kernel::domain_xml::{reason_name, state_name};
+use crate::sample::link::Link;
 use crate::sample::{Domain, Libvirt, Sample};
-use crate::source::libvirt::LibvirtWorker;
+use crate::source::libvirt::{LibvirtError, LibvirtWorker};
+
+/// How long a domain's cached XML is trusted when nothing about the domain
+/// changed (new domains, restarts and state changes are fetched at once).
+pub const DEFAULT_XML_REFRESH_S: u64 = 60;
+
+/// The libvirt collector with the default XML refresh interval.
+pub fn libvirt_collector(uri: String, timeout_ms: u64, reconnect_ms: u64) -> Box<dyn Collector> {
+    Box::new(LibvirtCollector::new(
+        uri,
+        timeout_ms,
+        reconnect_ms,
+        DEFAULT_XML_REFRESH_S,
+    ))
+}
 
 pub struct LibvirtCollector {
     worker: LibvirtWorker,
@@ -18,6 +33,10 @@ pub struct LibvirtCollector {
 }
 
 impl LibvirtCollector {
+    /// Starts the worker thread (it connects on the first sample, so this
+    /// never blocks). `timeout_ms`: how long one sample waits for libvirt;
+    /// `reconnect_ms`: the first reconnect delay (it doubles while libvirt
+    /// stays away, up to 8×).
     pub fn new(uri: String, timeout_ms: u64, reconnect_ms: u64, xml_refresh_s: u64) -> Self {
         LibvirtCollector {
             worker: LibvirtWorker::start(
@@ -30,11 +49,42 @@ impl LibvirtCollector {
     }
 }
 
-/// The host port of a guest MAC under libvirt's convention: first octet fe.
+/// The host port of a guest MAC under libvirt's convention: first octet fe
+/// (libvirt gives taps fe:… so the bridge, which takes its lowest port MAC,
+/// never takes a tap's).
 pub fn host_mac_of(guest_mac: &str) -> String {
     match guest_mac.split_once(':') {
-        Some((_, rest)) => format!("fe:{rest}"),
-        None => guest_mac.to_string(),
+        Some((_, rest)) => format!("fe:{}", rest.to_ascii_lowercase()),
+        None => guest_mac.to_ascii_lowercase(),
+    }
+}
+
+/// Fills `host_ifindex`/`host_ifname` of every vNIC from the host's links:
+/// by target dev when it names a real interface, else by MAC (guest MAC
+/// with first octet fe). The bridge itself may carry a port's fe: MAC (it
+/// takes its lowest port MAC), so bridges are never candidates, and among
+/// several candidates the one enslaved to the vNIC's bridge wins.
+pub fn resolve_vnics(domains: &mut [Domain], links: &[Link]) {
+    let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
+    let mut by_mac: HashMap<String, Vec<&Link>> = HashMap::new();
+    for l in links.iter().filter(|l| l.kind != "bridge") {
+        by_mac
+            .entry(l.mac.to_ascii_lowercase())
+            .or_default()
+            .push(l);
+    }
+    for v in domains.iter_mut().flat_map(|d| d.vnics.iter_mut()) {
+        let found = by_name.get(v.target_dev.as_str()).copied().or_else(|| {
+            let candidates = by_mac.get(&host_mac_of(&v.mac))?;
+            let bridge = by_name.get(v.bridge.as_str()).map(|b| b.ifindex);
+            candidates
+                .iter()
+                .find(|l| bridge.is_some() && l.master == bridge)
+                .or_else(|| candidates.iter().min_by_key(|l| l.ifindex))
+                .copied()
+        });
+        v.host_ifindex = found.map(|l| l.ifindex);
+        v.host_ifname = found.map(|l| l.name.clone());
     }
 }
 
@@ -44,61 +94,38 @@ impl Collector for LibvirtCollector {
     }
 
     fn collect(&mut self, _ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        let uri = self.worker.uri.clone();
-        let raw = self
-            .worker
-            .domains(self.timeout)
-            .map_err(|(msg, timed_out)| {
-                if timed_out {
-                    CollectError::Timeout {
-                        what: format!("libvirt {uri}: {msg}"),
-                        ms: self.timeout.as_millis() as u64,
-                    }
-                } else {
-                    CollectError::Libvirt {
-                        uri: uri.clone(),
-                        msg,
-                    }
-                }
-            })?;
-        let by_name: HashMap<&str, (u32, &str)> = sample
-            .links
-            .iter()
-            .flatten()
-            .map(|l| (l.name.as_str(), (l.ifindex, l.name.as_str())))
-            .collect();
-        let by_mac: HashMap<&str, (u32, &str)> = sample
-            .links
-            .iter()
-            .flatten()
-            .map(|l| (l.mac.as_str(), (l.ifindex, l.name.as_str())))
-            .collect();
-        let domains = raw
+        let result = self.worker.domains(self.timeout);
+        let uri = &self.worker.uri;
+        let snap = result.map_err(|e| match e {
+            LibvirtError::Timeout { .. } | LibvirtError::Busy { .. } => CollectError::Timeout {
+                what: format!("libvirt {uri}: {e}"),
+                ms: self.timeout.as_millis() as u64,
+            },
+            e => CollectError::Libvirt {
+                uri: uri.clone(),
+                msg: e.to_string(),
+            },
+        })?;
+        let mut domains: Vec<Domain> = snap
+            .domains
             .into_iter()
-            .map(|d| {
-                let mut vnics = d.xml.vnics;
-                for v in vnics.iter_mut() {
-                    let host_mac = host_mac_of(&v.mac);
-                    let found = by_name
-                        .get(v.target_dev.as_str())
-                        .or_else(|| by_mac.get(host_mac.as_str()));
-                    if let Some((ifindex, name)) = found {
-                        v.host_ifindex = Some(*ifindex);
-                        v.host_ifname = Some(name.to_string());
-                    }
-                }
-                Domain {
-                    name: d.name,
-                    uuid: d.uuid,
-                    id: d.id,
-                    state: state_name(d.state).to_string(),
-                    reason: reason_name(d.state, d.reason),
-                    vnics,
-                    nova: d.xml.nova,
-                }
+            .map(|d| Domain {
+                name: d.name,
+                uuid: d.uuid,
+                id: d.id,
+                state: state_name(d.state).to_string(),
+                reason: reason_name(d.state, d.reason),
+                vnics: d.xml.vnics,
+                nova: d.xml.nova,
+                xml_error: d.xml_error,
             })
             .collect();
-        sample.libvirt = Some(Libvirt { uri, domains });
+        resolve_vnics(&mut domains, sample.links.as_deref().unwrap_or_default());
+        sample.libvirt = Some(Libvirt {
+            uri: uri.clone(),
+            domains,
+            xml_fetches: snap.xml_fetches,
+        });
         Ok(())
     }
 }

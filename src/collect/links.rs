@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use netlink_packet_route::link::{
     BridgeId, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage, State,
+    LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge, State,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -105,6 +105,7 @@ pub fn parse_link(m: &LinkMessage) -> Parsed {
                     rx_nohandler: s.rx_nohandler,
                 }
             }
+            LinkAttribute::ProtoInfoBridge(v) => p.port_info = Some(port_info_from_protinfo(v)),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {
@@ -121,6 +122,26 @@ pub fn parse_link(m: &LinkMessage) -> Parsed {
         }
     }
     p
+}
+
+/// IFLA_PROTINFO of an AF_BRIDGE link message (what the kernel multicasts
+/// when a port's STP state or flags change, and what `bridge link` dumps)
+/// carries the same IFLA_BRPORT_* attributes as IFLA_INFO_SLAVE_DATA, but
+/// netlink-packet-route 0.34 leaves all but one undecoded
+/// (`LinkProtoInfoBridge::Other`): re-parse each as an `InfoBridgePort`.
+/// An attribute the crate cannot parse is skipped, not fatal.
+pub fn port_info_from_protinfo(v: &[LinkProtoInfoBridge]) -> Vec<InfoBridgePort> {
+    use netlink_packet_core::{Emitable, NlaBuffer, Parseable};
+    let mut buf = Vec::new();
+    v.iter()
+        .filter_map(|a| {
+            buf.clear();
+            buf.resize(a.buffer_len(), 0);
+            a.emit(&mut buf);
+            let nla = NlaBuffer::new_checked(&buf[..]).ok()?;
+            InfoBridgePort::parse(&nla).ok()
+        })
+        .collect()
 }
 
 fn kind_name(k: &InfoKind) -> String {

@@ -1,11 +1,18 @@
 //! libvirt domain lifecycle events (started, stopped, crashed, migrated …)
 //! and the connection's own state, on a thread that runs libvirt's default
-//! event loop. The `virt` crate (0.4) has no safe event registration, so
-//! this file calls virt-sys directly; every unsafe block says why it holds.
+//! event loop. The `virt` crate (0.4) has no safe domain-event
+//! registration, so this file calls virt-sys directly; every unsafe block
+//! says why it holds.
+//!
+//! Events: `libvirt` {domain, uuid, event, detail} per lifecycle change;
+//! `libvirt_connection` {connected: true} on every (re)connect and
+//! {connected: false} once per outage (connect failure, or libvirtd gone).
+//! Reconnects back off like the collector's (source::libvirt::Backoff).
 //!
 //! Note (machine-notes): the test driver delivers lifecycle events only to
 //! the connection that made the change, so with `test:///` URIs this source
-//! reports the connection and little else; a real libvirtd reports all.
+//! sees the changes made through its own connection (tests use
+//! `start_with_opener` for that) and nothing else; a real libvirtd reports all.
 
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,31 +26,75 @@ use virt_sys as sys;
 use super::Worker;
 use crate::kernel::domain_xml::event_name;
 use crate::sample::{Event, EventKind};
+use crate::source::libvirt::Backoff;
+
+/// Opens the connection the events thread listens on.
+pub type Opener = Box<dyn FnMut() -> Result<Connect, virt::error::Error> + Send>;
+
+/// How often virEventRunDefaultImpl returns when nothing happens, so the
+/// thread sees its stop flag and notices a dead connection.
+const LOOP_TICK_MS: i32 = 250;
 
 static EVENT_IMPL: Once = Once::new();
+/// Whether libvirt's default event loop is registered (and so may be run).
+static EVENT_LOOP_READY: AtomicBool = AtomicBool::new(false);
 
-/// Must run before any connection is opened (libvirt's rule): called by
-/// `start`, which the agent runs before its first sample.
+/// Registers libvirt's default event loop implementation, once per process.
+/// libvirt wants it before the connections that should deliver events are
+/// opened; `start` calls it, and the agent starts the event sources before
+/// its first sample.
 pub fn register_event_loop() {
     EVENT_IMPL.call_once(|| {
+        virt::error::clear_error_callback();
         if let Err(e) = virt::event::event_register_default_impl() {
             tracing::warn!(error = %e, "libvirt: cannot register the default event loop");
+            return;
         }
-        // A periodic timer so virEventRunDefaultImpl returns regularly and
-        // the thread can notice its stop flag even when nothing happens.
-        let _ = virt::event::event_add_timeout(250, |_, _| {}, std::ptr::null_mut());
+        // A periodic no-op timer so virEventRunDefaultImpl returns regularly
+        // even when no event comes.
+        if let Err(e) =
+            virt::event::event_add_timeout(LOOP_TICK_MS, |_, _| {}, std::ptr::null_mut())
+        {
+            tracing::warn!(error = %e, "libvirt: cannot add the event loop tick");
+            return;
+        }
+        EVENT_LOOP_READY.store(true, Ordering::Relaxed);
     });
 }
 
+/// Listens on a read-only connection to `uri`.
 pub fn start(uri: String, reconnect_ms: u64, tx: Sender<Event>) -> std::io::Result<Worker> {
-    register_event_loop();
-    Worker::spawn("libvirt-events", move |stop| {
-        run(uri, Duration::from_millis(reconnect_ms), tx, stop)
-    })
+    let target = uri.clone();
+    start_with_opener(
+        uri,
+        Box::new(move || Connect::open_read_only(Some(&target))),
+        reconnect_ms,
+        tx,
+    )
 }
 
-struct CallbackData {
+/// Listens on whatever connection `open` returns (`uri` only labels the
+/// events). Tests pass an opener that keeps a clone of the connection, so
+/// they can change domains through it — the test driver tells only the
+/// connection that made a change.
+pub fn start_with_opener(
+    uri: String,
+    open: Opener,
+    reconnect_ms: u64,
     tx: Sender<Event>,
+) -> std::io::Result<Worker> {
+    register_event_loop();
+    Worker::spawn("libvirt-events", move |stop| {
+        Listener {
+            uri,
+            open,
+            tx,
+            backoff: Backoff::new(Duration::from_millis(reconnect_ms)),
+            conn: None,
+            announced_down: false,
+        }
+        .run(&stop)
+    })
 }
 
 fn event(kind: EventKind) -> Event {
@@ -55,6 +106,13 @@ fn event(kind: EventKind) -> Event {
     }
 }
 
+/// Handed to libvirt as the lifecycle callback's opaque pointer; freed by
+/// `free_lifecycle_data` when libvirt drops the callback.
+struct LifecycleData {
+    tx: Sender<Event>,
+}
+
+/// virConnectDomainEventCallback for VIR_DOMAIN_EVENT_ID_LIFECYCLE.
 unsafe extern "C" fn lifecycle_cb(
     _conn: sys::virConnectPtr,
     dom: sys::virDomainPtr,
@@ -62,9 +120,12 @@ unsafe extern "C" fn lifecycle_cb(
     detail: libc::c_int,
     opaque: *mut libc::c_void,
 ) -> libc::c_int {
-    // SAFETY: opaque is the CallbackData boxed in `subscribe`, alive until
-    // libvirt calls `free_cb` after deregistration; dom is valid for the call.
-    let data = unsafe { &*(opaque as *const CallbackData) };
+    // SAFETY: opaque is the LifecycleData leaked in `subscribe`; libvirt
+    // keeps it alive until it calls `free_lifecycle_data`, which happens only
+    // after the callback is deregistered, never during a call.
+    let data = unsafe { &*(opaque as *const LifecycleData) };
+    // SAFETY: dom is valid for the duration of the callback; the name is
+    // owned by the domain object and copied out before we return.
     let name = unsafe {
         let p = sys::virDomainGetName(dom);
         if p.is_null() {
@@ -73,7 +134,9 @@ unsafe extern "C" fn lifecycle_cb(
             CStr::from_ptr(p).to_string_lossy().into_owned()
         }
     };
+    // VIR_UUID_STRING_BUFLEN is 37; libvirt writes a NUL-terminated string.
     let mut buf = [0 as libc::c_char; 64];
+    // SAFETY: dom is valid; buf is larger than VIR_UUID_STRING_BUFLEN.
     let uuid = unsafe {
         if sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) == 0 {
             CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
@@ -82,6 +145,7 @@ unsafe extern "C" fn lifecycle_cb(
         }
     };
     let (event_s, detail_s) = event_name(ev, detail);
+    // A closed receiver means the agent is stopping; nothing to do about it here.
     let _ = data.tx.send(event(EventKind::Libvirt {
         domain: name,
         uuid,
@@ -91,137 +155,179 @@ unsafe extern "C" fn lifecycle_cb(
     0
 }
 
-unsafe extern "C" fn free_cb(opaque: *mut libc::c_void) {
-    // SAFETY: called once by libvirt with the pointer we leaked in `subscribe`.
-    drop(unsafe { Box::from_raw(opaque as *mut CallbackData) });
+unsafe extern "C" fn free_lifecycle_data(opaque: *mut libc::c_void) {
+    // SAFETY: called once by libvirt with the pointer leaked in `subscribe`.
+    drop(unsafe { Box::from_raw(opaque as *mut LifecycleData) });
 }
 
+/// virConnectCloseFunc: libvirtd went away (EOF, keepalive timeout).
 unsafe extern "C" fn close_cb(
     _conn: sys::virConnectPtr,
     _reason: libc::c_int,
     opaque: *mut libc::c_void,
 ) {
-    // SAFETY: opaque is the AtomicBool of `run`, which outlives the connection.
+    // SAFETY: opaque is the Arc<AtomicBool> leaked in `subscribe`; it is
+    // released by `free_closed_flag` only after the callback is unregistered.
     let closed = unsafe { &*(opaque as *const AtomicBool) };
     closed.store(true, Ordering::Relaxed);
 }
 
-/// Registers the lifecycle callback; returns its id.
-fn subscribe(
-    conn: &Connect,
-    tx: Sender<Event>,
-    closed: &AtomicBool,
-) -> Result<libc::c_int, String> {
-    let data = Box::into_raw(Box::new(CallbackData { tx }));
-    // SAFETY: the lifecycle callback has the virConnectDomainEventCallback
-    // signature; libvirt's own VIR_DOMAIN_EVENT_CALLBACK macro casts it to
-    // the generic type in the same way. `data` is freed by free_cb.
-    let id = unsafe {
-        let cb: sys::virConnectDomainEventGenericCallback = Some(std::mem::transmute::<
-            unsafe extern "C" fn(
-                sys::virConnectPtr,
-                sys::virDomainPtr,
-                libc::c_int,
-                libc::c_int,
-                *mut libc::c_void,
-            ) -> libc::c_int,
-            unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut libc::c_void),
-        >(lifecycle_cb));
-        sys::virConnectDomainEventRegisterAny(
-            conn.as_ptr(),
-            std::ptr::null_mut(),
-            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as libc::c_int,
-            cb,
-            data as *mut libc::c_void,
-            Some(free_cb),
-        )
-    };
-    if id < 0 {
-        // SAFETY: registration failed, libvirt did not take ownership.
-        drop(unsafe { Box::from_raw(data) });
-        return Err(virt::error::Error::last_error().to_string());
-    }
-    // SAFETY: `closed` lives in `run`'s frame for as long as the connection.
-    unsafe {
-        sys::virConnectRegisterCloseCallback(
-            conn.as_ptr(),
-            Some(close_cb),
-            closed as *const AtomicBool as *mut libc::c_void,
-            None,
-        );
-    }
-    Ok(id)
+unsafe extern "C" fn free_closed_flag(opaque: *mut libc::c_void) {
+    // SAFETY: the pointer came from Arc::into_raw in `subscribe`, released once.
+    drop(unsafe { Arc::from_raw(opaque as *const AtomicBool) });
 }
 
-fn run(uri: String, reconnect: Duration, tx: Sender<Event>, stop: Arc<AtomicBool>) {
-    let closed = AtomicBool::new(false);
-    let mut conn: Option<(Connect, libc::c_int)> = None;
-    let mut last_attempt: Option<Instant> = None;
-    let mut announced_down = false;
-    while !stop.load(Ordering::Relaxed) {
-        if conn.is_none() && last_attempt.is_none_or(|t| t.elapsed() >= reconnect) {
-            last_attempt = Some(Instant::now());
-            closed.store(false, Ordering::Relaxed);
-            match Connect::open_read_only(Some(&uri))
-                .map_err(|e| e.to_string())
-                .and_then(|c| {
-                    let id = subscribe(&c, tx.clone(), &closed)?;
-                    Ok((c, id))
-                }) {
-                Ok(c) => {
-                    conn = Some(c);
-                    announced_down = false;
-                    let _ = tx.send(event(EventKind::LibvirtConnection {
-                        uri: uri.clone(),
-                        connected: true,
-                        error: String::new(),
-                    }));
-                }
-                Err(e) if !announced_down => {
-                    announced_down = true;
-                    let _ = tx.send(event(EventKind::LibvirtConnection {
-                        uri: uri.clone(),
-                        connected: false,
-                        error: e,
-                    }));
-                }
-                Err(_) => {}
+/// A connection with our callbacks registered on it.
+struct Subscribed {
+    conn: Connect,
+    callback_id: libc::c_int,
+    /// Set by libvirt's close callback.
+    closed: Arc<AtomicBool>,
+}
+
+impl Subscribed {
+    fn new(conn: Connect, tx: Sender<Event>) -> Result<Subscribed, String> {
+        let data = Box::into_raw(Box::new(LifecycleData { tx }));
+        // SAFETY: lifecycle_cb has the virConnectDomainEventCallback
+        // signature; libvirt's VIR_DOMAIN_EVENT_CALLBACK() macro casts such
+        // callbacks to the generic type exactly like this, and libvirt
+        // calls it back with the lifecycle signature for
+        // VIR_DOMAIN_EVENT_ID_LIFECYCLE. `data` is owned by libvirt from
+        // here on and freed through free_lifecycle_data.
+        let callback_id = unsafe {
+            let cb: sys::virConnectDomainEventGenericCallback = Some(std::mem::transmute::<
+                unsafe extern "C" fn(
+                    sys::virConnectPtr,
+                    sys::virDomainPtr,
+                    libc::c_int,
+                    libc::c_int,
+                    *mut libc::c_void,
+                ) -> libc::c_int,
+                unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut libc::c_void),
+            >(lifecycle_cb));
+            sys::virConnectDomainEventRegisterAny(
+                conn.as_ptr(),
+                std::ptr::null_mut(),
+                sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as libc::c_int,
+                cb,
+                data as *mut libc::c_void,
+                Some(free_lifecycle_data),
+            )
+        };
+        if callback_id < 0 {
+            let e = virt::error::Error::last_error();
+            // SAFETY: registration failed, so libvirt did not take `data`.
+            drop(unsafe { Box::from_raw(data) });
+            let mut conn = conn;
+            let _ = conn.close();
+            return Err(e.message().to_string());
+        }
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::into_raw(Arc::clone(&closed));
+        // SAFETY: conn is live; the flag pointer stays valid until libvirt
+        // calls free_closed_flag. Drivers without close callbacks (the test
+        // driver) fail here harmlessly: then liveness comes from is_alive.
+        let rc = unsafe {
+            sys::virConnectRegisterCloseCallback(
+                conn.as_ptr(),
+                Some(close_cb),
+                flag as *mut libc::c_void,
+                Some(free_closed_flag),
+            )
+        };
+        if rc < 0 {
+            // SAFETY: not registered, so libvirt will never free it: we do.
+            drop(unsafe { Arc::from_raw(flag) });
+        }
+        Ok(Subscribed {
+            conn,
+            callback_id,
+            closed,
+        })
+    }
+
+    fn alive(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed) && self.conn.is_alive().unwrap_or(false)
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        // SAFETY: the connection is still open and the id came from
+        // virConnectDomainEventRegisterAny on it. Failures (connection
+        // already dead) leave freeing to libvirt's connection teardown.
+        unsafe {
+            sys::virConnectDomainEventDeregisterAny(self.conn.as_ptr(), self.callback_id);
+            sys::virConnectUnregisterCloseCallback(self.conn.as_ptr(), Some(close_cb));
+        }
+        let _ = self.conn.close();
+    }
+}
+
+struct Listener {
+    uri: String,
+    open: Opener,
+    tx: Sender<Event>,
+    backoff: Backoff,
+    conn: Option<Subscribed>,
+    announced_down: bool,
+}
+
+impl Listener {
+    fn run(mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            if self.conn.is_none() && self.backoff.ready(Instant::now()) {
+                self.connect();
+            }
+            // Dispatches our callbacks, and every other connection's
+            // keepalive and I/O (the collector's too), connected or not;
+            // returns after at most one loop tick.
+            let ran = EVENT_LOOP_READY.load(Ordering::Relaxed)
+                && virt::event::event_run_default_impl().is_ok();
+            if !ran {
+                std::thread::sleep(Duration::from_millis(LOOP_TICK_MS as u64));
+            }
+            if self.conn.as_ref().is_some_and(|c| !c.alive()) {
+                self.conn = None;
+                self.backoff.failed(Instant::now());
+                self.down("connection to libvirt lost".into());
             }
         }
-        if conn.is_some() {
-            if virt::event::event_run_default_impl().is_err() {
-                std::thread::sleep(Duration::from_millis(250));
+        self.conn = None;
+    }
+
+    fn connect(&mut self) {
+        let subscribed = (self.open)()
+            .map_err(|e| e.message().to_string())
+            .and_then(|c| Subscribed::new(c, self.tx.clone()));
+        match subscribed {
+            Ok(s) => {
+                self.conn = Some(s);
+                self.backoff.succeeded();
+                self.announced_down = false;
+                let _ = self.tx.send(event(EventKind::LibvirtConnection {
+                    uri: self.uri.clone(),
+                    connected: true,
+                    error: String::new(),
+                }));
             }
-        } else {
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        let lost = closed.load(Ordering::Relaxed)
-            || conn
-                .as_ref()
-                .is_some_and(|(c, _)| !uri.starts_with("test:") && !c.is_alive().unwrap_or(false));
-        if lost {
-            if let Some((mut c, id)) = conn.take() {
-                // SAFETY: valid connection and callback id from `subscribe`.
-                unsafe {
-                    sys::virConnectDomainEventDeregisterAny(c.as_ptr(), id);
-                    sys::virConnectUnregisterCloseCallback(c.as_ptr(), Some(close_cb));
-                }
-                let _ = c.close();
+            Err(e) => {
+                self.backoff.failed(Instant::now());
+                self.down(e);
             }
-            announced_down = true;
-            let _ = tx.send(event(EventKind::LibvirtConnection {
-                uri: uri.clone(),
-                connected: false,
-                error: "connection closed".into(),
-            }));
         }
     }
-    if let Some((mut c, id)) = conn.take() {
-        // SAFETY: as above.
-        unsafe {
-            sys::virConnectDomainEventDeregisterAny(c.as_ptr(), id);
-            sys::virConnectUnregisterCloseCallback(c.as_ptr(), Some(close_cb));
+
+    /// One `connected: false` per outage, not one per failed attempt.
+    fn down(&mut self, error: String) {
+        if self.announced_down {
+            return;
         }
-        let _ = c.close();
+        self.announced_down = true;
+        let _ = self.tx.send(event(EventKind::LibvirtConnection {
+            uri: self.uri.clone(),
+            connected: false,
+            error,
+        }));
     }
 }

@@ -117,32 +117,65 @@ fn run(socket: Socket, tx: Sender<Event>, stop: Arc<AtomicBool>) {
             }
         };
         let t = crate::clock::now();
-        let mut off = 0;
-        while off < n {
-            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..n]) else {
-                break;
+        let (kinds, undecodable) = events_from_datagram(&buf[..n], &mut names);
+        let loss = undecodable.map(|(count, first)| EventKind::Loss {
+            source: "rtnetlink".into(),
+            detail: format!("{count} message(s) not decodable, skipped: {first}"),
+            count,
+        });
+        for kind in kinds.into_iter().chain(loss) {
+            let ev = Event {
+                ts_unix_ns: t.unix_ns,
+                mono_ns: t.mono_ns,
+                kind,
             };
-            let len = msg.header.length as usize;
-            if len == 0 {
-                break;
-            }
-            off += (len + 3) & !3;
-            if let NetlinkPayload::InnerMessage(m) = msg.payload {
-                if let Some(kind) = to_event(&m, &mut names) {
-                    if tx
-                        .send(Event {
-                            ts_unix_ns: t.unix_ns,
-                            mono_ns: t.mono_ns,
-                            kind,
-                        })
-                        .is_err()
-                    {
-                        return; // agent gone
-                    }
-                }
+            if tx.send(ev).is_err() {
+                return; // agent gone
             }
         }
     }
+}
+
+/// Events from one received datagram (the kernel may pack several messages
+/// into one). Each message is framed by its own header length, so one that
+/// netlink-packet-route cannot decode (a newer kernel's attribute of an
+/// unexpected size, say) costs only itself, not the rest of the datagram;
+/// the second value counts those, with the first error.
+pub fn events_from_datagram(
+    buf: &[u8],
+    names: &mut HashMap<u32, String>,
+) -> (Vec<EventKind>, Option<(u64, String)>) {
+    const NLMSG_HDRLEN: usize = 16;
+    let mut out = Vec::new();
+    let mut bad = 0u64;
+    let mut first_err = String::new();
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        if len < NLMSG_HDRLEN || off + len > buf.len() {
+            bad += 1;
+            if first_err.is_empty() {
+                first_err = format!("bad length {len} at offset {off}");
+            }
+            break; // framing lost: nothing after this can be trusted
+        }
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len]) {
+            Ok(msg) => {
+                if let NetlinkPayload::InnerMessage(m) = msg.payload {
+                    out.extend(to_event(&m, names));
+                }
+            }
+            Err(e) => {
+                bad += 1;
+                if first_err.is_empty() {
+                    let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                    first_err = format!("message type {ty}: {e}");
+                }
+            }
+        }
+        off += (len + 3) & !3;
+    }
+    (out, (bad > 0).then_some((bad, first_err)))
 }
 
 fn now_event(kind: EventKind) -> Event {

@@ -8,6 +8,10 @@ pub struct Libvirt {
     pub uri: String,
     #[serde(default)]
     pub domains: Vec<Domain>,
+    /// Domain XMLs fetched from libvirt for this sample (the rest came from
+    /// the collector's cache): shows what libvirt costs per round.
+    #[serde(default)]
+    pub xml_fetches: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -26,6 +30,10 @@ pub struct Domain {
     pub vnics: Vec<Vnic>,
     #[serde(default)]
     pub nova: Option<Nova>,
+    /// Why the domain XML could not be fetched or parsed this round (the
+    /// domain is still listed, without vNICs); None when it was fine.
+    #[serde(default)]
+    pub xml_error: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -34,11 +42,26 @@ pub struct Vnic {
     /// <target dev=…> as libvirt reports it (the test driver renames these to testnetN).
     #[serde(default)]
     pub target_dev: String,
-    /// <source bridge=…> (or network).
+    /// <source bridge=…>: the host bridge. For type='network' interfaces the
+    /// live XML of a running domain carries it too; the inactive XML does
+    /// not, and then this is empty and `network` names the libvirt network.
     #[serde(default)]
     pub bridge: String,
+    /// <source network=…> for type='network' interfaces.
+    #[serde(default)]
+    pub network: String,
+    /// <interface type=…>: "bridge", "network", "direct", "ethernet", "vhostuser", …
+    #[serde(default)]
+    pub kind: String,
     #[serde(default)]
     pub model: String,
+    /// <link state=…>: "down" when someone ran `domif-setlink … down`
+    /// (libvirt sends no event for it); empty = up (libvirt's default).
+    #[serde(default)]
+    pub link_state: String,
+    /// <mtu size=…> when the XML sets one.
+    #[serde(default)]
+    pub mtu: Option<u32>,
     /// The host interface this vNIC is, resolved by name when target_dev
     /// names a real interface, else by MAC (host MAC = guest MAC with first octet fe).
     #[serde(default)]

@@ -21,6 +21,8 @@ pub struct RouteSocket {
     socket: Socket,
     buf: Vec<u8>,
     seq: u32,
+    /// SO_RCVTIMEO, kept to say in a timeout error how long we waited.
+    timeout_ms: u64,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> CollectError {
@@ -65,6 +67,7 @@ impl RouteSocket {
             socket,
             buf: vec![0; 64 * 1024],
             seq: 0,
+            timeout_ms: timeout.as_millis() as u64,
         })
     }
 
@@ -163,7 +166,7 @@ impl RouteSocket {
                 {
                     return Err(CollectError::Timeout {
                         what: format!("netlink {what} dump"),
-                        ms: 0,
+                        ms: self.timeout_ms,
                     })
                 }
                 Err(e) => return Err(err(what, format!("recv: {e}"))),
