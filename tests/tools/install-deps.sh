@@ -10,6 +10,13 @@ PKGS=(
   iproute2 nftables iptables ebtables ethtool conntrack tcpdump  # lab + deep state
   iputils-ping arping procps psmisc kmod python3
   openssh-server openssh-client                # `ssh node hvflight tail` tests (sshd on 127.0.0.1)
+  clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev   # the eBPF drop-reason program (built by cargo build)
+  swift swift-proxy swift-account swift-container swift-object memcached  # real S3 (s3api) store for upload tests
+  chromium                                     # renders the HTML report in tests (headless, no network)
+  prometheus prometheus-node-exporter          # promtool for the rules; node_exporter side by side in make bench
+  lintian                                      # .deb checks
+  qemu-system-x86 libvirt-daemon-driver-qemu dnsmasq-base busybox-static cpio  # real guests in the lab
+  iperf3 linux-perf                            # guest throughput with/without the agent; profiles
 )
 PKGS+=("$@")
 
@@ -27,8 +34,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=900 update -qq
+  apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null; then
