@@ -27,9 +27,12 @@ test: deps
 	$(CARGO) build --bins
 	$(CARGO) test --no-fail-fast -- --test-threads=$${TEST_THREADS:-4}
 
-# Per-sample cost and peak RSS of `hvflight run` on a 50-guest lab.
+# The agent's cost on 50/500/1000-vNIC labs side by side with node_exporter
+# (target/bench/results.json), then the store and /proc micro-benchmarks.
 bench: release
 	bash tests/tools/bench.sh $(BENCH_ARGS)
+	$(CARGO) test --release --test store_bench -- --ignored --nocapture
+	$(CARGO) test --release --test proc_bench -- --ignored --nocapture
 
 clean:
 	$(CARGO) clean

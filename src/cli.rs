@@ -96,6 +96,12 @@ pub enum Command {
         /// Guests ping the gateway once a second.
         #[arg(long)]
         traffic: bool,
+        /// With --traffic, only every K-th guest pings (10 = a tenth).
+        #[arg(long, value_name = "K", default_value_t = 1)]
+        traffic_every: usize,
+        /// vNICs per libvirt domain in the test-driver node (2 = N/2 domains).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        vnics_per_domain: usize,
     },
     /// Live stream from the running agent: one line per sample and every event.
     /// Works as `ssh node hvflight tail`. Exit codes: 0 reader gone, 1 agent went away,

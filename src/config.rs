@@ -57,12 +57,19 @@ pub struct AgentConfig {
 pub struct CollectConfig {
     /// Receive timeout of one netlink dump.
     pub netlink_timeout_ms: u64,
+    /// All link attributes are dumped when the kernel announces a change and
+    /// at least this often; in between only the counters are read (0 = dump
+    /// everything every sample).
+    pub links_full_dump_ms: u64,
     /// How long one libvirt round may take before the section is recorded as failed.
     pub libvirt_timeout_ms: u64,
     /// Delay between reconnect attempts when libvirtd is gone.
     pub libvirt_reconnect_ms: u64,
     /// Re-read domain XML at least this often (it is also re-read on lifecycle events).
     pub libvirt_xml_refresh_s: u64,
+    /// Ask libvirt for the domain list at most this often; samples in
+    /// between repeat the last answer with its age (0 = every sample).
+    pub libvirt_interval_ms: u64,
     /// Cap on FDB entries kept per sample (a flooded FDB cannot blow memory).
     pub fdb_max_entries: u64,
     /// Read the kernel log.
@@ -109,9 +116,11 @@ impl Default for CollectConfig {
     fn default() -> Self {
         CollectConfig {
             netlink_timeout_ms: 500,
+            links_full_dump_ms: crate::collect::links::DEFAULT_FULL_DUMP_MS,
             libvirt_timeout_ms: 2000,
             libvirt_reconnect_ms: 5000,
             libvirt_xml_refresh_s: 60,
+            libvirt_interval_ms: crate::collect::libvirt::DEFAULT_INTERVAL_MS,
             fdb_max_entries: 65_536,
             kmsg: true,
             kmsg_path: "/dev/kmsg".into(),

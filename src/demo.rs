@@ -280,20 +280,14 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
 
 /// `hvflight lab`: builds a lab, prints it as one JSON line, and holds it
 /// until SIGINT/SIGTERM (or stdin closes), then tears it down.
-pub fn hold_lab(guests: usize, tap_guests: usize, traffic: bool) -> Result<ExitCode> {
+pub fn hold_lab(cfg: LabConfig) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     crate::lab::cleanup_stale();
     let t0 = Instant::now();
-    let lab = Lab::start(LabConfig {
-        guests,
-        tap_guests,
-        traffic,
-        nova_metadata: true,
-        ..LabConfig::default()
-    })?;
+    let lab = Lab::start(cfg)?;
     let desc = serde_json::json!({
         "hv_ns": lab.hv_ns,
         "switch_ns": lab.switch_ns,

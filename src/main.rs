@@ -90,7 +90,17 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             guests,
             tap_guests,
             traffic,
-        } => hvflight::demo::hold_lab(guests, tap_guests, traffic),
+            traffic_every,
+            vnics_per_domain,
+        } => hvflight::demo::hold_lab(hvflight::lab::LabConfig {
+            guests,
+            tap_guests,
+            traffic,
+            traffic_every,
+            vnics_per_domain,
+            nova_metadata: true,
+            ..Default::default()
+        }),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

@@ -44,7 +44,12 @@ fn agent(dir: &Path, config: &str, extra: &[&str], path_env: Option<&str>) -> Ag
         child: c.spawn().unwrap(),
         dir: dir.to_path_buf(),
     };
-    std::thread::sleep(Duration::from_millis(1500));
+    // Up when its control socket is (a loaded machine took > 4 s once).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.dir.join("s.sock").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
     a
 }
 
@@ -110,10 +115,20 @@ fn trigger_in_the_lab_writes_a_verified_complete_bundle_needs_root() {
     assert_eq!(m.incident.trigger, "manual");
     assert_eq!(m.incident.reason, "shinken: tools instances down");
     // Completed after the post-window, under the same name.
-    std::thread::sleep(Duration::from_secs(3));
-    let (m, problems) = verify::verify(&path).unwrap();
+    // (after_s = 2; deep-state commands take longer on a loaded machine.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (m, problems) = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let (m, problems) = verify::verify(&path).unwrap();
+        if m.complete || Instant::now() > deadline {
+            break (m, problems);
+        }
+    };
     assert!(problems.is_empty(), "{problems:?}");
-    assert!(m.complete);
+    assert!(
+        m.complete,
+        "not completed within 30 s after the post-window"
+    );
     assert!(m.samples >= 10, "{} samples", m.samples);
     // History from both sides of the incident.
     let hist = entry(&path, "history/records.jsonl");

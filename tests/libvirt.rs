@@ -173,6 +173,27 @@ fn section_matches_the_node_xml_and_xml_is_cached() {
 }
 
 #[test]
+fn between_polls_samples_repeat_the_last_answer_with_its_age() {
+    let uri = format!("test://{}", fixture_node().display());
+    let mut c: Box<dyn Collector> = Box::new(
+        hvflight::collect::libvirt::LibvirtCollector::new(uri, 2000, 100, 60)
+            .poll_every(Duration::from_millis(400)),
+    );
+    let first = collect(&mut c).unwrap();
+    assert_eq!(first.age_ms, 0);
+    std::thread::sleep(Duration::from_millis(50));
+    let repeated = collect(&mut c).unwrap();
+    assert!(repeated.age_ms >= 50, "age {}", repeated.age_ms);
+    assert_eq!(repeated.xml_fetches, 0);
+    assert_eq!(repeated.domains, first.domains, "the same answer");
+    assert_matches_node_xml(&repeated);
+    std::thread::sleep(Duration::from_millis(400));
+    let fresh = collect(&mut c).unwrap();
+    assert_eq!(fresh.age_ms, 0, "asked again once the interval passed");
+    assert_matches_node_xml(&fresh);
+}
+
+#[test]
 fn cached_xml_is_refetched_when_it_ages() {
     let uri = format!("test://{}", fixture_node().display());
     // Refresh after 0 s: every round re-fetches (within the per-round cap).

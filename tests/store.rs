@@ -373,7 +373,9 @@ fn sigkill_at_random_moments_loses_nothing_that_was_written_needs_root() {
             }
             seen
         });
-        std::thread::sleep(Duration::from_millis(150 + rng % 400));
+        // Startup reads the kernel log ring first (thousands of lines on a busy
+        // test machine), so give each run 0.4-1.2 s before the kill.
+        std::thread::sleep(Duration::from_millis(400 + rng % 800));
         child.kill().unwrap();
         child.wait().unwrap();
         let seen = reader.join().unwrap();
@@ -481,12 +483,23 @@ fn history_reads_while_the_agent_writes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let out = Command::new(env!("CARGO_BIN_EXE_hvflight"))
-        .args(["history", "--since", "1m", "--json", "--state-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    // Read while it writes, until five samples are there (a loaded machine
+    // with a big kernel log backlog takes a while to get going).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let out = Command::new(env!("CARGO_BIN_EXE_hvflight"))
+            .args(["history", "--since", "1m", "--json", "--state-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let n = String::from_utf8_lossy(&out.stdout)
+            .matches("\"kind\":\"sample\"")
+            .count();
+        if !out.status.success() || n >= 5 || std::time::Instant::now() > deadline {
+            break out;
+        }
+    };
     let human = Command::new(env!("CARGO_BIN_EXE_hvflight"))
         .args(["history", "--since", "1m", "--iface", "lo", "--state-dir"])
         .arg(dir.path())

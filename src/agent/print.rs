@@ -28,17 +28,10 @@ fn pps(v: f64) -> String {
 /// mapped) libvirt's tap MAC prefix (fe:…) decides — only then, because a
 /// random kernel MAC (a veth uplink's, say) starts with fe: one time in 64.
 pub fn is_vnic(sample: &Sample, ifname: &str, mac: &str) -> bool {
-    let mapped: Vec<&str> = sample
-        .libvirt
-        .iter()
-        .flat_map(|l| &l.domains)
-        .flat_map(|d| &d.vnics)
-        .filter_map(|v| v.host_ifname.as_deref())
-        .collect();
-    if mapped.is_empty() {
+    if !sample.has_mapped_vnics() {
         return mac.starts_with("fe:");
     }
-    mapped.contains(&ifname)
+    sample.is_mapped_vnic(ifname)
 }
 
 pub fn sample_line(s: &Sample, m: &Model) -> String {

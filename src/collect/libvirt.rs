@@ -27,9 +27,17 @@ pub fn libvirt_collector(uri: String, timeout_ms: u64, reconnect_ms: u64) -> Box
     ))
 }
 
+/// Default for `collect.libvirt_interval_ms`.
+pub const DEFAULT_INTERVAL_MS: u64 = 5000;
+
 pub struct LibvirtCollector {
     worker: LibvirtWorker,
     timeout: Duration,
+    /// Ask libvirt at most this often; samples in between carry the last
+    /// answer with its age (vNIC counters and bridge membership come from
+    /// the host's own links every sample, lifecycle changes from events).
+    poll_every: Duration,
+    last: Option<(Vec<Domain>, std::time::Instant)>,
 }
 
 impl LibvirtCollector {
@@ -45,7 +53,15 @@ impl LibvirtCollector {
                 Duration::from_secs(xml_refresh_s),
             ),
             timeout: Duration::from_millis(timeout_ms),
+            poll_every: Duration::ZERO,
+            last: None,
         }
+    }
+
+    /// Ask libvirt at most this often (ZERO = every sample).
+    pub fn poll_every(mut self, every: Duration) -> Self {
+        self.poll_every = every;
+        self
     }
 }
 
@@ -94,6 +110,22 @@ impl Collector for LibvirtCollector {
     }
 
     fn collect(&mut self, _ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
+        if let Some((domains, at)) = &self.last {
+            let age = at.elapsed();
+            if age < self.poll_every {
+                let mut domains = domains.clone();
+                resolve_vnics(&mut domains, sample.links.as_deref().unwrap_or_default());
+                sample.libvirt = Some(Libvirt {
+                    uri: self.worker.uri.clone(),
+                    domains,
+                    xml_fetches: 0,
+                    age_ms: age.as_millis() as u64,
+                });
+                return Ok(());
+            }
+        }
+        // A failed round is never papered over with an old answer.
+        self.last = None;
         let result = self.worker.domains(self.timeout);
         let uri = &self.worker.uri;
         let snap = result.map_err(|e| match e {
@@ -120,11 +152,15 @@ impl Collector for LibvirtCollector {
                 xml_error: d.xml_error,
             })
             .collect();
+        if !self.poll_every.is_zero() {
+            self.last = Some((domains.clone(), std::time::Instant::now()));
+        }
         resolve_vnics(&mut domains, sample.links.as_deref().unwrap_or_default());
         sample.libvirt = Some(Libvirt {
             uri: uri.clone(),
             domains,
             xml_fetches: snap.xml_fetches,
+            age_ms: 0,
         });
         Ok(())
     }

@@ -155,7 +155,11 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
     let on = |name: &str| !cfg.collect.disabled.iter().any(|d| d == name);
     let mut v: Vec<Box<dyn Collector>> = Vec::new();
     if on("links") {
-        v.push(Box::new(links::LinksCollector::new(timeout, on("bridge"))));
+        v.push(Box::new(
+            links::LinksCollector::new(timeout, on("bridge")).full_dump_every(
+                std::time::Duration::from_millis(cfg.collect.links_full_dump_ms),
+            ),
+        ));
     }
     if on("fdb") {
         v.push(Box::new(fdb::FdbCollector::new(
@@ -171,12 +175,17 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
     }
     v.extend(proc_all::proc_collectors_where(on));
     if on("libvirt") {
-        v.push(Box::new(libvirt::LibvirtCollector::new(
-            cfg.agent.libvirt_uri.clone(),
-            cfg.collect.libvirt_timeout_ms,
-            cfg.collect.libvirt_reconnect_ms,
-            cfg.collect.libvirt_xml_refresh_s,
-        )));
+        v.push(Box::new(
+            libvirt::LibvirtCollector::new(
+                cfg.agent.libvirt_uri.clone(),
+                cfg.collect.libvirt_timeout_ms,
+                cfg.collect.libvirt_reconnect_ms,
+                cfg.collect.libvirt_xml_refresh_s,
+            )
+            .poll_every(std::time::Duration::from_millis(
+                cfg.collect.libvirt_interval_ms,
+            )),
+        ));
     }
     v
 }

@@ -51,6 +51,12 @@ pub struct LabConfig {
     pub bridge: String,
     /// Each veth guest pings the gateway once a second.
     pub traffic: bool,
+    /// With `traffic`: only every k-th guest pings (1 = all; the scale
+    /// benchmark uses 10 for "light traffic on a tenth").
+    pub traffic_every: usize,
+    /// vNICs per libvirt domain in the node XML (1 = one domain per guest;
+    /// 2 = N/2 domains with two vNICs each, as the scale benchmark wants).
+    pub vnics_per_domain: usize,
     /// Put nova metadata into the libvirt node XML.
     pub nova_metadata: bool,
 }
@@ -62,6 +68,8 @@ impl Default for LabConfig {
             tap_guests: 0,
             bridge: "br0".into(),
             traffic: false,
+            traffic_every: 1,
+            vnics_per_domain: 1,
             nova_metadata: false,
         }
     }
@@ -366,7 +374,8 @@ impl Lab {
             }
         }
         if cfg.traffic {
-            for g in &self.guests {
+            let every = cfg.traffic_every.max(1);
+            for g in self.guests.iter().step_by(every) {
                 if let Some(ns) = &g.ns {
                     let child = Command::new("ip")
                         .args([
@@ -390,7 +399,10 @@ impl Lab {
                 }
             }
         }
-        std::fs::write(&self.node_xml, node_xml::render(self, cfg.nova_metadata))?;
+        std::fs::write(
+            &self.node_xml,
+            node_xml::render(self, cfg.nova_metadata, cfg.vnics_per_domain),
+        )?;
         Ok(())
     }
 

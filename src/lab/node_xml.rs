@@ -6,9 +6,12 @@ use std::fmt::Write as _;
 
 use super::Lab;
 
-pub fn render(lab: &Lab, nova: bool) -> String {
+/// `vnics_per_domain` guests (vNICs) in a row make one domain, named after
+/// the first of them (1 = one domain per guest).
+pub fn render(lab: &Lab, nova: bool, vnics_per_domain: usize) -> String {
     let mut x = String::from("<node>\n");
-    for (i, g) in lab.guests.iter().enumerate() {
+    for (i, group) in lab.guests.chunks(vnics_per_domain.max(1)).enumerate() {
+        let g = &group[0];
         let _ = write!(
             x,
             "  <domain type='test'>\n    <name>{name}</name>\n    <uuid>{uuid}</uuid>\n    <memory>131072</memory>\n    <vcpu>1</vcpu>\n    <os><type>hvm</type></os>\n",
@@ -26,11 +29,18 @@ pub fn render(lab: &Lab, nova: bool) -> String {
         }
         let _ = write!(
             x,
-            "    <devices>\n      <graphics type='vnc' port='-1' autoport='yes' passwd='lab-vnc-secret-{i}'/>\n      <interface type='bridge'>\n        <mac address='{mac}'/>\n        <source bridge='{br}'/>\n        <target dev='{dev}'/>\n        <model type='virtio'/>\n      </interface>\n    </devices>\n  </domain>\n",
-            mac = g.mac,
-            br = lab.bridge,
-            dev = g.host_port
+            "    <devices>\n      <graphics type='vnc' port='-1' autoport='yes' passwd='lab-vnc-secret-{i}'/>\n"
         );
+        for v in group {
+            let _ = write!(
+                x,
+                "      <interface type='bridge'>\n        <mac address='{mac}'/>\n        <source bridge='{br}'/>\n        <target dev='{dev}'/>\n        <model type='virtio'/>\n      </interface>\n",
+                mac = v.mac,
+                br = lab.bridge,
+                dev = v.host_port
+            );
+        }
+        x.push_str("    </devices>\n  </domain>\n");
     }
     x.push_str("</node>\n");
     x

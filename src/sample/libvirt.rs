@@ -12,6 +12,11 @@ pub struct Libvirt {
     /// the collector's cache): shows what libvirt costs per round.
     #[serde(default)]
     pub xml_fetches: u32,
+    /// How old this answer is, ms: libvirt is asked every
+    /// `collect.libvirt_interval_ms` and samples in between repeat the last
+    /// answer (0 = asked for this sample).
+    #[serde(default)]
+    pub age_ms: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod bridge;
 pub mod event;
+pub mod index;
 pub mod libvirt;
 pub mod link;
 pub mod proc;
@@ -72,6 +73,11 @@ pub struct Sample {
     /// Collectors that failed (or timed out) in this sample, with why.
     #[serde(default)]
     pub failures: Vec<CollectorFailure>,
+
+    /// Lookup tables built on first use, once the sample is complete (never
+    /// stored; a clone starts without them).
+    #[serde(skip)]
+    pub index: index::Index,
 }
 
 /// A collector that could not fill its section. A partial sample is data.
@@ -98,9 +104,20 @@ impl Sample {
         }
     }
 
-    /// Looks up a link by name.
+    /// Looks up a link by name (a hash lookup: callers do this per port).
     pub fn link(&self, name: &str) -> Option<&Link> {
-        self.links.as_ref()?.iter().find(|l| l.name == name)
+        let i = *self.index.get(self).links.get(name)?;
+        self.links.as_ref()?.get(i)
+    }
+
+    /// Whether libvirt maps a domain's vNIC to host interface `ifname`.
+    pub fn is_mapped_vnic(&self, ifname: &str) -> bool {
+        self.index.get(self).mapped_vnics.contains(ifname)
+    }
+
+    /// Whether libvirt maps any vNIC to a host interface in this sample.
+    pub fn has_mapped_vnics(&self) -> bool {
+        !self.index.get(self).mapped_vnics.is_empty()
     }
 
     pub fn failure(&self, collector: &str) -> Option<&CollectorFailure> {

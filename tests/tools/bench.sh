@@ -1,95 +1,200 @@
 #!/bin/bash
-# Cost of `hvflight run` on a namespace lab: CPU per sample (utime+stime from
-# /proc), time per sample (the sample's own duration_us), peak RSS (VmHWM).
-# Usage: bench.sh [GUESTS...]   (default: 50)   DURATION_S=60 to change the run.
-# Writes bench/out/results.json and prints a table.
+# `make bench`: the agent's cost on a scale lab, side by side with Debian's
+# prometheus-node-exporter in the same namespace, in one run.
+#
+# Per N (default 50 500 1000): a lab with one bridge and N veth vNIC ports,
+# a libvirt test-driver node with N/2 domains (two vNICs each), light traffic
+# (every tenth guest pings the gateway once a second). Then, in turn:
+#   1. `hvflight run` at 1 Hz for DURATION_S: CPU per second (utime+stime
+#      from /proc), peak RSS (VmHWM), threads, store bytes per hour, and the
+#      sample lag p99 read back from the store;
+#   2. the same agent with 20 `hvflight tail --json` clients connected and a
+#      bundle taken (`hvflight trigger`) in the middle, LOADED_S seconds: lag
+#      p99 seen by a tail client, bundle write time and size;
+#   3. node_exporter with the comparable collector set (netdev, netstat,
+#      softnet, conntrack, arp, stat, meminfo, pressure) scraped once a
+#      second for DURATION_S: CPU per scrape, peak RSS.
+# Writes target/bench/results.json and prints a table.
+#
+# Usage: tests/tools/bench.sh [N...]     DURATION_S=60 LOADED_S=30 to change the runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=./target/release/hvflight
+BIN=${BIN:-./target/release/hvflight}
+NODE_EXPORTER=${NODE_EXPORTER:-/usr/bin/prometheus-node-exporter}
 DURATION_S=${DURATION_S:-60}
+LOADED_S=${LOADED_S:-30}
 WARMUP_S=${WARMUP_S:-5}
-GUESTS=("$@")
-[ ${#GUESTS[@]} -eq 0 ] && GUESTS=(50)
-OUT=bench/out
+SIZES=("$@")
+[ ${#SIZES[@]} -eq 0 ] && SIZES=(50 500 1000)
+OUT=target/bench
 mkdir -p "$OUT"
 HZ=$(getconf CLK_TCK)
-results=()
+: > "$OUT/rows.jsonl"
 
-for n in "${GUESTS[@]}"; do
+[ -x "$BIN" ] || { echo "bench: $BIN missing (make release)" >&2; exit 1; }
+[ -x "$NODE_EXPORTER" ] || { echo "bench: $NODE_EXPORTER missing (tests/tools/install-deps.sh installs prometheus-node-exporter)" >&2; exit 1; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+threads() { awk '/Threads/ {print $2}' "/proc/$1/status"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+jget() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+
+cleanup() {
+  for p in ${PIDS:-}; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+for n in "${SIZES[@]}"; do
+  PIDS=""
   work=$(mktemp -d)
   # The lab lives as long as its stdin stays open.
   mkfifo "$work/lab.in"
-  "$BIN" lab --guests "$n" --traffic < "$work/lab.in" > "$work/lab.json" &
+  "$BIN" lab --guests "$n" --traffic --traffic-every 10 --vnics-per-domain 2 \
+    < "$work/lab.in" > "$work/lab.json" 2> "$work/lab.err" &
   labpid=$!
+  PIDS="$labpid"
   exec 7> "$work/lab.in"
-  for _ in $(seq 1 300); do [ -s "$work/lab.json" ] && break; sleep 0.1; done
-  hv=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["hv_ns"])' "$work/lab.json")
-  uri=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["libvirt_uri"])' "$work/lab.json")
-  echo "bench: lab of $n guests up ($hv); running the agent for ${DURATION_S}s after ${WARMUP_S}s warm-up" >&2
+  for _ in $(seq 1 1200); do [ -s "$work/lab.json" ] && break; kill -0 $labpid 2>/dev/null || break; sleep 0.1; done
+  [ -s "$work/lab.json" ] || { echo "bench: lab of $n did not come up:" >&2; cat "$work/lab.err" >&2; exit 1; }
+  hv=$(jget "$work/lab.json" hv_ns)
+  uri=$(jget "$work/lab.json" libvirt_uri)
+  build_ms=$(jget "$work/lab.json" build_ms)
+  echo "bench: N=$n: lab up in ${build_ms} ms ($hv)" >&2
 
-  # The measured run prints nothing (printing is not the agent's work).
-  "$BIN" run --netns "$hv" --libvirt-uri "$uri" --state-dir "$work/state" \
-    --socket "$work/sock" > /dev/null 2>"$work/agent.err" &
+  # 1. The agent alone. The measured run prints nothing (printing is not the agent's work).
+  sock="$work/s.sock"
+  "$BIN" run --netns "$hv" --libvirt-uri "$uri" --state-dir "$work/state" --socket "$sock" \
+    > /dev/null 2> "$work/agent.err" &
   apid=$!
+  PIDS="$PIDS $apid"
   sleep "$WARMUP_S"
-  read -r u0 s0 < <(awk '{print $14, $15}' /proc/$apid/stat)
+  t0=$(date +%s.%N); c0=$(cpu_ticks $apid); st0=$(du -sb "$work/state/store" | cut -f1)
+  echo "bench: N=$n: agent alone for ${DURATION_S}s" >&2
   sleep "$DURATION_S"
-  read -r u1 s1 < <(awk '{print $14, $15}' /proc/$apid/stat)
-  hwm_kb=$(awk '/VmHWM/ {print $2}' /proc/$apid/status)
-  threads=$(awk '/Threads/ {print $2}' /proc/$apid/status)
-  kill -TERM $apid; wait $apid || true
-  store_bytes=$(du -sb "$work/state/store" | cut -f1)
-  # A second, short run prints its samples to read their own durations.
-  "$BIN" run --json --netns "$hv" --libvirt-uri "$uri" --interval-ms 250 --count 40 \
-    --state-dir "$work/state" --socket "$work/sock" > "$work/agent.jsonl" 2>>"$work/agent.err"
-  c0=5; c1=40
-  exec 7>&-
-  wait $labpid || true
+  t1=$(date +%s.%N); c1=$(cpu_ticks $apid); st1=$(du -sb "$work/state/store" | cut -f1)
+  a_hwm=$(hwm_kib $apid); a_threads=$(threads $apid)
+  "$BIN" history --since "${DURATION_S}s" --json --state-dir "$work/state" > "$work/quiet.jsonl" 2>/dev/null || true
 
-  res=$(DURATION_S=$DURATION_S WARMUP_S=$WARMUP_S python3 - "$work/agent.jsonl" "$n" "$u0" "$s0" "$u1" "$s1" "$c0" "$c1" "$hwm_kb" "$HZ" "$threads" "$store_bytes" <<'PY'
-import json, os, sys
-path, n, u0, s0, u1, s1, c0, c1, hwm, hz, threads, store = sys.argv[1:]
-samples = [json.loads(l) for l in open(path) if '"kind":"sample"' in l]
-d = sorted(s["duration_us"] for s in samples[int(c0):int(c1)])
-lag = sorted(s.get("lag_us", 0) for s in samples[int(c0):int(c1)])
-cpu_ms = (int(u1) + int(s1) - int(u0) - int(s0)) * 1000 / int(hz)
-k = max(1, int(os.environ.get("DURATION_S", "60")))  # 1 Hz: one sample per second
-pct = lambda v, p: v[min(len(v) - 1, int(len(v) * p))] if v else 0
-links = len(samples[-1].get("links") or [])
-print(json.dumps({
-  "guests": int(n), "links": links, "seconds": k,
-  "cpu_ms_per_sample": round(cpu_ms / k, 3),
-  "sample_duration_us_p50": pct(d, .5), "sample_duration_us_p99": pct(d, .99),
-  "lag_us_p99": pct(lag, .99),
-  "peak_rss_kib": int(hwm), "threads": int(threads),
-  # the store also holds the kernel log read at start: an upper bound
-  "store_mib_per_hour": round(int(store) * 3600 / (int(os.environ["DURATION_S"]) + int(os.environ["WARMUP_S"])) / 2**20, 1),
-  "failures": sorted({f["collector"] for s in samples for f in s.get("failures", [])}),
-}))
+  # 2. 20 tail clients and a bundle while sampling.
+  echo "bench: N=$n: 20 tail clients + a bundle for ${LOADED_S}s" >&2
+  tails=""
+  for i in $(seq 1 20); do
+    "$BIN" tail --json --socket "$sock" > "$work/tail$i.jsonl" 2>/dev/null &
+    tails="$tails $!"
+  done
+  PIDS="$PIDS $tails"
+  sleep $((LOADED_S / 3))
+  tb0=$(date +%s.%N)
+  trig=$("$BIN" trigger --reason "bench" --socket "$sock" 2>&1 || true)
+  tb1=$(date +%s.%N)
+  sleep $((LOADED_S - LOADED_S / 3))
+  for p in $tails; do kill "$p" 2>/dev/null || true; done
+  bundle=$(ls -t "$work/state/bundles/"*.tar.zst 2>/dev/null | head -1 || true)
+  bundle_bytes=$( [ -n "$bundle" ] && stat -c %s "$bundle" || echo 0)
+  kill -TERM $apid; wait $apid 2>/dev/null || true
+
+  # 3. node_exporter in the same namespace, scraped once a second.
+  port=$(free_port)
+  ip netns exec "$hv" "$NODE_EXPORTER" --web.listen-address="127.0.0.1:$port" \
+    --collector.disable-defaults --collector.netdev --collector.netstat --collector.softnet \
+    --collector.conntrack --collector.arp --collector.stat --collector.meminfo --collector.pressure \
+    > /dev/null 2> "$work/ne.err" &
+  nepid=$!
+  PIDS="$PIDS $nepid"
+  for _ in $(seq 1 100); do ip netns exec "$hv" curl -sf "http://127.0.0.1:$port/metrics" -o /dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 "$WARMUP_S"); do ip netns exec "$hv" curl -sf "http://127.0.0.1:$port/metrics" -o /dev/null || true; sleep 1; done
+  echo "bench: N=$n: node_exporter scraped 1/s for ${DURATION_S}s" >&2
+  nc0=$(cpu_ticks $nepid); scrapes=0; bytes=0
+  for _ in $(seq 1 "$DURATION_S"); do
+    s0=$(date +%s.%N)
+    b=$(ip netns exec "$hv" curl -sf "http://127.0.0.1:$port/metrics" | wc -c || echo 0)
+    bytes=$b; scrapes=$((scrapes + 1))
+    sleep "$(python3 -c "import time; print(max(0, 1 - (time.time() - $s0)))")"
+  done
+  nc1=$(cpu_ticks $nepid); ne_hwm=$(hwm_kib $nepid)
+  kill $nepid; wait $nepid 2>/dev/null || true
+
+  exec 7>&-
+  wait $labpid 2>/dev/null || true
+
+  python3 - "$work" "$n" "$HZ" "$t0" "$t1" "$c0" "$c1" "$st0" "$st1" "$a_hwm" "$a_threads" \
+      "$tb0" "$tb1" "$bundle_bytes" "$nc0" "$nc1" "$scrapes" "$ne_hwm" "$bytes" "$trig" "$build_ms" \
+      >> "$OUT/rows.jsonl" <<'PY'
+import glob, json, sys
+(work, n, hz, t0, t1, c0, c1, st0, st1, a_hwm, a_threads, tb0, tb1, bundle_bytes,
+ nc0, nc1, scrapes, ne_hwm, scrape_bytes, trig, build_ms) = sys.argv[1:]
+hz = int(hz); secs = float(t1) - float(t0)
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(len(v) * p))] if v else None
+quiet = [json.loads(l) for l in open(f"{work}/quiet.jsonl") if l.startswith("{")]
+quiet = [s for s in quiet if "lag_us" in s and "links" in s]
+loaded = []
+for f in glob.glob(f"{work}/tail*.jsonl"):
+    for l in open(f):
+        try:
+            o = json.loads(l)
+        except ValueError:
+            continue
+        if o.get("kind") == "tick" and "lag_us" in o:
+            loaded.append(o["lag_us"])
+    break  # one client's view is every sample once
+links = len(quiet[-1]["links"] or []) if quiet else None
+doms = len(((quiet[-1].get("libvirt") or {}).get("domains")) or []) if quiet else None
+fails = sorted({f["collector"] for s in quiet for f in s.get("failures", [])})
+agent_cpu_ms = (int(c1) - int(c0)) * 1000 / hz / secs
+ne_cpu_ms = (int(nc1) - int(nc0)) * 1000 / hz / max(1, int(scrapes))
+row = {
+    "vnics": int(n), "links": links, "domains": doms, "lab_build_ms": int(build_ms),
+    "hvflight": {
+        "cpu_ms_per_s": round(agent_cpu_ms, 2),
+        "peak_rss_mib": round(int(a_hwm) / 1024, 1),
+        "threads": int(a_threads),
+        "store_mib_per_hour": round((int(st1) - int(st0)) * 3600 / secs / 2**20, 1),
+        "store_gib_per_day": round((int(st1) - int(st0)) * 86400 / secs / 2**30, 2),
+        "samples": len(quiet),
+        "sample_duration_ms_p50": (pct([s["duration_us"] for s in quiet], .5) or 0) / 1000,
+        "lag_ms_p99_quiet": (pct([s["lag_us"] for s in quiet], .99) or 0) / 1000,
+        "lag_ms_p99_20_tails_and_bundle": (pct(loaded, .99) or 0) / 1000,
+        "lag_ms_max_20_tails_and_bundle": max(loaded or [0]) / 1000,
+        "bundle_trigger_s": round(float(tb1) - float(tb0), 2),
+        "bundle_mib": round(int(bundle_bytes) / 2**20, 2),
+        "trigger_output": trig.strip()[:200],
+        "collector_failures": fails,
+    },
+    "node_exporter": {
+        "cpu_ms_per_scrape": round(ne_cpu_ms, 2),
+        "peak_rss_mib": round(int(ne_hwm) / 1024, 1),
+        "scrapes": int(scrapes),
+        "scrape_bytes": int(scrape_bytes),
+    },
+}
+row["ratio_cpu_hvflight_per_s_to_node_exporter_per_scrape"] = round(agent_cpu_ms / ne_cpu_ms, 3) if ne_cpu_ms else None
+print(json.dumps(row))
 PY
-)
-  results+=("$res")
   rm -rf "$work"
 done
+trap - EXIT
 
-printf '%s\n' "${results[@]}" > "$OUT/rows.jsonl"
-python3 - "$OUT/rows.jsonl" <<'PY'
-import json, sys, platform, os
-rows = [json.loads(l) for l in open(sys.argv[1])]
-doc = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count()}, "hvflight": rows}
-open("bench/out/results.json", "w").write(json.dumps(doc, indent=2) + "\n")
-cols = ["guests", "links", "cpu_ms_per_sample", "sample_duration_us_p50", "sample_duration_us_p99", "lag_us_p99", "peak_rss_kib", "store_mib_per_hour"]
-print(" ".join(f"{c:>23}" for c in cols))
+python3 - "$OUT" <<'PY'
+import json, os, platform, sys
+out = sys.argv[1]
+rows = [json.loads(l) for l in open(f"{out}/rows.jsonl")]
+doc = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
+                   "node": platform.node()}, "rows": rows}
+open(f"{out}/results.json", "w").write(json.dumps(doc, indent=2) + "\n")
+hdr = ["vNICs", "hvf CPU ms/s", "n_e CPU ms/scrape", "ratio", "hvf RSS MiB", "n_e RSS MiB",
+       "store GiB/day", "lag p99 ms", "lag p99 loaded", "bundle s", "bundle MiB"]
+print(" | ".join(hdr))
 for r in rows:
-    print(" ".join(f"{r[c]:>23}" for c in cols))
-    if r["failures"]:
-        print("   collector failures:", ", ".join(r["failures"]))
+    h, e = r["hvflight"], r["node_exporter"]
+    print(" | ".join(str(x) for x in [r["vnics"], h["cpu_ms_per_s"], e["cpu_ms_per_scrape"],
+          r["ratio_cpu_hvflight_per_s_to_node_exporter_per_scrape"], h["peak_rss_mib"], e["peak_rss_mib"],
+          h["store_gib_per_day"], h["lag_ms_p99_quiet"], h["lag_ms_p99_20_tails_and_bundle"],
+          h["bundle_trigger_s"], h["bundle_mib"]]))
+    if h["collector_failures"]:
+        print("   collector failures:", ", ".join(h["collector_failures"]))
+print(f"(written to {out}/results.json)")
 PY
-
-echo
-echo "store (synthetic busy host, 15 minutes at 1 Hz):"
-cargo test --release --test store_bench -- --ignored --nocapture 2>/dev/null | grep -E "vNICs|^ +[0-9]|GiB/day"
-
-echo
-echo "/proc collectors, µs per collect:"
-cargo test --release --test proc_bench -- --ignored --nocapture 2>/dev/null | grep -E "µs"
