@@ -24,6 +24,9 @@ use crate::sample::{Bridge, BridgePort, Link, LinkStats, Sample};
 use crate::source::link_watch::LinkWatch;
 use crate::source::netlink::{mac_string, RouteSocket};
 
+/// The links and bridges sections of one sample.
+type Sections = (Vec<Link>, Vec<Bridge>);
+
 /// Default for `collect.links_full_dump_ms`.
 pub const DEFAULT_FULL_DUMP_MS: u64 = 10_000;
 
@@ -97,7 +100,7 @@ impl LinksCollector {
     /// Counters of every link from one RTM_GETSTATS dump, applied to the
     /// last full picture. None when the interface set differs from it (a
     /// link came or went between announcements): the caller dumps in full.
-    fn stats_only(&mut self) -> Result<Option<(Vec<Link>, Vec<Bridge>)>, CollectError> {
+    fn stats_only(&mut self) -> Result<Option<Sections>, CollectError> {
         use netlink_packet_route::stats::{StatsAttribute, StatsFilterMask, StatsMessage};
         let Some((links, bridges, _)) = &self.last_full else {
             return Ok(None);
@@ -154,7 +157,7 @@ impl LinksCollector {
         Ok(Some((links, bridges)))
     }
 
-    fn full_dump(&mut self, ctx: &Context) -> Result<(Vec<Link>, Vec<Bridge>), CollectError> {
+    fn full_dump(&mut self, ctx: &Context) -> Result<Sections, CollectError> {
         let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
         let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
         let mut msgs: Vec<RouteNetlinkMessage> = Vec::with_capacity(self.last_count);
