@@ -43,6 +43,24 @@ pub fn event_source(k: &EventKind) -> &'static str {
     }
 }
 
+/// Every value `event_source` returns (their counters start at 0).
+pub const EVENT_SOURCES: [&str; 11] = [
+    "link",
+    "fdb",
+    "neigh",
+    "addr",
+    "kmsg",
+    "libvirt",
+    "libvirt_connection",
+    "loss",
+    "detector",
+    "guest_cut_off",
+    "agent",
+];
+
+/// Sources of `loss` events (events/rtnetlink.rs, events/kmsg.rs).
+pub const LOSS_SOURCES: [&str; 2] = ["kmsg", "rtnetlink"];
+
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub sample: Option<Sample>,
@@ -94,6 +112,12 @@ impl Exporter {
         let mut snap = Snapshot::default();
         for c in &collectors {
             snap.collector_failures_total.insert(c.clone(), 0);
+        }
+        for src in EVENT_SOURCES {
+            snap.events_total.insert(src, 0);
+        }
+        for src in LOSS_SOURCES {
+            snap.events_lost_total.insert(src.to_string(), 0);
         }
         for (id, _) in crate::kernel::kmsg::SIGNATURES {
             snap.kmsg_signature_lines_total.insert(id.to_string(), 0);
@@ -662,4 +686,61 @@ pub fn serve(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_kind_has_a_listed_source() {
+        let kinds = [
+            EventKind::Link {
+                action: String::new(),
+                ifindex: 0,
+                name: String::new(),
+                operstate: String::new(),
+                carrier: None,
+                admin_up: false,
+                master: None,
+                mtu: None,
+                mac: String::new(),
+                port_state: None,
+            },
+            EventKind::Loss {
+                source: "kmsg".into(),
+                detail: String::new(),
+                count: 3,
+            },
+            EventKind::Agent {
+                what: "sample_overrun".into(),
+                detail: String::new(),
+            },
+        ];
+        for k in &kinds {
+            assert!(EVENT_SOURCES.contains(&event_source(k)));
+        }
+        let ex = Exporter::new(&crate::config::Config::default(), "h", None);
+        for k in kinds {
+            ex.on_event(&Event {
+                ts_unix_ns: 0,
+                mono_ns: 0,
+                kind: k,
+            });
+        }
+        let text = render(&Arc::new(ex));
+        assert!(
+            text.contains("hvflight_events_lost_total{source=\"kmsg\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hvflight_events_lost_total{source=\"rtnetlink\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("hvflight_sample_overruns_total 1"), "{text}");
+        assert!(
+            text.contains("hvflight_events_total{source=\"fdb\"} 0"),
+            "{text}"
+        );
+    }
 }
