@@ -218,6 +218,7 @@ fn dashboards_are_generated_and_well_formed() {
         .arg(dashboards().join("generate.py"))
         .arg(dir.path()));
     assert!(ok, "{out}");
+    let var_re = regex::Regex::new(r"\$(\w+)").unwrap();
     for f in dashboard_files() {
         let name = f.file_name().unwrap();
         assert_eq!(
@@ -266,7 +267,7 @@ fn dashboards_are_generated_and_well_formed() {
             }
             for t in p["targets"].as_array().into_iter().flatten() {
                 let expr = t["expr"].as_str().unwrap();
-                for var in regex::Regex::new(r"\$(\w+)").unwrap().captures_iter(expr) {
+                for var in var_re.captures_iter(expr) {
                     let v = &var[1];
                     assert!(
                         v.starts_with("__") || vars.contains(v),
@@ -317,6 +318,7 @@ impl Scrape {
             text: text.to_string(),
             ..Default::default()
         };
+        let label_re = regex::Regex::new(r#"(\w+)="(?:[^"\\]|\\.)*""#).unwrap();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let mut it = rest.split_whitespace();
@@ -328,8 +330,7 @@ impl Scrape {
                     Some(i) => (&line[..i], &line[i + 1..line.rfind('}').unwrap()]),
                     None => (line.split(' ').next().unwrap(), ""),
                 };
-                let keys = regex::Regex::new(r#"(\w+)="(?:[^"\\]|\\.)*""#)
-                    .unwrap()
+                let keys = label_re
                     .captures_iter(labels)
                     .map(|c| c[1].to_string())
                     .collect::<BTreeSet<_>>();
