@@ -29,11 +29,26 @@ pub fn man(dir: &Path) -> Result<()> {
         .with_context(|| format!("writing man pages to {}", dir.display()))
 }
 
+/// The command without its hidden subcommands (clap_complete would offer
+/// them; clap_mangen already skips them).
+fn visible(full: clap::Command) -> clap::Command {
+    let mut cmd = clap::Command::new("hvflight")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(full.get_about().cloned().unwrap_or_default());
+    for a in full.get_arguments() {
+        cmd = cmd.arg(a.clone());
+    }
+    for sc in full.get_subcommands().filter(|s| !s.is_hide_set()) {
+        cmd = cmd.subcommand(sc.clone());
+    }
+    cmd
+}
+
 /// hvflight.bash, _hvflight (zsh) and hvflight.fish.
 pub fn completions(dir: &Path) -> Result<()> {
     use clap_complete::Shell;
     prepare(dir)?;
-    let mut cmd = Cli::command();
+    let mut cmd = visible(Cli::command());
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         clap_complete::generate_to(shell, &mut cmd, "hvflight", dir)
             .with_context(|| format!("writing {shell} completions to {}", dir.display()))?;
