@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all deps build release demo test bench clean
+.PHONY: all deps build release demo test bench deb cargo-deb clean
 
 all: build
 
@@ -33,6 +33,20 @@ bench: release
 	bash tests/tools/bench.sh $(BENCH_ARGS)
 	$(CARGO) test --release --test store_bench -- --ignored --nocapture
 	$(CARGO) test --release --test proc_bench -- --ignored --nocapture
+
+# The Debian package: target/debian/hvflight_<version>-1_amd64.deb (release
+# build, man pages and shell completions generated from the CLI, cargo-deb).
+CARGO_DEB_VERSION := 3.8.0
+cargo-deb:
+	@$(CARGO) deb --version 2>/dev/null | grep -q ' $(CARGO_DEB_VERSION)$$' || \
+		$(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked
+
+deb: deps cargo-deb
+	$(CARGO) build --release --bin hvflight
+	rm -rf target/assets
+	./target/release/hvflight generate man target/assets/man
+	./target/release/hvflight generate completions target/assets/completions
+	$(CARGO) deb --no-build --strip --output target/debian/
 
 clean:
 	$(CARGO) clean

@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "hvflight",
     version,
-    about = "Flight recorder for the network of a KVM/libvirt hypervisor"
+    about = "Flight recorder for the network of a KVM/libvirt hypervisor",
+    after_long_help = "Files:\n  /etc/hvflight/hvflight.toml   configuration (hvflight config check; hvflight config default)\n  /var/lib/hvflight/            store/, bundles/, spool/ (kept on package removal, deleted on purge)\n  /run/hvflight/hvflight.sock   control socket (root and group hvflight)\n\nThe agent runs as hvflight.service; /metrics on 127.0.0.1:9469.\nOperator guide, runbook and references: /usr/share/doc/hvflight/."
 )]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "hvflight=debug". Also HVFLIGHT_LOG.
@@ -188,6 +189,20 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Write man pages or shell completions into a directory (used by `make deb`).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: GenerateCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GenerateCommand {
+    /// One man page per command (hvflight.1, hvflight-run.1, …).
+    Man { dir: PathBuf },
+    /// bash, zsh and fish completions (hvflight.bash, _hvflight, hvflight.fish).
+    Completions { dir: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -222,6 +237,11 @@ pub enum ConfigCommand {
     Check {
         /// File to check (default /etc/hvflight/hvflight.toml).
         file: Option<PathBuf>,
+        /// Report unknown keys but exit 0 (what the agent does with them). The
+        /// systemd unit checks with it, so a config pushed to the fleet ahead of
+        /// the package that understands it does not stop the agents.
+        #[arg(long)]
+        allow_unknown: bool,
     },
     /// Print the documented default configuration file.
     Default,

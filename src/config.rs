@@ -27,6 +27,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub bundle: BundleConfig,
     pub detect: crate::detect::DetectConfig,
+    pub blast_radius: crate::blast_radius::BlastRadiusConfig,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -38,7 +39,9 @@ pub struct AgentConfig {
     /// store/, bundles/ and spool/ live under it.
     pub state_dir: PathBuf,
     pub socket: PathBuf,
-    /// Group allowed to use the control socket (besides root); empty = root only.
+    /// Group allowed to use the control socket (besides root); empty = root
+    /// only. The package creates `hvflight`; a group that does not exist
+    /// leaves the socket root-only (with a warning).
     pub socket_group: String,
     /// Lines a tail client may fall behind before the oldest are dropped.
     pub tail_queue_lines: u64,
@@ -102,7 +105,7 @@ impl Default for AgentConfig {
             libvirt_uri: "qemu:///system".into(),
             state_dir: "/var/lib/hvflight".into(),
             socket: "/run/hvflight/hvflight.sock".into(),
-            socket_group: String::new(),
+            socket_group: "hvflight".into(),
             tail_queue_lines: 2000,
             metrics_listen: "127.0.0.1:9469".into(),
             bridges: Vec::new(),
@@ -454,6 +457,9 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
             ),
         );
     }
+    if let Err(e) = crate::blast_radius::CriticalGroups::new(&c.blast_radius) {
+        return bad("blast_radius.critical_groups", e.to_string());
+    }
     if c.store.segment_bytes < 64 * 1024 {
         return bad("store.segment_bytes", "must be at least 65536".into());
     }
@@ -530,6 +536,32 @@ mod tests {
             e.contains("f.toml:2: key `collect.disabled`") && e.contains("bogus"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn critical_groups_parse_and_bad_ones_name_the_key() {
+        let text = "[blast_radius]\ncritical_groups = [{ name = \"webproxy\", pattern = \"^tools-webproxy-[0-9]+$\" }]\n";
+        let (c, unknown) = parse(text, "f.toml").unwrap();
+        assert!(unknown.is_empty());
+        assert_eq!(c.blast_radius.critical_groups[0].name, "webproxy");
+        let e = parse(
+            "[blast_radius]\n\ncritical_groups = [{ name = \"x\", pattern = \"(\" }]\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("f.toml:3: key `blast_radius.critical_groups`")
+                && e.contains("bad pattern"),
+            "{e}"
+        );
+        let e = parse(
+            "[blast_radius]\ncritical_groups = [{ name = \"x\", regex = \"y\" }]\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("f.toml:2") && e.contains("regex"), "{e}");
     }
 
     #[test]

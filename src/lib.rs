@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod analyze;
+pub mod blast_radius;
 pub mod bundle;
 pub mod cli;
 pub mod clock;

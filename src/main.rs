@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Parser;
 
 use hvflight::cli::{Cli, Command, ConfigCommand};
-use hvflight::commands::{clients, run};
+use hvflight::commands::{clients, generate, run};
 use hvflight::config;
 
 fn main() -> ExitCode {
@@ -40,8 +40,11 @@ fn limit_malloc_arenas() {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // No colour codes when stderr is journald or a file.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -124,7 +127,12 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
-            command: ConfigCommand::Check { file },
-        } => clients::config_check(file),
+            command:
+                ConfigCommand::Check {
+                    file,
+                    allow_unknown,
+                },
+        } => clients::config_check(file, allow_unknown),
+        Command::Generate { what } => generate::generate(what),
     }
 }

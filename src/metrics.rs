@@ -1,14 +1,17 @@
 //! Prometheus exposition: `/metrics` on loopback (config `agent.metrics_listen`,
 //! default 127.0.0.1:9469; empty disables). Values come from the latest
 //! sample at scrape time (an exporter-style collector), so scraping costs
-//! the agent nothing between scrapes.
+//! the agent nothing between scrapes. Every family is listed, with its
+//! labels and cardinality bound, in docs/metrics.md (a test compares).
 //!
 //! Label cardinality is bounded: interfaces only for bridges and their
-//! uplinks (never per vNIC), collectors by their fixed names, domains once
-//! each in `hvflight_domain_info` (as many series as domains on the host).
+//! uplinks (never per vNIC), collectors, event sources and kernel-log
+//! signatures by their fixed names, critical groups as configured, domains
+//! once each in `hvflight_domain_info` (as many series as domains on the host).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
@@ -18,7 +21,45 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::agent::print::is_vnic;
-use crate::sample::Sample;
+use crate::blast_radius::CriticalGroups;
+use crate::bundle::worker::BundleStats;
+use crate::sample::{Event, EventKind, Sample};
+
+/// Event sources as `hvflight_events_total{source}` names them (one per
+/// `EventKind` variant: a fixed set).
+pub fn event_source(k: &EventKind) -> &'static str {
+    match k {
+        EventKind::Link { .. } => "link",
+        EventKind::Fdb { .. } => "fdb",
+        EventKind::Neigh { .. } => "neigh",
+        EventKind::Addr { .. } => "addr",
+        EventKind::Kmsg { .. } => "kmsg",
+        EventKind::Libvirt { .. } => "libvirt",
+        EventKind::LibvirtConnection { .. } => "libvirt_connection",
+        EventKind::Loss { .. } => "loss",
+        EventKind::Detector { .. } => "detector",
+        EventKind::GuestCutOff { .. } => "guest_cut_off",
+        EventKind::Agent { .. } => "agent",
+    }
+}
+
+/// Every value `event_source` returns (their counters start at 0).
+pub const EVENT_SOURCES: [&str; 11] = [
+    "link",
+    "fdb",
+    "neigh",
+    "addr",
+    "kmsg",
+    "libvirt",
+    "libvirt_connection",
+    "loss",
+    "detector",
+    "guest_cut_off",
+    "agent",
+];
+
+/// Sources of `loss` events (events/rtnetlink.rs, events/kmsg.rs).
+pub const LOSS_SOURCES: [&str; 2] = ["kmsg", "rtnetlink"];
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -28,6 +69,7 @@ pub struct Snapshot {
     pub store_bytes: u64,
     pub store_dropped_records: u64,
     pub bundles: u64,
+    pub bundle_bytes: u64,
     pub last_incident_unix_s: Option<f64>,
     pub tail_clients: u64,
     pub unknown_config_keys: u64,
@@ -35,16 +77,67 @@ pub struct Snapshot {
     pub detector_state: String,
     pub eligible_guests: u64,
     pub guests: u64,
+    /// Incidents the detector raised (not manual triggers).
+    pub incidents_total: u64,
+    /// Samples that started so late that ticks were skipped.
+    pub sample_overruns_total: u64,
+    pub events_total: BTreeMap<&'static str, u64>,
+    /// Events lost by source ("kmsg", "rtnetlink"), from `loss` events.
+    pub events_lost_total: BTreeMap<String, u64>,
+    /// Kernel-log lines that matched a catalogue signature, by id.
+    pub kmsg_signature_lines_total: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
 pub struct Exporter {
     pub state: Mutex<Snapshot>,
+    /// Enabled collectors: their failure counters exist (at 0) from the start.
+    collectors: Vec<String>,
+    groups: CriticalGroups,
+    host: String,
+    bundle_stats: Option<Arc<BundleStats>>,
 }
 
 impl Exporter {
+    pub fn new(
+        cfg: &crate::config::Config,
+        host: &str,
+        bundle_stats: Option<Arc<BundleStats>>,
+    ) -> Exporter {
+        let collectors: Vec<String> = crate::config::COLLECTOR_NAMES
+            .iter()
+            .filter(|c| !cfg.collect.disabled.iter().any(|d| d == *c))
+            .map(|c| c.to_string())
+            .collect();
+        let mut snap = Snapshot::default();
+        for c in &collectors {
+            snap.collector_failures_total.insert(c.clone(), 0);
+        }
+        for src in EVENT_SOURCES {
+            snap.events_total.insert(src, 0);
+        }
+        for src in LOSS_SOURCES {
+            snap.events_lost_total.insert(src.to_string(), 0);
+        }
+        for (id, _) in crate::kernel::kmsg::SIGNATURES {
+            snap.kmsg_signature_lines_total.insert(id.to_string(), 0);
+        }
+        Exporter {
+            state: Mutex::new(snap),
+            collectors,
+            // Validated with the config; an invalid list cannot get here.
+            groups: CriticalGroups::new(&cfg.blast_radius).unwrap_or_default(),
+            host: host.to_string(),
+            bundle_stats,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Snapshot> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn on_sample(&self, s: &Sample) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
         st.samples_total += 1;
         for f in &s.failures {
             *st.collector_failures_total
@@ -53,9 +146,33 @@ impl Exporter {
         }
         st.sample = Some(s.clone());
     }
+
+    pub fn on_event(&self, e: &Event) {
+        let mut st = self.lock();
+        *st.events_total.entry(event_source(&e.kind)).or_default() += 1;
+        match &e.kind {
+            EventKind::Loss { source, count, .. } => {
+                *st.events_lost_total.entry(source.clone()).or_default() += (*count).max(1);
+            }
+            EventKind::Kmsg { tags, .. } => {
+                for t in tags {
+                    *st.kmsg_signature_lines_total.entry(t.clone()).or_default() += 1;
+                }
+            }
+            EventKind::Agent { what, .. } if what == "sample_overrun" => {
+                st.sample_overruns_total += 1;
+            }
+            _ => {}
+        }
+    }
+
+    pub fn on_incident(&self) {
+        self.lock().incidents_total += 1;
+    }
 }
 
 type Labels = Vec<(String, String)>;
+type Series = Vec<(Labels, f64)>;
 
 /// One metric family from (labels, value) series; `make` builds the
 /// metric (a gauge or a counter) for a value.
@@ -106,118 +223,237 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-impl Collector for Exporter {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let none = Labels::new();
+fn one(v: f64) -> Series {
+    vec![(Labels::new(), v)]
+}
+
+fn by<K: AsRef<str>>(label: &str, m: &BTreeMap<K, u64>) -> Series {
+    m.iter()
+        .map(|(k, n)| (l(&[(label, k.as_ref())]), *n as f64))
+        .collect()
+}
+
+impl Exporter {
+    fn encode_agent(&self, st: &Snapshot, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        gauge(
+            enc,
+            "hvflight_build_info",
+            "Always 1: the agent's version and host name.",
+            &[(
+                l(&[("version", env!("CARGO_PKG_VERSION")), ("host", &self.host)]),
+                1.0,
+            )],
+        )?;
         counter(
-            &mut enc,
+            enc,
             "hvflight_samples",
             "Samples taken since the agent started.",
-            &[(none.clone(), st.samples_total as f64)],
+            &one(st.samples_total as f64),
         )?;
-        let failures: Vec<(Labels, f64)> = st
-            .collector_failures_total
-            .iter()
-            .map(|(c, n)| (l(&[("collector", c)]), *n as f64))
-            .collect();
         counter(
-            &mut enc,
+            enc,
+            "hvflight_sample_overruns",
+            "Samples that started so late that ticks were skipped.",
+            &one(st.sample_overruns_total as f64),
+        )?;
+        counter(
+            enc,
             "hvflight_collector_failures",
             "Samples in which a collector failed, by collector.",
-            &failures,
+            &by("collector", &st.collector_failures_total),
         )?;
-        gauge(
-            &mut enc,
-            "hvflight_store_bytes",
-            "Bytes in the flight-recorder store.",
-            &[(none.clone(), st.store_bytes as f64)],
-        )?;
-        counter(
-            &mut enc,
-            "hvflight_store_dropped_records",
-            "Records not stored (disk full).",
-            &[(none.clone(), st.store_dropped_records as f64)],
-        )?;
-        gauge(
-            &mut enc,
-            "hvflight_bundles",
-            "Bundles kept on this node.",
-            &[(none.clone(), st.bundles as f64)],
-        )?;
-        if let Some(t) = st.last_incident_unix_s {
-            gauge(
-                &mut enc,
-                "hvflight_last_incident_timestamp_seconds",
-                "When the last incident started.",
-                &[(none.clone(), t)],
-            )?;
-        }
-        gauge(
-            &mut enc,
-            "hvflight_tail_clients",
-            "Connected tail clients.",
-            &[(none.clone(), st.tail_clients as f64)],
-        )?;
-        gauge(
-            &mut enc,
-            "hvflight_config_unknown_keys",
-            "Config keys the agent ignored.",
-            &[(none.clone(), st.unknown_config_keys as f64)],
-        )?;
-        if !st.detector_state.is_empty() {
-            let states = ["healthy", "suspect", "collapsed", "recovering"];
-            let series: Vec<(Labels, f64)> = states
+        if let Some(s) = &st.sample {
+            let up: Series = self
+                .collectors
                 .iter()
-                .map(|x| {
-                    (
-                        l(&[("state", x)]),
-                        if *x == st.detector_state { 1.0 } else { 0.0 },
-                    )
+                .map(|c| {
+                    let ok = s.failure(c).is_none();
+                    (l(&[("collector", c)]), if ok { 1.0 } else { 0.0 })
                 })
                 .collect();
             gauge(
-                &mut enc,
-                "hvflight_detector_state",
-                "1 for the detector's current state.",
-                &series,
-            )?;
-            gauge(
-                &mut enc,
-                "hvflight_detector_eligible_guests",
-                "Guests whose traffic can judge the uplink now.",
-                &[(none.clone(), st.eligible_guests as f64)],
-            )?;
-            gauge(
-                &mut enc,
-                "hvflight_detector_guests",
-                "Guests (vNIC ports) on watched bridges.",
-                &[(none.clone(), st.guests as f64)],
+                enc,
+                "hvflight_collector_up",
+                "1 if the collector filled its section in the last sample.",
+                &up,
             )?;
         }
-        let Some(s) = &st.sample else { return Ok(()) };
+        counter(
+            enc,
+            "hvflight_events",
+            "Events received, by source.",
+            &by("source", &st.events_total),
+        )?;
+        counter(
+            enc,
+            "hvflight_events_lost",
+            "Events lost (netlink ENOBUFS, kernel-log overrun or rate cap), by source.",
+            &by("source", &st.events_lost_total),
+        )?;
+        counter(
+            enc,
+            "hvflight_kmsg_signature_lines",
+            "Kernel-log lines that matched a failure-catalogue signature, by catalogue id.",
+            &by("signature", &st.kmsg_signature_lines_total),
+        )?;
         gauge(
-            &mut enc,
+            enc,
+            "hvflight_store_bytes",
+            "Bytes in the flight-recorder store.",
+            &one(st.store_bytes as f64),
+        )?;
+        counter(
+            enc,
+            "hvflight_store_dropped_records",
+            "Records not stored (disk full).",
+            &one(st.store_dropped_records as f64),
+        )?;
+        gauge(
+            enc,
+            "hvflight_bundles",
+            "Bundles kept on this node.",
+            &one(st.bundles as f64),
+        )?;
+        gauge(
+            enc,
+            "hvflight_bundle_bytes",
+            "Bytes of the bundles kept on this node.",
+            &one(st.bundle_bytes as f64),
+        )?;
+        if let Some(b) = &self.bundle_stats {
+            counter(
+                enc,
+                "hvflight_bundle_writes",
+                "Bundle files written (the immediate and the complete one of each incident).",
+                &one(b.written.load(Ordering::Relaxed) as f64),
+            )?;
+            counter(
+                enc,
+                "hvflight_bundle_write_failures",
+                "Bundle writes that failed (each is retried).",
+                &one(b.write_failures.load(Ordering::Relaxed) as f64),
+            )?;
+            gauge(
+                enc,
+                "hvflight_bundle_in_progress",
+                "1 while an incident's bundle is not complete yet.",
+                &one(b.in_progress.load(Ordering::Relaxed) as f64),
+            )?;
+        }
+        if let Some(t) = st.last_incident_unix_s {
+            gauge(
+                enc,
+                "hvflight_last_incident_timestamp_seconds",
+                "When the newest bundle's incident started.",
+                &one(t),
+            )?;
+        }
+        gauge(
+            enc,
+            "hvflight_tail_clients",
+            "Connected tail clients.",
+            &one(st.tail_clients as f64),
+        )?;
+        gauge(
+            enc,
+            "hvflight_config_unknown_keys",
+            "Config keys the agent ignored.",
+            &one(st.unknown_config_keys as f64),
+        )?;
+        Ok(())
+    }
+
+    fn encode_detector(st: &Snapshot, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        if st.detector_state.is_empty() {
+            return Ok(());
+        }
+        let states = ["healthy", "suspect", "collapsed", "recovering"];
+        let series: Series = states
+            .iter()
+            .map(|x| {
+                let v = if *x == st.detector_state { 1.0 } else { 0.0 };
+                (l(&[("state", x)]), v)
+            })
+            .collect();
+        gauge(
+            enc,
+            "hvflight_detector_state",
+            "1 for the detector's current state.",
+            &series,
+        )?;
+        counter(
+            enc,
+            "hvflight_incidents",
+            "Collapses the detector declared (each takes a bundle).",
+            &one(st.incidents_total as f64),
+        )?;
+        gauge(
+            enc,
+            "hvflight_detector_eligible_guests",
+            "Guests whose traffic can judge the uplink now.",
+            &one(st.eligible_guests as f64),
+        )?;
+        gauge(
+            enc,
+            "hvflight_detector_guests",
+            "Guests (vNIC ports) on watched bridges.",
+            &one(st.guests as f64),
+        )
+    }
+
+    fn encode_sample(&self, s: &Sample, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        gauge(
+            enc,
             "hvflight_sample_duration_seconds",
             "How long the last sample took.",
-            &[(none.clone(), s.duration_us as f64 / 1e6)],
+            &one(s.duration_us as f64 / 1e6),
         )?;
         gauge(
-            &mut enc,
+            enc,
             "hvflight_sample_lag_seconds",
             "How late the last sample started.",
-            &[(none.clone(), s.lag_us as f64 / 1e6)],
+            &one(s.lag_us as f64 / 1e6),
         )?;
         gauge(
-            &mut enc,
+            enc,
             "hvflight_sample_timestamp_seconds",
             "Wall time of the last sample.",
-            &[(none.clone(), s.ts_unix_ns as f64 / 1e9)],
+            &one(s.ts_unix_ns as f64 / 1e9),
         )?;
+        Self::encode_links(s, enc)?;
+        Self::encode_tables(s, enc)?;
+        self.encode_libvirt(s, enc)
+    }
 
-        // Bridges and their uplinks (never vNICs: bounded cardinality).
-        let (mut rx_p, mut tx_p, mut rx_d, mut tx_d, mut carrier, mut port_state, mut vnics) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    /// Bridges and their uplinks (never vNICs: bounded cardinality).
+    fn encode_links(s: &Sample, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        type Pick = fn(&crate::sample::LinkStats) -> u64;
+        let counters: [(&str, &str, Pick); 8] = [
+            ("hvflight_link_receive_packets", "Packets received", |x| {
+                x.rx_packets
+            }),
+            ("hvflight_link_transmit_packets", "Packets sent", |x| {
+                x.tx_packets
+            }),
+            ("hvflight_link_receive_bytes", "Bytes received", |x| {
+                x.rx_bytes
+            }),
+            ("hvflight_link_transmit_bytes", "Bytes sent", |x| x.tx_bytes),
+            ("hvflight_link_receive_drops", "Receive drops", |x| {
+                x.rx_dropped
+            }),
+            ("hvflight_link_transmit_drops", "Transmit drops", |x| {
+                x.tx_dropped
+            }),
+            ("hvflight_link_receive_errors", "Receive errors", |x| {
+                x.rx_errors
+            }),
+            ("hvflight_link_transmit_errors", "Transmit errors", |x| {
+                x.tx_errors
+            }),
+        ];
+        let mut values: Vec<Series> = vec![Series::new(); counters.len()];
+        let (mut carrier, mut port_state, mut vnics) = (vec![], vec![], vec![]);
         for b in s.bridges.iter().flatten() {
             let mut ifaces: Vec<(&str, &str, Option<u8>)> = vec![(b.name.as_str(), "bridge", None)];
             let mut n_vnics = 0;
@@ -233,10 +469,9 @@ impl Collector for Exporter {
             for (name, role, state) in ifaces {
                 let Some(link) = s.link(name) else { continue };
                 let lb = l(&[("bridge", &b.name), ("interface", name), ("role", role)]);
-                rx_p.push((lb.clone(), link.stats.rx_packets as f64));
-                tx_p.push((lb.clone(), link.stats.tx_packets as f64));
-                rx_d.push((lb.clone(), link.stats.rx_dropped as f64));
-                tx_d.push((lb.clone(), link.stats.tx_dropped as f64));
+                for (i, (_, _, pick)) in counters.iter().enumerate() {
+                    values[i].push((lb.clone(), pick(&link.stats) as f64));
+                }
                 if let Some(c) = link.carrier {
                     carrier.push((lb.clone(), if c { 1.0 } else { 0.0 }));
                 }
@@ -245,77 +480,73 @@ impl Collector for Exporter {
                 }
             }
         }
-        counter(
-            &mut enc,
-            "hvflight_link_receive_packets",
-            "Packets received, bridges and uplinks.",
-            &rx_p,
-        )?;
-        counter(
-            &mut enc,
-            "hvflight_link_transmit_packets",
-            "Packets sent, bridges and uplinks.",
-            &tx_p,
-        )?;
-        counter(
-            &mut enc,
-            "hvflight_link_receive_drops",
-            "Receive drops, bridges and uplinks.",
-            &rx_d,
-        )?;
-        counter(
-            &mut enc,
-            "hvflight_link_transmit_drops",
-            "Transmit drops, bridges and uplinks.",
-            &tx_d,
-        )?;
+        for ((name, help, _), series) in counters.iter().zip(&values) {
+            counter(enc, name, &format!("{help}, bridges and uplinks."), series)?;
+        }
         gauge(
-            &mut enc,
+            enc,
             "hvflight_link_carrier",
             "1 if the interface has carrier.",
             &carrier,
         )?;
         gauge(
-            &mut enc,
+            enc,
             "hvflight_bridge_port_state",
-            "STP state of an uplink port (3 = forwarding).",
+            "STP state of an uplink port (0 disabled, 1 listening, 2 learning, 3 forwarding, 4 blocking).",
             &port_state,
         )?;
         gauge(
-            &mut enc,
+            enc,
             "hvflight_bridge_vnics",
             "vNIC ports on the bridge.",
             &vnics,
-        )?;
+        )
+    }
+
+    /// Conntrack, neighbours, softnet: the host tables that fill up.
+    fn encode_tables(s: &Sample, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         if let Some(c) = &s.conntrack {
             if let Some(n) = c.count {
                 gauge(
-                    &mut enc,
+                    enc,
                     "hvflight_conntrack_entries",
                     "Conntrack table entries.",
-                    &[(none.clone(), n as f64)],
+                    &one(n as f64),
                 )?;
             }
             if let Some(n) = c.max {
                 gauge(
-                    &mut enc,
+                    enc,
                     "hvflight_conntrack_entries_limit",
                     "nf_conntrack_max.",
-                    &[(none.clone(), n as f64)],
+                    &one(n as f64),
                 )?;
             }
-            if let Some(d) = c.stats.get("drop") {
-                counter(
-                    &mut enc,
+            for (key, name, help) in [
+                (
+                    "drop",
                     "hvflight_conntrack_drops",
                     "Packets conntrack dropped.",
-                    &[(none.clone(), *d as f64)],
-                )?;
+                ),
+                (
+                    "early_drop",
+                    "hvflight_conntrack_early_drops",
+                    "Entries dropped early to make room (table full).",
+                ),
+                (
+                    "insert_failed",
+                    "hvflight_conntrack_insert_failures",
+                    "Entries that could not be inserted.",
+                ),
+            ] {
+                if let Some(d) = c.stats.get(key) {
+                    counter(enc, name, help, &one(*d as f64))?;
+                }
             }
         }
         if let Some(n) = &s.neighbours {
             gauge(
-                &mut enc,
+                enc,
                 "hvflight_neighbour_entries",
                 "Neighbour table entries by family.",
                 &[
@@ -323,69 +554,98 @@ impl Collector for Exporter {
                     (l(&[("family", "inet6")]), n.total_inet6 as f64),
                 ],
             )?;
+            let mut limits = Series::new();
             if let Some(t) = n.gc_thresh {
-                gauge(
-                    &mut enc,
-                    "hvflight_neighbour_gc_thresh3",
-                    "IPv4 neighbour table hard limit.",
-                    &[(none.clone(), t[2] as f64)],
-                )?;
+                limits.push((l(&[("family", "inet")]), t[2] as f64));
             }
+            if let Some(t) = n.gc_thresh6 {
+                limits.push((l(&[("family", "inet6")]), t[2] as f64));
+            }
+            gauge(
+                enc,
+                "hvflight_neighbour_entries_limit",
+                "Neighbour table hard limit (gc_thresh3) by family.",
+                &limits,
+            )?;
         }
         if let Some(sn) = &s.softnet {
             counter(
-                &mut enc,
+                enc,
                 "hvflight_softnet_drops",
                 "Backlog drops, all CPUs (softnet_stat).",
-                &[(
-                    none.clone(),
-                    sn.iter().map(|c| c.dropped).sum::<u64>() as f64,
-                )],
+                &one(sn.iter().map(|c| c.dropped).sum::<u64>() as f64),
             )?;
             counter(
-                &mut enc,
+                enc,
                 "hvflight_softnet_time_squeeze",
                 "NET_RX budget exhaustions, all CPUs.",
-                &[(
-                    none.clone(),
-                    sn.iter().map(|c| c.time_squeeze).sum::<u64>() as f64,
-                )],
+                &one(sn.iter().map(|c| c.time_squeeze).sum::<u64>() as f64),
             )?;
         }
+        Ok(())
+    }
+
+    fn encode_libvirt(&self, s: &Sample, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         gauge(
-            &mut enc,
+            enc,
             "hvflight_libvirt_up",
             "1 if libvirt answered the last sample.",
-            &[(none.clone(), if s.libvirt.is_some() { 1.0 } else { 0.0 })],
+            &one(if s.libvirt.is_some() { 1.0 } else { 0.0 }),
         )?;
-        if let Some(lv) = &s.libvirt {
-            let mut by_state: BTreeMap<&str, f64> = BTreeMap::new();
-            let mut info = Vec::new();
-            for d in &lv.domains {
-                *by_state.entry(d.state.as_str()).or_default() += 1.0;
-                let nova = d.nova.clone().unwrap_or_default();
-                info.push((
-                    l(&[
-                        ("domain", &d.name),
-                        ("uuid", &d.uuid),
-                        ("state", &d.state),
-                        ("nova_name", &nova.instance_name),
-                        ("nova_project", &nova.project_name),
-                    ]),
-                    1.0,
-                ));
+        let Some(lv) = &s.libvirt else { return Ok(()) };
+        let mut by_state: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut members: BTreeMap<&str, f64> = self.groups.names().map(|g| (g, 0.0)).collect();
+        let mut info = Vec::new();
+        for d in &lv.domains {
+            *by_state.entry(d.state.as_str()).or_default() += 1.0;
+            let nova = d.nova.clone().unwrap_or_default();
+            let group = self.groups.group_of(d).unwrap_or("");
+            if !group.is_empty() && d.state == "running" {
+                *members.entry(group).or_default() += 1.0;
             }
-            let by: Vec<(Labels, f64)> = by_state
-                .into_iter()
-                .map(|(k, v)| (l(&[("state", k)]), v))
-                .collect();
-            gauge(&mut enc, "hvflight_domains", "Domains by state.", &by)?;
-            gauge(
-                &mut enc,
-                "hvflight_domain_info",
-                "One series per domain, with nova metadata.",
-                &info,
-            )?;
+            info.push((
+                l(&[
+                    ("domain", &d.name),
+                    ("uuid", &d.uuid),
+                    ("state", &d.state),
+                    ("nova_name", &nova.instance_name),
+                    ("nova_project", &nova.project_name),
+                    ("critical_group", group),
+                ]),
+                1.0,
+            ));
+        }
+        let by_state: Series = by_state
+            .into_iter()
+            .map(|(k, v)| (l(&[("state", k)]), v))
+            .collect();
+        gauge(enc, "hvflight_domains", "Domains by state.", &by_state)?;
+        gauge(
+            enc,
+            "hvflight_domain_info",
+            "One series per domain, with nova metadata and critical group.",
+            &info,
+        )?;
+        let members: Series = members
+            .into_iter()
+            .map(|(g, n)| (l(&[("critical_group", g)]), n))
+            .collect();
+        gauge(
+            enc,
+            "hvflight_critical_group_domains",
+            "Running domains of each configured critical group on this host.",
+            &members,
+        )
+    }
+}
+
+impl Collector for Exporter {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.lock();
+        self.encode_agent(&st, &mut enc)?;
+        Self::encode_detector(&st, &mut enc)?;
+        if let Some(s) = &st.sample {
+            self.encode_sample(s, &mut enc)?;
         }
         Ok(())
     }
@@ -426,4 +686,61 @@ pub fn serve(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_kind_has_a_listed_source() {
+        let kinds = [
+            EventKind::Link {
+                action: String::new(),
+                ifindex: 0,
+                name: String::new(),
+                operstate: String::new(),
+                carrier: None,
+                admin_up: false,
+                master: None,
+                mtu: None,
+                mac: String::new(),
+                port_state: None,
+            },
+            EventKind::Loss {
+                source: "kmsg".into(),
+                detail: String::new(),
+                count: 3,
+            },
+            EventKind::Agent {
+                what: "sample_overrun".into(),
+                detail: String::new(),
+            },
+        ];
+        for k in &kinds {
+            assert!(EVENT_SOURCES.contains(&event_source(k)));
+        }
+        let ex = Exporter::new(&crate::config::Config::default(), "h", None);
+        for k in kinds {
+            ex.on_event(&Event {
+                ts_unix_ns: 0,
+                mono_ns: 0,
+                kind: k,
+            });
+        }
+        let text = render(&Arc::new(ex));
+        assert!(
+            text.contains("hvflight_events_lost_total{source=\"kmsg\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hvflight_events_lost_total{source=\"rtnetlink\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("hvflight_sample_overruns_total 1"), "{text}");
+        assert!(
+            text.contains("hvflight_events_total{source=\"fdb\"} 0"),
+            "{text}"
+        );
+    }
 }

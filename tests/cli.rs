@@ -155,3 +155,40 @@ fn sample_once_json_is_one_versioned_sample() {
     assert!(s.ts_unix_ns > 0 && s.mono_ns > 0);
     assert!(!s.host.is_empty());
 }
+
+#[test]
+fn man_pages_and_completions_are_generated_without_the_hidden_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for what in ["man", "completions"] {
+        let out = hvflight()
+            .args(["generate", what])
+            .arg(dir.path().join(what))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let man = std::fs::read_to_string(dir.path().join("man/hvflight.1")).unwrap();
+    assert!(
+        man.contains("hvflight\\-tail") || man.contains("hvflight-tail"),
+        "{man}"
+    );
+    let tail = std::fs::read_to_string(dir.path().join("man/hvflight-tail.1")).unwrap();
+    assert!(
+        tail.contains("events\\-only") || tail.contains("events-only"),
+        "{tail}"
+    );
+    for f in [
+        "completions/hvflight.bash",
+        "completions/_hvflight",
+        "completions/hvflight.fish",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert!(text.contains("trigger"), "{f}");
+        assert!(!text.contains("generate"), "{f} offers the hidden command");
+    }
+    assert!(!dir.path().join("man/hvflight-generate.1").exists());
+}

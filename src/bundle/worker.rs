@@ -4,7 +4,7 @@
 //! bundle that cannot be written (disk full) is retried until it can.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,18 @@ pub struct BundleWorker {
     tx: Sender<TriggerRequest>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    stats: Arc<BundleStats>,
+}
+
+/// What the worker has done, for /metrics.
+#[derive(Debug, Default)]
+pub struct BundleStats {
+    /// Bundle files written (the immediate one and the complete one each count).
+    pub written: AtomicU64,
+    /// Attempts that failed (each is retried).
+    pub write_failures: AtomicU64,
+    /// 1 while an incident's bundle is not complete yet.
+    pub in_progress: AtomicU64,
 }
 
 fn incident_id(ts: i64) -> String {
@@ -57,14 +69,21 @@ impl BundleWorker {
         let (tx, rx) = mpsc::channel::<TriggerRequest>();
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = Arc::clone(&stop);
+        let stats = Arc::new(BundleStats::default());
+        let st2 = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("hvflight-bundle".into())
-            .spawn(move || run(cfg, rx, s2))?;
+            .spawn(move || run(cfg, rx, s2, &st2))?;
         Ok(BundleWorker {
             tx,
             stop,
             thread: Some(thread),
+            stats,
         })
+    }
+
+    pub fn stats(&self) -> Arc<BundleStats> {
+        Arc::clone(&self.stats)
     }
 
     pub fn sender(&self) -> Sender<TriggerRequest> {
@@ -81,7 +100,12 @@ impl Drop for BundleWorker {
     }
 }
 
-fn run(cfg: BundleConfig, rx: Receiver<TriggerRequest>, stop: Arc<AtomicBool>) {
+fn run(
+    cfg: BundleConfig,
+    rx: Receiver<TriggerRequest>,
+    stop: Arc<AtomicBool>,
+    stats: &BundleStats,
+) {
     while !stop.load(Ordering::Relaxed) {
         let Ok(req) = rx.recv_timeout(Duration::from_millis(200)) else {
             continue;
@@ -95,12 +119,14 @@ fn run(cfg: BundleConfig, rx: Receiver<TriggerRequest>, stop: Arc<AtomicBool>) {
             ts: crate::clock::format_rfc3339(now),
         };
         tracing::warn!(id = %incident.id, trigger = %incident.trigger, reason = %incident.reason, "incident: writing bundle");
+        stats.in_progress.store(1, Ordering::Relaxed);
         let deep = writer::capture_deep(&cfg);
         // First: at once, with what happened before (a reboot may follow).
         let mut reply = req.reply;
         loop {
             match writer::write(&cfg, &incident, &deep, crate::clock::now().unix_ns, false) {
                 Ok(p) => {
+                    stats.written.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(bundle = %p.display(), "bundle written (incident start)");
                     if let Some(r) = reply.take() {
                         let _ = r.send(Ok((incident.id.clone(), p)));
@@ -108,6 +134,7 @@ fn run(cfg: BundleConfig, rx: Receiver<TriggerRequest>, stop: Arc<AtomicBool>) {
                     break;
                 }
                 Err(e) => {
+                    stats.write_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "bundle not written; retrying in {} s", RETRY.as_secs());
                     if let Some(r) = reply.take() {
                         let _ = r.send(Err(format!("{e} (the agent retries in the background)")));
@@ -128,10 +155,13 @@ fn run(cfg: BundleConfig, rx: Receiver<TriggerRequest>, stop: Arc<AtomicBool>) {
         loop {
             match writer::write(&cfg, &incident, &deep, until, true) {
                 Ok(p) => {
+                    stats.written.fetch_add(1, Ordering::Relaxed);
+                    stats.in_progress.store(0, Ordering::Relaxed);
                     tracing::info!(bundle = %p.display(), "bundle complete");
                     break;
                 }
                 Err(e) => {
+                    stats.write_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "complete bundle not written; retrying in {} s", RETRY.as_secs());
                     if !sleep_unless_stopped(RETRY, &stop) {
                         return;

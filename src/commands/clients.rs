@@ -227,7 +227,7 @@ pub fn history(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn config_check(file: Option<std::path::PathBuf>) -> Result<ExitCode> {
+pub fn config_check(file: Option<std::path::PathBuf>, allow_unknown: bool) -> Result<ExitCode> {
     let path = file.unwrap_or_else(|| config::DEFAULT_PATH.into());
     match config::load(Some(&path)) {
         Err(e) => {
@@ -243,9 +243,21 @@ pub fn config_check(file: Option<std::path::PathBuf>) -> Result<ExitCode> {
                 path.display(),
                 loaded.unknown.len()
             );
-            Ok(ExitCode::FAILURE)
+            Ok(if allow_unknown {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Ok(_) => {
+        Ok(loaded) => {
+            let group = &loaded.config.agent.socket_group;
+            if !group.is_empty() && !matches!(nix::unistd::Group::from_name(group), Ok(Some(_))) {
+                // Not an error: the agent still serves root (see control::server).
+                eprintln!(
+                    "{}: warning: agent.socket_group {group:?} does not exist here; the control socket would be root-only",
+                    path.display()
+                );
+            }
             println!("{}: OK", path.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -112,7 +112,11 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
             None
         }
     };
-    let exporter = Arc::new(crate::metrics::Exporter::default());
+    let exporter = Arc::new(crate::metrics::Exporter::new(
+        &agent.config,
+        &agent::hostname(&agent.config),
+        bundles.as_ref().map(|w| w.stats()),
+    ));
     if !agent.config.agent.metrics_listen.is_empty() {
         match crate::metrics::serve(&agent.config.agent.metrics_listen, Arc::clone(&exporter)) {
             Ok(()) => {
@@ -164,6 +168,7 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
                         }
                     }
                     Action::Incident { reason } => {
+                        exporter.on_incident();
                         if let Some(tx) = &incident_tx {
                             let _ = tx.send(crate::bundle::worker::TriggerRequest {
                                 trigger: "detector".into(),
@@ -192,7 +197,11 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
             });
             status.lock().unwrap_or_else(|e| e.into_inner()).detector = det;
         }
+        if let Output::Event(e) = &o {
+            exporter.on_event(e);
+        }
         for e in &detector_events {
+            exporter.on_event(e);
             pending.push(e.clone());
             if let Some(c) = control.as_ref().filter(|c| c.has_clients()) {
                 c.publish(print::event_json(e));
@@ -233,6 +242,11 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
                 }
                 let all = crate::bundle::writer::list(&bundles_dir);
                 ex.bundles = all.len() as u64;
+                ex.bundle_bytes = all
+                    .iter()
+                    .filter_map(|p| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum();
                 ex.last_incident_unix_s = all
                     .last()
                     .and_then(|p| crate::bundle::verify::manifest(p).ok())

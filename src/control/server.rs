@@ -55,8 +55,6 @@ pub enum ControlError {
     },
     #[error("control socket {path}: another agent is listening there")]
     InUse { path: String },
-    #[error("control socket group {0:?} does not exist")]
-    NoGroup(String),
 }
 
 fn push(c: &Client, line: &Arc<str>, cap: usize) {
@@ -72,7 +70,10 @@ fn push(c: &Client, line: &Arc<str>, cap: usize) {
 
 impl ControlServer {
     /// Binds the socket (mode 0660, owned by root and `group` when given)
-    /// and starts accepting.
+    /// and starts accepting. A group that does not exist (or cannot be
+    /// given the socket) leaves the socket root-only, with a warning: the
+    /// packaged default names the group the package creates, and an agent
+    /// run outside the package must still serve root.
     pub fn start(
         path: &Path,
         group: &str,
@@ -96,11 +97,16 @@ impl ControlServer {
         let listener = UnixListener::bind(path).map_err(io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
         if !group.is_empty() {
-            let g = nix::unistd::Group::from_name(group)
-                .ok()
-                .flatten()
-                .ok_or_else(|| ControlError::NoGroup(group.to_string()))?;
-            nix::unistd::chown(path, None, Some(g.gid)).map_err(|e| io(std::io::Error::from(e)))?;
+            match nix::unistd::Group::from_name(group) {
+                Ok(Some(g)) => {
+                    if let Err(e) = nix::unistd::chown(path, None, Some(g.gid)) {
+                        tracing::warn!(socket = %p, group, error = %e,
+                            "cannot give the control socket to its group (CAP_CHOWN?): root only");
+                    }
+                }
+                _ => tracing::warn!(socket = %p, group,
+                    "control socket group does not exist (config agent.socket_group): root only"),
+            }
         }
         let clients: Arc<Mutex<Vec<Arc<Client>>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));

@@ -14,7 +14,7 @@ PKGS=(
   swift swift-proxy swift-account swift-container swift-object memcached  # real S3 (s3api) store for upload tests
   chromium                                     # renders the HTML report in tests (headless, no network)
   prometheus prometheus-node-exporter          # promtool for the rules; node_exporter side by side in make bench
-  lintian                                      # .deb checks
+  lintian man-db systemd                       # .deb checks (lintian, man -w, systemd-analyze verify)
   qemu-system-x86 libvirt-daemon-driver-qemu dnsmasq-base busybox-static cpio  # real guests in the lab
   iperf3 linux-perf                            # guest throughput with/without the agent; profiles
 )
