@@ -35,6 +35,57 @@ pub struct Snapshot {
     pub detector_state: String,
     pub eligible_guests: u64,
     pub guests: u64,
+    /// The uploader's numbers, when `[upload]` is enabled.
+    pub upload: Option<UploadMetrics>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct UploadMetrics {
+    /// Bundles waiting in the spool, and their bytes.
+    pub spool_bundles: u64,
+    pub spool_bytes: u64,
+    pub uploads_total: u64,
+    pub failures_total: u64,
+    pub last_success_unix_s: Option<f64>,
+}
+
+/// The upload families. Counter names are given without `_total`: the
+/// encoder appends it (hvflight_uploads_total, hvflight_upload_failures_total).
+fn encode_upload(enc: &mut DescriptorEncoder, u: &UploadMetrics) -> Result<(), std::fmt::Error> {
+    let none = Labels::new();
+    gauge(
+        enc,
+        "hvflight_spool_bundles",
+        "Bundles waiting in the upload spool.",
+        &[(none.clone(), u.spool_bundles as f64)],
+    )?;
+    gauge(
+        enc,
+        "hvflight_spool_bytes",
+        "Bytes of the bundles waiting in the upload spool.",
+        &[(none.clone(), u.spool_bytes as f64)],
+    )?;
+    counter(
+        enc,
+        "hvflight_uploads",
+        "Bundles uploaded and verified since the agent started.",
+        &[(none.clone(), u.uploads_total as f64)],
+    )?;
+    counter(
+        enc,
+        "hvflight_upload_failures",
+        "Failed upload attempts since the agent started.",
+        &[(none.clone(), u.failures_total as f64)],
+    )?;
+    if let Some(t) = u.last_success_unix_s {
+        gauge(
+            enc,
+            "hvflight_upload_last_success_timestamp_seconds",
+            "When the last upload was verified.",
+            &[(none, t)],
+        )?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +245,9 @@ impl Collector for Exporter {
                 "Guests (vNIC ports) on watched bridges.",
                 &[(none.clone(), st.guests as f64)],
             )?;
+        }
+        if let Some(u) = &st.upload {
+            encode_upload(&mut enc, u)?;
         }
         let Some(s) = &st.sample else { return Ok(()) };
         gauge(

@@ -15,6 +15,8 @@ use super::Incident;
 pub struct TriggerRequest {
     pub trigger: String,
     pub reason: String,
+    /// Support case label, recorded in the manifest (empty = none).
+    pub case: String,
     /// Answered once the first (immediate) bundle is on disk.
     pub reply: Option<Sender<Result<(String, PathBuf), String>>>,
 }
@@ -93,6 +95,7 @@ fn run(cfg: BundleConfig, rx: Receiver<TriggerRequest>, stop: Arc<AtomicBool>) {
             reason: req.reason.clone(),
             ts_unix_ns: now,
             ts: crate::clock::format_rfc3339(now),
+            case: req.case.clone(),
         };
         tracing::warn!(id = %incident.id, trigger = %incident.trigger, reason = %incident.reason, "incident: writing bundle");
         let deep = writer::capture_deep(&cfg);
@@ -129,6 +132,9 @@ fn run(cfg: BundleConfig, rx: Receiver<TriggerRequest>, stop: Arc<AtomicBool>) {
             match writer::write(&cfg, &incident, &deep, until, true) {
                 Ok(p) => {
                     tracing::info!(bundle = %p.display(), "bundle complete");
+                    if let Some(a) = &cfg.announce {
+                        let _ = a.send(p);
+                    }
                     break;
                 }
                 Err(e) => {
