@@ -236,7 +236,7 @@ fn a_52_mib_bundle_goes_up_multipart_and_reads_back_byte_for_byte() {
     let parts = swift.requests("PUT", BUCKET, &key);
     let ok_parts: Vec<_> = successful(&parts)
         .into_iter()
-        .filter(|l| l.contains("partNumber="))
+        .filter(|l| l.contains("partNumber"))
         .collect();
     assert_eq!(ok_parts.len(), 11, "{parts:#?}");
     // `bundle list` says where it went; a second upload sends nothing.
@@ -410,12 +410,14 @@ fn store_killed_mid_upload_and_agent_killed_too_the_upload_resumes_and_the_objec
     // Resumed, not restarted: every part landed once, all in the same upload.
     let parts: Vec<String> = successful(&swift.requests("PUT", BUCKET, &key))
         .into_iter()
-        .filter(|l| l.contains("partNumber="))
+        .filter(|l| l.contains("partNumber"))
         .cloned()
         .collect();
     assert_eq!(parts.len(), 11, "{parts:#?}");
     assert!(
-        parts.iter().all(|l| l.contains(&upload_id)),
+        parts
+            .iter()
+            .all(|l| l.contains(upload_id.trim_end_matches('='))),
         "{parts:#?} vs {upload_id}"
     );
     assert_eq!(swift.list(BUCKET).len(), 1);

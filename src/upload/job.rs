@@ -205,8 +205,14 @@ async fn upload(ctx: &Context, e: &mut Entry) -> Result<Uploaded, UploadError> {
             });
         }
         Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+        // Write-only credentials may not HEAD; the upload's answer then
+        // says more (e.g. SignatureDoesNotMatch), and verification uses the
+        // ETag the store answered to the upload.
+        Err(object_store::Error::PermissionDenied { .. })
+        | Err(object_store::Error::Unauthenticated { .. }) => {}
         Err(err) => return Err(target.store_error(&err)),
     }
+    let answered_etag: Option<String>;
 
     let mut bytes_sent = 0u64;
     if e.part_size == 0 {
@@ -219,9 +225,12 @@ async fn upload(ctx: &Context, e: &mut Entry) -> Result<Uploaded, UploadError> {
             .store
             .put(&path, PutPayload::from(Bytes::from(body)))
             .await;
-        if let Err(err) = r {
-            progress.reset_request();
-            return Err(target.store_error(&err));
+        match r {
+            Ok(put) => answered_etag = put.e_tag,
+            Err(err) => {
+                progress.reset_request();
+                return Err(target.store_error(&err));
+            }
         }
         progress.finished(size);
         bytes_sent += size;
@@ -311,27 +320,41 @@ async fn upload(ctx: &Context, e: &mut Entry) -> Result<Uploaded, UploadError> {
                     .collect()
             })
             .unwrap_or_default();
-        if let Err(err) = target
+        match target
             .store
             .complete_multipart(&path, &mp.upload_id, parts)
             .await
         {
-            let msg = client::describe(&err);
-            if msg.contains("NoSuchUpload") {
-                e.multipart = None;
-                spool.save(e)?;
+            Ok(put) => answered_etag = put.e_tag,
+            Err(err) => {
+                let msg = client::describe(&err);
+                if msg.contains("NoSuchUpload") {
+                    e.multipart = None;
+                    spool.save(e)?;
+                }
+                return Err(target.store_error(&err));
             }
-            return Err(target.store_error(&err));
         }
     }
 
-    // Verify before recording it as uploaded.
-    let meta = target
-        .store
-        .head(&path)
-        .await
-        .map_err(|err| target.store_error(&err))?;
-    if let Err(msg) = matches(&meta, e, cfg.verify_etag) {
+    // Verify before recording it as uploaded: HEAD (size and ETag), or,
+    // where the credentials may not HEAD, the ETag the store answered.
+    let verified = match target.store.head(&path).await {
+        Ok(meta) => matches(&meta, e, cfg.verify_etag),
+        Err(object_store::Error::PermissionDenied { .. })
+        | Err(object_store::Error::Unauthenticated { .. }) => {
+            match answered_etag.as_deref().map(unquote) {
+                Some(t) if !cfg.verify_etag || t == e.expected_etag => Ok(()),
+                Some(t) => Err(format!(
+                    "the store answered ETag {t:?}, {:?} computed from the spooled file (HEAD not permitted)",
+                    e.expected_etag
+                )),
+                None => Err("HEAD not permitted and no ETag in the answer: cannot verify".into()),
+            }
+        }
+        Err(err) => return Err(target.store_error(&err)),
+    };
+    if let Err(msg) = verified {
         // Start over next time rather than trust any part of it.
         e.multipart = None;
         return Err(UploadError::Verify {
