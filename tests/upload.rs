@@ -13,10 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::swift::{Swift, SECRET_KEY};
-use hvflight::bundle::{verify, writer, Incident};
-
-const BUCKET: &str = "hvflight-test";
+use common::swift::{big_bundle, config, Swift, BUCKET, SECRET_KEY};
+use hvflight::bundle::verify;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_hvflight")
@@ -117,57 +115,6 @@ fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// Agent config with `[upload]` pointing at `swift`; `upload_extra` lines go into `[upload]`.
-fn config(swift: &Swift, creds: &Path, upload_extra: &str) -> String {
-    format!(
-        "[agent]\nmetrics_listen = \"\"\n\n[detect]\nenabled = false\n\n\
-         [bundle]\nbefore_s = 5\nafter_s = 1\ncommand_timeout_ms = 3000\n\n\
-         [upload]\nenabled = true\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nallow_http = true\n\
-         credentials_file = \"{}\"\npart_size_bytes = 5242880\nmultipart_threshold_bytes = 8388608\n\
-         backoff_initial_ms = 1000\nbackoff_max_ms = 5000\nconnect_timeout_ms = 3000\n\
-         request_timeout_ms = 60000\n{upload_extra}",
-        swift.endpoint(),
-        creds.display()
-    )
-}
-
-/// A real bundle of at least `mib` MiB (random, so it does not compress),
-/// written by the bundle writer into `bundles`.
-fn big_bundle(bundles: &Path, host: &str, mib: usize) -> PathBuf {
-    let empty = tempfile::tempdir().unwrap();
-    let cfg = writer::BundleConfig {
-        dir: bundles.to_path_buf(),
-        store_dir: empty.path().join("store"),
-        host: host.into(),
-        before_s: 1,
-        after_s: 0,
-        command_timeout: Duration::from_secs(1),
-        max_count: 20,
-        max_bytes: 1 << 40,
-        min_free_bytes: 0,
-        libvirt_uri: "test:///default".into(),
-        proc_root: "/proc".into(),
-        sys_root: "/sys".into(),
-        announce: None,
-    };
-    let now = hvflight::clock::now().unix_ns;
-    let incident = Incident {
-        id: format!("{:08x}", fastrand::u32(..)),
-        trigger: "manual".into(),
-        reason: "large bundle for the upload test".into(),
-        ts_unix_ns: now,
-        ts: hvflight::clock::format_rfc3339(now),
-        case: String::new(),
-    };
-    let mut data = vec![0u8; mib << 20];
-    fastrand::fill(&mut data);
-    let deep = writer::DeepState {
-        files: vec![("deep/proc/random.bin".into(), data)],
-        commands: Vec::new(),
-    };
-    writer::write(&cfg, &incident, &deep, now, true).unwrap()
 }
 
 fn spool_entry(state: &Path, bundle: &Path) -> Option<serde_json::Value> {

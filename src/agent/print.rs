@@ -411,7 +411,11 @@ fn upload_text(o: &mut String, u: &serde_json::Value) {
         u["last_error_ts"].as_str(),
         u["last_error"].as_str().filter(|e| !e.is_empty()),
     ) {
-        let _ = writeln!(o, "upload: LAST ERROR {t}: {e}");
+        // RFC 3339 UTC times compare as strings; an error older than the
+        // last success is history, not news.
+        if u["last_success"].as_str().is_none_or(|s| s < t) {
+            let _ = writeln!(o, "upload: LAST ERROR {t}: {e}");
+        }
     }
     for e in sp["entries"].as_array().into_iter().flatten() {
         if e["attempts"].as_u64().unwrap_or(0) > 0 {
