@@ -54,3 +54,50 @@ pub fn set_case(path: &Path, case: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::writer::{self, BundleConfig, DeepState};
+
+    #[test]
+    fn the_case_lands_in_the_manifest_and_every_entry_stays_intact() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = BundleConfig {
+            dir: d.path().join("bundles"),
+            store_dir: d.path().join("store"),
+            host: "h".into(),
+            before_s: 1,
+            after_s: 0,
+            command_timeout: std::time::Duration::from_secs(1),
+            max_count: 5,
+            max_bytes: 1 << 30,
+            min_free_bytes: 0,
+            libvirt_uri: "test:///default".into(),
+            proc_root: "/proc".into(),
+            sys_root: "/sys".into(),
+            announce: None,
+        };
+        let incident = crate::bundle::Incident {
+            id: "c0ffee00".into(),
+            trigger: "manual".into(),
+            ts_unix_ns: 1_425_004_200_000_000_000,
+            ..Default::default()
+        };
+        let deep = DeepState {
+            files: vec![("deep/x.txt".into(), b"some deep state".to_vec())],
+            commands: Vec::new(),
+        };
+        let p = writer::write(&cfg, &incident, &deep, incident.ts_unix_ns, true).unwrap();
+        set_case(&p, "SR-4711").unwrap();
+        let (m, problems) = verify::verify(&p).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(m.incident.case, "SR-4711");
+        assert_eq!(m.incident.id, "c0ffee00");
+        assert!(m.complete);
+        // Same case again: nothing rewritten.
+        let before = std::fs::metadata(&p).unwrap().modified().unwrap();
+        set_case(&p, "SR-4711").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), before);
+    }
+}
