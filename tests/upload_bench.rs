@@ -25,11 +25,13 @@ fn upload_throughput_and_bandwidth_limit() {
         let creds = swift.credentials_file(state.path(), SECRET_KEY);
         std::fs::write(
             state.path().join("hvflight.toml"),
+            // Default part size (8 MiB) rather than the tests' 5 MiB.
             config(
                 &swift,
                 &creds,
-                &format!("bandwidth_limit_bytes_per_s = {limit}\npart_size_bytes = 8388608\n"),
-            ),
+                &format!("bandwidth_limit_bytes_per_s = {limit}\n"),
+            )
+            .replace("part_size_bytes = 5242880", "part_size_bytes = 8388608"),
         )
         .unwrap();
         let bundle = big_bundle(&state.path().join("bundles"), "bench", 52);
