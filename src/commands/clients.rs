@@ -220,6 +220,10 @@ fn upload_text(
         .map(|e| match e.state {
             State::Uploaded => format!("uploaded {}", e.location),
             State::Dropped => format!("NOT uploaded: {}", e.last_error),
+            _ if spool.busy(&e.name) && e.attempts > 0 => format!(
+                "uploading to {}, after {} failed attempt(s): {}",
+                e.key, e.attempts, e.last_error
+            ),
             _ if spool.busy(&e.name) => format!("uploading to {}", e.key),
             _ if e.attempts == 0 => format!("queued for upload to {}", e.key),
             _ => format!(
