@@ -71,8 +71,14 @@ impl Agent {
     }
 
     fn trigger(&self, reason: &str) -> (String, PathBuf) {
+        self.trigger_case(reason, &[])
+    }
+
+    fn trigger_case(&self, reason: &str, extra: &[&str]) -> (String, PathBuf) {
         let out = Command::new(bin())
-            .args(["trigger", "--reason", reason, "--socket"])
+            .args(["trigger", "--reason", reason])
+            .args(extra)
+            .arg("--socket")
             .arg(self.state.join("s.sock"))
             .output()
             .unwrap();
@@ -117,14 +123,16 @@ fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>
     }
 }
 
+/// The spool entry of `bundle` (with or without a case).
 fn spool_entry(state: &Path, bundle: &Path) -> Option<serde_json::Value> {
-    let stem = bundle
-        .file_name()?
-        .to_string_lossy()
-        .trim_end_matches(".tar.zst")
-        .to_string();
-    let text = std::fs::read(state.join("spool").join(format!("{stem}.json"))).ok()?;
-    serde_json::from_slice(&text).ok()
+    let name = bundle.file_name()?.to_string_lossy().to_string();
+    std::fs::read_dir(state.join("spool"))
+        .ok()?
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|f| std::fs::read(f.path()).ok())
+        .filter_map(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .find(|e| e["bundle"] == name.as_str())
 }
 
 fn successful(lines: &[String]) -> Vec<&String> {
@@ -374,7 +382,11 @@ fn store_killed_mid_upload_and_agent_killed_too_the_upload_resumes_and_the_objec
 /// failed twice with an error containing `marker`, after checking the bundle
 /// is kept and the log says so.
 fn fails_clearly(a: &Agent, marker: &str) -> PathBuf {
-    let (_, bundle) = a.trigger("upload failure test");
+    fails_clearly_case(a, marker, &[])
+}
+
+fn fails_clearly_case(a: &Agent, marker: &str, trigger_args: &[&str]) -> PathBuf {
+    let (_, bundle) = a.trigger_case("upload failure test", trigger_args);
     let st = wait_until(Duration::from_secs(90), "two failed attempts", || {
         let st = a.status();
         (st["upload"]["failures_total"].as_u64().unwrap_or(0) >= 2).then_some(st)
@@ -447,9 +459,13 @@ fn a_missing_bucket_is_reported_the_bundle_kept_and_retried() {
     )
     .unwrap();
     let a = Agent::start(state.path());
-    let bundle = fails_clearly(&a, "NoSuchBucket");
+    // Taken with a case label: it is in the manifest and in the key.
+    let bundle = fails_clearly_case(&a, "NoSuchBucket", &["--case", "INC-77"]);
+    assert_eq!(verify::manifest(&bundle).unwrap().incident.case, "INC-77");
     swift.make_bucket(BUCKET);
     uploaded_soon(&a, &swift, &bundle);
+    let key = swift.list(BUCKET)[0].0.clone();
+    assert!(key.contains("/case-INC-77/"), "{key}");
 }
 
 #[test]
