@@ -144,11 +144,14 @@ pub enum Command {
         /// Why (recorded in the bundle's manifest).
         #[arg(long)]
         reason: String,
+        /// Support case label: recorded in the manifest and in the uploaded object's key.
+        #[arg(long, value_name = "ID")]
+        case: Option<String>,
         /// How long to wait for the bundle, seconds.
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
     },
-    /// Bundles in the state directory: list, show, verify.
+    /// Bundles in the state directory: list, show, verify, analyze, upload.
     Bundle {
         #[command(subcommand)]
         command: BundleCommand,
@@ -222,6 +225,19 @@ pub enum BundleCommand {
     },
     /// Check a bundle: the manifest and every entry's size and sha256. Exit 1 on any mismatch.
     Verify { path: std::path::PathBuf },
+    /// Upload a bundle now (by incident id, file name or path) to the object store of
+    /// `[upload]`, through the spool; a progress bar on a terminal, plain lines otherwise.
+    /// Exit codes: 0 uploaded and verified (or already uploaded), 1 failed (the bundle stays
+    /// queued and the agent retries), 2 usage or config error.
+    Upload {
+        #[command(flatten)]
+        opts: AgentOpts,
+        /// Incident id, bundle file name, or path.
+        id: String,
+        /// Support case label: recorded in the manifest and in the object key (case-ID/).
+        #[arg(long, value_name = "ID")]
+        case: Option<String>,
+    },
     /// Likely causes, ranked, with their evidence in time order around the incident.
     Analyze {
         path: std::path::PathBuf,

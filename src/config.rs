@@ -28,6 +28,7 @@ pub struct Config {
     pub bundle: BundleConfig,
     pub detect: crate::detect::DetectConfig,
     pub blast_radius: crate::blast_radius::BlastRadiusConfig,
+    pub upload: UploadConfig,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -157,6 +158,75 @@ impl Default for BundleConfig {
             command_timeout_ms: 10_000,
             max_count: 20,
             max_bytes: 2 << 30,
+        }
+    }
+}
+
+/// `[upload]`: bundles leave the node for an S3-API object store through an
+/// on-disk spool (docs/upload.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default)]
+pub struct UploadConfig {
+    /// Upload finished bundles (needs endpoint and bucket).
+    pub enabled: bool,
+    /// S3 endpoint URL, e.g. "https://s3.example.net" (https unless allow_http).
+    pub endpoint: String,
+    /// Signing region (Swift's s3api: its `location`; Ceph: the zonegroup).
+    pub region: String,
+    pub bucket: String,
+    /// Object key prefix; `{host}`, `{date}` (incident day, UTC) and `{case}` are expanded.
+    pub key_prefix: String,
+    /// Path-style addressing (endpoint/bucket/key) instead of bucket.endpoint/key.
+    pub path_style: bool,
+    /// TOML file with access_key_id and secret_access_key; must be readable by its owner only.
+    pub credentials_file: PathBuf,
+    /// PEM file with CA certificates trusted in addition to the system's.
+    pub ca_file: PathBuf,
+    /// Allow a plain-http endpoint (TLS is on by default).
+    pub allow_http: bool,
+    /// Upload rate cap, bytes per second (0 = no cap).
+    pub bandwidth_limit_bytes_per_s: u64,
+    /// Bundles this large or larger go multipart.
+    pub multipart_threshold_bytes: u64,
+    /// Size of one multipart part (at least 5 MiB, the S3 minimum).
+    pub part_size_bytes: u64,
+    /// Keep the local bundle after a verified upload (false: delete it).
+    pub keep_local: bool,
+    /// First retry delay after a failed attempt; doubles up to backoff_max_ms, with jitter.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Connecting to the endpoint may take this long.
+    pub connect_timeout_ms: u64,
+    /// One request (a part) may take this long.
+    pub request_timeout_ms: u64,
+    /// Compare the object's ETag with the MD5 computed locally after upload.
+    pub verify_etag: bool,
+    /// Bundles waiting in the spool at most, bytes (beyond it new bundles are not queued).
+    pub spool_max_bytes: u64,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: false,
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            key_prefix: "{host}/{date}/".into(),
+            path_style: true,
+            credentials_file: "/etc/hvflight/upload-credentials.toml".into(),
+            ca_file: PathBuf::new(),
+            allow_http: false,
+            bandwidth_limit_bytes_per_s: 4 << 20,
+            multipart_threshold_bytes: 16 << 20,
+            part_size_bytes: 8 << 20,
+            keep_local: true,
+            backoff_initial_ms: 10_000,
+            backoff_max_ms: 900_000,
+            connect_timeout_ms: 10_000,
+            request_timeout_ms: 300_000,
+            verify_etag: true,
+            spool_max_bytes: 4 << 30,
         }
     }
 }
@@ -462,6 +532,82 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
     }
     if c.store.segment_bytes < 64 * 1024 {
         return bad("store.segment_bytes", "must be at least 65536".into());
+    }
+    validate_upload(&c.upload, &bad)
+}
+
+fn validate_upload(
+    u: &UploadConfig,
+    bad: &dyn Fn(&str, String) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    const MIN_PART: u64 = 5 << 20;
+    if u.part_size_bytes < MIN_PART || u.part_size_bytes > 5 << 30 {
+        return bad(
+            "upload.part_size_bytes",
+            format!(
+                "must be between 5 MiB (5242880, the S3 minimum) and 5 GiB, got {}",
+                u.part_size_bytes
+            ),
+        );
+    }
+    for (key, v) in [
+        ("upload.backoff_initial_ms", u.backoff_initial_ms),
+        ("upload.connect_timeout_ms", u.connect_timeout_ms),
+        ("upload.request_timeout_ms", u.request_timeout_ms),
+    ] {
+        if v == 0 {
+            return bad(key, "must be greater than 0".into());
+        }
+    }
+    if u.backoff_max_ms < u.backoff_initial_ms {
+        return bad(
+            "upload.backoff_max_ms",
+            format!(
+                "must be at least upload.backoff_initial_ms ({})",
+                u.backoff_initial_ms
+            ),
+        );
+    }
+    if !u.enabled {
+        return Ok(());
+    }
+    if u.bucket.trim().is_empty() {
+        return bad("upload.bucket", "must be set when upload is enabled".into());
+    }
+    if u.region.trim().is_empty() {
+        return bad("upload.region", "must not be empty".into());
+    }
+    let scheme = u.endpoint.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("https") => {}
+        Some("http") if u.allow_http => {}
+        Some("http") => {
+            return bad(
+                "upload.endpoint",
+                format!(
+                    "{:?} is plain http; use https, or set upload.allow_http = true",
+                    u.endpoint
+                ),
+            )
+        }
+        _ => {
+            return bad(
+                "upload.endpoint",
+                format!(
+                    "must be an http(s) URL such as \"https://s3.example.net\", got {:?}",
+                    u.endpoint
+                ),
+            )
+        }
+    }
+    if !u.credentials_file.is_absolute() {
+        return bad(
+            "upload.credentials_file",
+            format!("must be an absolute path, got {:?}", u.credentials_file),
+        );
+    }
+    if let Err(e) = crate::upload::key::check_prefix(&u.key_prefix) {
+        return bad("upload.key_prefix", e);
     }
     Ok(())
 }

@@ -169,6 +169,7 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
         match crate::control::client::trigger(
             &socket,
             "demo: all guests lost the gateway",
+            "",
             Duration::from_secs(60),
         ) {
             Ok((id, path)) => {

@@ -6,6 +6,7 @@
 //! source/ (thin OS access) ─► kernel/ (pure parsers) ─► collect/ ─► sample/ ─► model (rates)
 //! events/ (rtnetlink, kmsg, libvirt) ─────────────────────────────────────┘
 //! agent (the run loop)   config   lab/ (namespace lab shared by tests, demo, bench)
+//! bundle/ ─► upload/ (spool, object-store client, uploader)
 //! ```
 
 pub mod agent;
@@ -28,3 +29,4 @@ pub mod model;
 pub mod sample;
 pub mod source;
 pub mod store;
+pub mod upload;

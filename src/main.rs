@@ -89,8 +89,9 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         Command::Trigger {
             opts,
             reason,
+            case,
             timeout_s,
-        } => clients::trigger(&opts, &reason, timeout_s),
+        } => clients::trigger(&opts, &reason, case.as_deref().unwrap_or(""), timeout_s),
         Command::Bundle { command } => clients::bundle(command),
         Command::Analyze {
             opts,

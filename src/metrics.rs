@@ -86,6 +86,57 @@ pub struct Snapshot {
     pub events_lost_total: BTreeMap<String, u64>,
     /// Kernel-log lines that matched a catalogue signature, by id.
     pub kmsg_signature_lines_total: BTreeMap<String, u64>,
+    /// The uploader's numbers, when `[upload]` is enabled.
+    pub upload: Option<UploadMetrics>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct UploadMetrics {
+    /// Bundles waiting in the spool, and their bytes.
+    pub spool_bundles: u64,
+    pub spool_bytes: u64,
+    pub uploads_total: u64,
+    pub failures_total: u64,
+    pub last_success_unix_s: Option<f64>,
+}
+
+/// The upload families. Counter names are given without `_total`: the
+/// encoder appends it (hvflight_uploads_total, hvflight_upload_failures_total).
+fn encode_upload(enc: &mut DescriptorEncoder, u: &UploadMetrics) -> Result<(), std::fmt::Error> {
+    let none = Labels::new();
+    gauge(
+        enc,
+        "hvflight_spool_bundles",
+        "Bundles waiting in the upload spool.",
+        &[(none.clone(), u.spool_bundles as f64)],
+    )?;
+    gauge(
+        enc,
+        "hvflight_spool_bytes",
+        "Bytes of the bundles waiting in the upload spool.",
+        &[(none.clone(), u.spool_bytes as f64)],
+    )?;
+    counter(
+        enc,
+        "hvflight_uploads",
+        "Bundles uploaded and verified since the agent started.",
+        &[(none.clone(), u.uploads_total as f64)],
+    )?;
+    counter(
+        enc,
+        "hvflight_upload_failures",
+        "Failed upload attempts since the agent started.",
+        &[(none.clone(), u.failures_total as f64)],
+    )?;
+    // Always there while upload is on (0 = none since the agent started), so
+    // "spool backing up" can be written without absent().
+    gauge(
+        enc,
+        "hvflight_upload_last_success_timestamp_seconds",
+        "When the last upload was verified (0: none since the agent started).",
+        &[(none, u.last_success_unix_s.unwrap_or(0.0))],
+    )?;
+    Ok(())
 }
 
 #[derive(Debug, Default)]
@@ -296,6 +347,9 @@ impl Exporter {
             "Kernel-log lines that matched a failure-catalogue signature, by catalogue id.",
             &by("signature", &st.kmsg_signature_lines_total),
         )?;
+        if let Some(u) = &st.upload {
+            encode_upload(enc, u)?;
+        }
         gauge(
             enc,
             "hvflight_store_bytes",

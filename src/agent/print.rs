@@ -235,6 +235,7 @@ pub fn status_text(v: &serde_json::Value) -> String {
             }
         }
     }
+    upload_text(&mut o, &v["upload"]);
     if let Some(u) = a["unknown_config_keys"]
         .as_array()
         .filter(|u| !u.is_empty())
@@ -356,5 +357,68 @@ pub fn event_line(e: &Event) -> String {
             )
         }
         EventKind::GuestCutOff { iface, domain } => format!("{t} GUEST CUT OFF {iface} ({domain})"),
+    }
+}
+
+/// The `upload:` lines of `hvflight status`.
+fn upload_text(o: &mut String, u: &serde_json::Value) {
+    if u["enabled"] != true {
+        let _ = writeln!(o, "upload: off");
+        return;
+    }
+    let sp = &u["spool"];
+    let limit = u["bandwidth_limit_bytes_per_s"].as_f64().unwrap_or(0.0);
+    let _ = writeln!(
+        o,
+        "upload: to {} bucket {} ({}); spool {} waiting ({:.1} MiB), {} uploaded; {} uploads, {} failed attempts since start",
+        u["endpoint"].as_str().unwrap_or("?"),
+        u["bucket"].as_str().unwrap_or("?"),
+        if limit > 0.0 {
+            format!("limit {:.1} MiB/s", limit / 1048576.0)
+        } else {
+            "no bandwidth limit".into()
+        },
+        sp["pending"],
+        sp["pending_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        sp["uploaded"],
+        u["uploads_total"],
+        u["failures_total"],
+    );
+    if let Some(c) = u["uploading"].as_object() {
+        let _ = writeln!(
+            o,
+            "upload: sending {} — {:.1} of {:.1} MiB",
+            c["entry"].as_str().unwrap_or("?"),
+            c["bytes_done"].as_f64().unwrap_or(0.0) / 1048576.0,
+            c["size"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
+    }
+    if let Some(t) = u["last_success"].as_str() {
+        let _ = writeln!(
+            o,
+            "upload: last success {t}: {}",
+            u["last_success_location"].as_str().unwrap_or("")
+        );
+    }
+    if let (Some(t), Some(e)) = (
+        u["last_error_ts"].as_str(),
+        u["last_error"].as_str().filter(|e| !e.is_empty()),
+    ) {
+        // RFC 3339 UTC times compare as strings; an error older than the
+        // last success is history, not news.
+        if u["last_success"].as_str().is_none_or(|s| s < t) {
+            let _ = writeln!(o, "upload: LAST ERROR {t}: {e}");
+        }
+    }
+    for e in sp["entries"].as_array().into_iter().flatten() {
+        if e["attempts"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(
+                o,
+                "upload: {} queued, {} failed attempt(s), next in {} s",
+                e["entry"].as_str().unwrap_or("?"),
+                e["attempts"],
+                e["next_attempt_in_s"]
+            );
+        }
     }
 }

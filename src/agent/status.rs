@@ -21,6 +21,8 @@ pub struct AgentStatus {
     pub bundles_dir: Option<std::path::PathBuf>,
     pub tail_clients: usize,
     pub detector: serde_json::Value,
+    /// The uploader, when `[upload]` is enabled.
+    pub upload: Option<crate::upload::uploader::Handle>,
     last_seq: u64,
     last_ts_unix_ns: i64,
     last_duration_us: u64,
@@ -46,6 +48,7 @@ impl AgentStatus {
             bundles_dir: None,
             tail_clients: 0,
             detector: serde_json::Value::Null,
+            upload: None,
             last_seq: 0,
             last_ts_unix_ns: 0,
             last_duration_us: 0,
@@ -153,6 +156,7 @@ impl AgentStatus {
             },
             "detector": self.detector,
             "bundles": self.bundles_json(),
+            "upload": self.upload.as_ref().map(|u| u.to_json()).unwrap_or_else(|| json!({"enabled": false})),
             "tail_clients": self.tail_clients,
         })
     }

@@ -101,6 +101,7 @@ pub fn load_store(store_dir: &Path, since_ns: i64, host: &str) -> Input {
             reason: "analysis of the live store".into(),
             ts_unix_ns: now,
             ts: crate::clock::format_rfc3339(now),
+            ..Default::default()
         },
         store_warnings: report.warnings,
         ..Default::default()

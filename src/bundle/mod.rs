@@ -17,6 +17,7 @@
 //! after the post-incident window; `complete` in the manifest says which.
 //! Format in docs/bundle-format.md.
 
+pub mod case;
 pub mod deep;
 pub mod redact;
 pub mod verify;
@@ -35,6 +36,9 @@ pub struct Incident {
     pub reason: String,
     pub ts_unix_ns: i64,
     pub ts: String,
+    /// Support case label (`--case`), also part of the object key on upload.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub case: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

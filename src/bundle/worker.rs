@@ -15,6 +15,8 @@ use super::Incident;
 pub struct TriggerRequest {
     pub trigger: String,
     pub reason: String,
+    /// Support case label, recorded in the manifest (empty = none).
+    pub case: String,
     /// Answered once the first (immediate) bundle is on disk.
     pub reply: Option<Sender<Result<(String, PathBuf), String>>>,
 }
@@ -117,6 +119,7 @@ fn run(
             reason: req.reason.clone(),
             ts_unix_ns: now,
             ts: crate::clock::format_rfc3339(now),
+            case: req.case.clone(),
         };
         tracing::warn!(id = %incident.id, trigger = %incident.trigger, reason = %incident.reason, "incident: writing bundle");
         stats.in_progress.store(1, Ordering::Relaxed);
@@ -158,6 +161,9 @@ fn run(
                     stats.written.fetch_add(1, Ordering::Relaxed);
                     stats.in_progress.store(0, Ordering::Relaxed);
                     tracing::info!(bundle = %p.display(), "bundle complete");
+                    if let Some(a) = &cfg.announce {
+                        let _ = a.send(p);
+                    }
                     break;
                 }
                 Err(e) => {

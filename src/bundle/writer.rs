@@ -29,6 +29,8 @@ pub struct BundleConfig {
     pub libvirt_uri: String,
     pub proc_root: PathBuf,
     pub sys_root: PathBuf,
+    /// Told the path of every complete bundle (the uploader's spool intake).
+    pub announce: Option<std::sync::mpsc::Sender<PathBuf>>,
 }
 
 impl BundleConfig {
@@ -46,6 +48,7 @@ impl BundleConfig {
             libvirt_uri: c.agent.libvirt_uri.clone(),
             proc_root: c.collect.proc_root.clone(),
             sys_root: c.collect.sys_root.clone(),
+            announce: None,
         }
     }
 }

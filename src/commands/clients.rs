@@ -53,10 +53,18 @@ pub fn tail(
     }
 }
 
-pub fn trigger(opts: &AgentOpts, reason: &str, timeout_s: u64) -> Result<ExitCode> {
+pub fn trigger(opts: &AgentOpts, reason: &str, case: &str, timeout_s: u64) -> Result<ExitCode> {
     let resolved = agent::resolve(opts)?;
+    if !case.is_empty() {
+        crate::upload::key::check_case(case).map_err(anyhow::Error::msg)?;
+    }
     let sock = &resolved.config.agent.socket;
-    match crate::control::client::trigger(sock, reason, std::time::Duration::from_secs(timeout_s)) {
+    match crate::control::client::trigger(
+        sock,
+        reason,
+        case,
+        std::time::Duration::from_secs(timeout_s),
+    ) {
         Ok((id, path)) => {
             println!("{id} {path}");
             Ok(ExitCode::SUCCESS)
@@ -76,21 +84,27 @@ pub fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
     use crate::bundle::{verify, writer};
     match cmd {
         BundleCommand::List { opts, json } => {
-            let dir = agent::resolve(&opts)?
-                .config
-                .agent
-                .state_dir
-                .join("bundles");
+            let cfg = agent::resolve(&opts)?.config;
+            let dir = cfg.agent.state_dir.join("bundles");
+            let spool = crate::upload::spool::Spool::new(cfg.agent.state_dir.join("spool"));
+            let now = crate::clock::now().unix_ns;
             for p in writer::list(&dir) {
                 let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let uploads = spool.for_bundle(&name);
                 match verify::manifest(&p) {
                     Ok(m) if json => println!(
                         "{}",
                         serde_json::json!({"path": p, "size": size, "id": m.incident.id, "ts": m.incident.ts,
-                            "trigger": m.incident.trigger, "reason": m.incident.reason, "complete": m.complete})
+                            "trigger": m.incident.trigger, "reason": m.incident.reason, "complete": m.complete,
+                            "case": m.incident.case,
+                            "upload": uploads.iter().map(|e| upload_json(e, &spool, now)).collect::<Vec<_>>()})
                     ),
                     Ok(m) => println!(
-                        "{}  {}  {:>9} bytes  {:<8} {}  {}{}",
+                        "{}  {}  {:>9} bytes  {:<8} {}  {}{}{}",
                         m.incident.id,
                         m.incident.ts,
                         size,
@@ -101,7 +115,8 @@ pub fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
                             ""
                         } else {
                             "  (post-window pending)"
-                        }
+                        },
+                        upload_text(&uploads, &spool, now, cfg.upload.enabled)
                     ),
                     Err(e) => eprintln!("hvflight bundle list: {e}"),
                 }
@@ -129,6 +144,9 @@ pub fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
             let m = verify::manifest(&path).map_err(anyhow::Error::msg)?;
             println!("{}", serde_json::to_string_pretty(&m)?);
             Ok(ExitCode::SUCCESS)
+        }
+        BundleCommand::Upload { opts, id, case } => {
+            crate::commands::upload::upload(&opts, &id, case.as_deref())
         }
         BundleCommand::Analyze { path, format } => {
             let input = crate::analyze::load(&path).map_err(anyhow::Error::msg)?;
@@ -161,6 +179,62 @@ pub fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
             }
         },
     }
+}
+
+/// An entry's upload state as `bundle list --json` shows it.
+fn upload_json(
+    e: &crate::upload::spool::Entry,
+    spool: &crate::upload::spool::Spool,
+    now: i64,
+) -> serde_json::Value {
+    let state = if e.state.pending() && spool.busy(&e.name) {
+        "uploading"
+    } else {
+        e.state.name()
+    };
+    serde_json::json!({
+        "entry": e.name, "state": state, "key": e.key, "case": e.case, "location": e.location,
+        "attempts": e.attempts, "last_error": e.last_error,
+        "next_attempt_in_s": if e.state.pending() { ((e.next_attempt_unix_ns - now).max(0) / 1_000_000_000) as f64 } else { 0.0 },
+        "uploaded": if e.uploaded_unix_ns > 0 { crate::clock::format_rfc3339(e.uploaded_unix_ns) } else { String::new() },
+    })
+}
+
+/// The upload column of `bundle list`.
+fn upload_text(
+    entries: &[crate::upload::spool::Entry],
+    spool: &crate::upload::spool::Spool,
+    now: i64,
+    enabled: bool,
+) -> String {
+    use crate::upload::spool::State;
+    if entries.is_empty() {
+        return if enabled {
+            "  [not queued for upload yet]".into()
+        } else {
+            String::new()
+        };
+    }
+    let parts: Vec<String> = entries
+        .iter()
+        .map(|e| match e.state {
+            State::Uploaded => format!("uploaded {}", e.location),
+            State::Dropped => format!("NOT uploaded: {}", e.last_error),
+            _ if spool.busy(&e.name) && e.attempts > 0 => format!(
+                "uploading to {}, after {} failed attempt(s): {}",
+                e.key, e.attempts, e.last_error
+            ),
+            _ if spool.busy(&e.name) => format!("uploading to {}", e.key),
+            _ if e.attempts == 0 => format!("queued for upload to {}", e.key),
+            _ => format!(
+                "upload queued, {} failed attempt(s), next in {} s: {}",
+                e.attempts,
+                ((e.next_attempt_unix_ns - now).max(0)) / 1_000_000_000,
+                e.last_error
+            ),
+        })
+        .collect();
+    format!("  [{}]", parts.join("; "))
 }
 
 pub fn status(opts: &AgentOpts, json: bool) -> Result<ExitCode> {
@@ -257,6 +331,14 @@ pub fn config_check(file: Option<std::path::PathBuf>, allow_unknown: bool) -> Re
                     "{}: warning: agent.socket_group {group:?} does not exist here; the control socket would be root-only",
                     path.display()
                 );
+            }
+            // The credentials file is checked here as the agent would (mode, owner, content).
+            let u = &loaded.config.upload;
+            if u.enabled {
+                if let Err(e) = crate::upload::credentials::load(&u.credentials_file) {
+                    eprintln!("{}: key `upload.credentials_file`: {e}", path.display());
+                    return Ok(ExitCode::FAILURE);
+                }
             }
             println!("{}: OK", path.display());
             Ok(ExitCode::SUCCESS)

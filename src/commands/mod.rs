@@ -3,3 +3,4 @@
 pub mod clients;
 pub mod generate;
 pub mod run;
+pub mod upload;

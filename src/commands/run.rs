@@ -64,12 +64,32 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
         let status = Arc::clone(&status);
         Arc::new(move || status.lock().unwrap_or_else(|e| e.into_inner()).to_json())
     };
-    let bundles = match crate::bundle::worker::BundleWorker::start(
-        crate::bundle::writer::BundleConfig::from_config(
+    let uploader = if agent.config.upload.enabled {
+        match crate::upload::uploader::Uploader::start(crate::upload::Settings::from_config(
             &agent.config,
             &agent::hostname(&agent.config),
-        ),
-    ) {
+        )) {
+            Ok(u) => {
+                tracing::info!(endpoint = %agent.config.upload.endpoint, bucket = %agent.config.upload.bucket, "uploader running");
+                Some(u)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "uploader not started: bundles stay on this node");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(u) = &uploader {
+        status.lock().unwrap_or_else(|e| e.into_inner()).upload = Some(u.handle.clone());
+    }
+    let mut bundle_cfg = crate::bundle::writer::BundleConfig::from_config(
+        &agent.config,
+        &agent::hostname(&agent.config),
+    );
+    bundle_cfg.announce = uploader.as_ref().map(|u| u.sender());
+    let bundles = match crate::bundle::worker::BundleWorker::start(bundle_cfg) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::error!(error = %e, "bundle worker not started: no bundles can be taken");
@@ -78,11 +98,12 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
     };
     let trigger_fn: Option<crate::control::server::TriggerFn> = bundles.as_ref().map(|w| {
         let tx = std::sync::Mutex::new(w.sender());
-        let f: crate::control::server::TriggerFn = Arc::new(move |reason: String| {
+        let f: crate::control::server::TriggerFn = Arc::new(move |reason: String, case: String| {
             let (rtx, rrx) = std::sync::mpsc::channel();
             let req = crate::bundle::worker::TriggerRequest {
                 trigger: "manual".into(),
                 reason,
+                case,
                 reply: Some(rtx),
             };
             tx.lock()
@@ -173,6 +194,7 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
                             let _ = tx.send(crate::bundle::worker::TriggerRequest {
                                 trigger: "detector".into(),
                                 reason,
+                                case: String::new(),
                                 reply: None,
                             });
                         }
@@ -252,6 +274,17 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
                     .and_then(|p| crate::bundle::verify::manifest(p).ok())
                     .map(|m| m.incident.ts_unix_ns as f64 / 1e9);
                 ex.tail_clients = control.as_ref().map_or(0, |c| c.client_count()) as u64;
+                ex.upload = uploader.as_ref().map(|u| {
+                    let s = u.handle.snapshot();
+                    crate::metrics::UploadMetrics {
+                        spool_bundles: s.spool.pending,
+                        spool_bytes: s.spool.pending_bytes,
+                        uploads_total: s.uploads_total,
+                        failures_total: s.failures_total,
+                        last_success_unix_s: (s.last_success_unix_ns > 0)
+                            .then(|| s.last_success_unix_ns as f64 / 1e9),
+                    }
+                });
             }
         }
         if let Some(c) = control.as_ref().filter(|c| c.has_clients()) {
@@ -302,6 +335,7 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
     }
     drop(control);
     drop(bundles);
+    drop(uploader);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -49,6 +49,7 @@ pub fn connect(path: &Path, cmd: &str) -> Result<UnixStream, ClientError> {
             v: PROTOCOL_VERSION,
             cmd: cmd.into(),
             reason: String::new(),
+            case: String::new(),
         },
     )
 }
@@ -94,6 +95,7 @@ pub fn status(path: &Path) -> Result<serde_json::Value, ClientError> {
 pub fn trigger(
     path: &Path,
     reason: &str,
+    case: &str,
     timeout: Duration,
 ) -> Result<(String, String), ClientError> {
     let s = connect_with(
@@ -102,6 +104,7 @@ pub fn trigger(
             v: PROTOCOL_VERSION,
             cmd: "trigger".into(),
             reason: reason.into(),
+            case: case.into(),
         },
     )?;
     let _ = s.set_read_timeout(Some(timeout));

@@ -33,4 +33,7 @@ pub struct Request {
     /// For "trigger": why (shown in the bundle's manifest).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// For "trigger": support case label recorded in the manifest (and the upload key).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub case: String,
 }

@@ -30,8 +30,8 @@ struct Client {
 
 /// What `status` answers: kept current by the agent loop.
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
-/// Takes a bundle now: (reason) → (incident id, bundle path) once written.
-pub type TriggerFn = Arc<dyn Fn(String) -> Result<(String, String), String> + Send + Sync>;
+/// Takes a bundle now: (reason, case) → (incident id, bundle path) once written.
+pub type TriggerFn = Arc<dyn Fn(String, String) -> Result<(String, String), String> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Handlers {
@@ -266,7 +266,12 @@ fn serve(stream: UnixStream, clients: Arc<Mutex<Vec<Arc<Client>>>>, handlers: Ha
             } else {
                 req.reason.clone()
             };
-            match t(reason) {
+            if !req.case.is_empty() {
+                if let Err(e) = crate::upload::key::check_case(&req.case) {
+                    return reply_error(&stream, &e);
+                }
+            }
+            match t(reason, req.case.clone()) {
                 Ok((id, bundle)) => {
                     let now = crate::clock::format_rfc3339(crate::clock::now().unix_ns);
                     let _ = writeln!(

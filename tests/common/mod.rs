@@ -67,3 +67,4 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+pub mod swift;

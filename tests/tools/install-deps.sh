@@ -12,6 +12,7 @@ PKGS=(
   openssh-server openssh-client                # `ssh node hvflight tail` tests (sshd on 127.0.0.1)
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev   # the eBPF drop-reason program (built by cargo build)
   swift swift-proxy swift-account swift-container swift-object memcached  # real S3 (s3api) store for upload tests
+  curl openssl                                 # upload tests: Swift health checks, a throwaway TLS CA
   chromium                                     # renders the HTML report in tests (headless, no network)
   prometheus prometheus-node-exporter          # promtool for the rules; node_exporter side by side in make bench
   lintian man-db systemd                       # .deb checks (lintian, man -w, systemd-analyze verify)
