@@ -167,6 +167,7 @@ fn store_bench() {
             max_bytes: 1 << 34,
             max_age_s: 1 << 30,
             segment_bytes: 64 << 20,
+            segment_max_age_s: 3600,
             sync_interval: Duration::from_secs(5),
             min_free_bytes: 0,
             zstd_level: 3,
@@ -201,4 +202,42 @@ fn store_bench() {
             per_h(disk) * 24.0 / 1024.0
         );
     }
+}
+
+#[test]
+#[ignore = "experiment"]
+fn exp_floor() {
+    let samples = series(500, 100);
+    let t = cpu_time();
+    let mut v = Vec::new();
+    for s in &samples {
+        v.push(s.clone());
+    }
+    let c = cpu_time() - t;
+    let t = cpu_time();
+    drop(v);
+    let d = cpu_time() - t;
+    let js: Vec<Vec<u8>> = samples
+        .iter()
+        .map(|s| serde_json::to_vec(s).unwrap())
+        .collect();
+    let t = cpu_time();
+    let mut v = Vec::new();
+    for j in &js {
+        v.push(serde_json::from_slice::<Sample>(j).unwrap());
+    }
+    let p = cpu_time() - t;
+    let t = cpu_time();
+    for s in &samples {
+        let _ = serde_json::to_vec(s).unwrap();
+    }
+    let w = cpu_time() - t;
+    println!(
+        "per sample CPU: clone {:?} drop {:?} json parse {:?} json write {:?} json bytes {}",
+        c / 100,
+        d / 100,
+        p / 100,
+        w / 100,
+        js[0].len()
+    );
 }

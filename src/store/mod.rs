@@ -54,10 +54,14 @@
 
 pub mod format;
 pub mod history;
+pub mod index;
 pub mod reader;
+pub mod rows;
+pub mod table;
 pub mod writer;
 
-pub use reader::{read_range, ReadReport, Record};
+pub use reader::{read_query, read_range, scan, Query, ReadReport, Record};
+pub use rows::Projection;
 pub use writer::{StoreWriter, WriterConfig};
 
 /// Samples between keyframes.
