@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use integer_encoding::VarInt;
 
-use super::rows::{self, get_varint, put_varint, RowBuf, RowsView, ShapeInfo, Splitter};
+use super::rows::{
+    self, get_varint, put_varint, put_zigzag, RowBuf, RowsView, ShapeInfo, Splitter,
+};
 
 /// Extra shapes (rows not in the keyframe's dictionary) beyond which a
 /// sample is written as a keyframe instead: churn re-bases early rather
@@ -235,11 +237,8 @@ impl TableEncoder {
 fn put_ids(out: &mut Vec<u8>, ids: &[u32]) {
     put_varint(out, ids.len() as u64);
     let mut prev: i64 = -1;
-    let mut buf = [0u8; 10];
     for &id in ids {
-        let d = id as i64 - prev - 1;
-        let n = d.encode_var(&mut buf);
-        out.extend_from_slice(&buf[..n]);
+        put_zigzag(out, id as i64 - prev - 1);
         prev = id as i64;
     }
 }
@@ -252,7 +251,6 @@ fn put_row_numbers(
     kf: Option<&Keyframe>,
 ) {
     let mut a = 0;
-    let mut buf = [0u8; 10];
     while a < rows.len() {
         let n = counts[a];
         let mut b = a + 1;
@@ -266,9 +264,7 @@ fn put_row_numbers(
                     (NONE, _) | (_, None) => 0,
                     (kr, Some(k)) => k.nums[k.num_off[kr as usize] as usize + j],
                 };
-                let d = v.wrapping_sub(base) as i64;
-                let len = d.encode_var(&mut buf);
-                out.extend_from_slice(&buf[..len]);
+                put_zigzag(out, v.wrapping_sub(base) as i64);
             }
         }
         a = b;
@@ -288,6 +284,24 @@ fn compress(
         .map_err(e)?;
     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
     cctx.compress2(&mut out, data).map_err(e)?;
+    Ok(out)
+}
+
+/// zstd with one context per thread (creating one costs as much as
+/// decompressing a delta record).
+fn decompress(data: &[u8]) -> Result<Vec<u8>, TableError> {
+    use std::cell::RefCell;
+    use zstd::zstd_safe::DCtx;
+    thread_local! {
+        static DCTX: RefCell<DCtx<'static>> = RefCell::new(DCtx::create());
+    }
+    let e = |c| TableError::Zstd(std::io::Error::other(zstd::zstd_safe::get_error_name(c)));
+    let size = match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) if n <= 256 << 20 => n as usize,
+        _ => return bad("zstd frame without a sane content size"),
+    };
+    let mut out = Vec::with_capacity(size);
+    DCTX.with(|d| d.borrow_mut().decompress(&mut out, data).map_err(e))?;
     Ok(out)
 }
 
@@ -330,7 +344,7 @@ pub fn decode_delta(kf: &Decoded, kf_offset: u64, payload: &[u8]) -> Result<Deco
 
 /// The keyframe offset a delta payload refers to (decompresses it).
 fn decode_body(payload: &[u8], kf: Option<(&Decoded, u64)>) -> Result<Decoded, TableError> {
-    let body = super::format::decompress(payload, None).map_err(TableError::Zstd)?;
+    let body = decompress(payload)?;
     let mut d = Decoded {
         body,
         ..Default::default()

@@ -106,6 +106,8 @@ impl<'v, 'a> De<'v, 'a> {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn bad(&self, what: &'static str) -> DeError {
         DeError::Bad {
             row: self.row,
@@ -114,6 +116,7 @@ impl<'v, 'a> De<'v, 'a> {
         }
     }
 
+    #[inline]
     fn peek(&self) -> Result<u8, DeError> {
         self.shape
             .get(self.pos)
@@ -146,6 +149,7 @@ impl<'v, 'a> De<'v, 'a> {
         std::str::from_utf8(b).map_err(|_| self.bad("string is not UTF-8"))
     }
 
+    #[inline]
     fn num(&mut self) -> Result<u64, DeError> {
         if self.num >= self.num_end {
             return Err(self.bad("row has too few numbers"));
@@ -332,6 +336,16 @@ impl<'de, 'v> de::Deserializer<'de> for &mut De<'v, 'de> {
         }
     }
 
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        // Field and variant names as bytes: serde's derived visitors match
+        // them without a UTF-8 check (a fifth of the read time otherwise).
+        if self.peek()? == OP_STR {
+            self.pos += 1;
+            return visitor.visit_borrowed_bytes(self.bytes()?);
+        }
+        self.deserialize_any(visitor)
+    }
+
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         self.skip()?;
         visitor.visit_unit()
@@ -339,7 +353,7 @@ impl<'de, 'v> de::Deserializer<'de> for &mut De<'v, 'de> {
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct identifier
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct
     }
 }
 

@@ -75,11 +75,23 @@ pub enum ShapeError {
     Trailing(usize),
 }
 
-pub fn put_varint(out: &mut Vec<u8>, v: u64) {
-    use integer_encoding::VarInt;
-    let mut b = [0u8; 10];
-    let n = v.encode_var(&mut b);
-    out.extend_from_slice(&b[..n]);
+/// LEB128, as `integer-encoding` writes it (a test checks they agree).
+/// Written out because pushing bytes straight into the Vec costs a tenth
+/// of the crate's encode-into-a-buffer-then-copy in the writer's inner
+/// loops (callgrind: 45 → 4 instructions for a one-byte varint).
+#[inline]
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Zig-zag (as `integer-encoding` maps i64), then LEB128.
+#[inline]
+pub fn put_zigzag(out: &mut Vec<u8>, v: i64) {
+    put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
 #[inline]

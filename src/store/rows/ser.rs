@@ -29,8 +29,9 @@ impl ser::Error for SplitError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 enum Pending {
+    #[default]
     Plain,
     /// The value of a field of row 0: a struct or map here becomes a child row.
     RootField,
@@ -71,7 +72,9 @@ pub struct Splitter {
     rows: Vec<RowBuf>,
     n: usize,
     stack: Vec<usize>,
-    pending: Option<Pending>,
+    /// The row ops go to (the top of `stack`).
+    cur: usize,
+    pending: Pending,
     seqs: Vec<SeqFrame>,
     maps: Vec<MapFrame>,
 }
@@ -87,7 +90,7 @@ impl Splitter {
         self.stack.clear();
         self.seqs.clear();
         self.maps.clear();
-        self.pending = None;
+        self.pending = Pending::Plain;
         value.serialize(&mut *self)?;
         Ok(&self.rows[..self.n])
     }
@@ -104,25 +107,44 @@ impl Splitter {
             r.depth = 0;
         }
         self.stack.push(idx);
+        self.cur = idx;
+    }
+
+    /// Back to the row that was open at `mark` (the stack's length then).
+    #[inline]
+    fn pop_to(&mut self, mark: usize) {
+        if self.stack.len() > mark {
+            self.stack.truncate(mark);
+            self.cur = self.stack.last().copied().unwrap_or(0);
+        }
     }
 
     fn top(&self) -> usize {
-        *self.stack.last().expect("a row is open")
+        self.cur
     }
 
+    #[inline]
     fn cur(&mut self) -> &mut RowBuf {
-        let t = self.top();
-        &mut self.rows[t]
+        &mut self.rows[self.cur]
     }
 
     /// Where the value about to be written goes; opens rows as needed.
+    #[inline]
     fn begin(&mut self, is_map: bool) {
-        if self.stack.is_empty() {
-            self.open_row();
-            self.pending = None;
+        if self.pending == Pending::Plain && !self.stack.is_empty() {
             return;
         }
-        match self.pending.take().unwrap_or(Pending::Plain) {
+        self.begin_slow(is_map);
+    }
+
+    #[inline(never)]
+    fn begin_slow(&mut self, is_map: bool) {
+        if self.stack.is_empty() {
+            self.open_row();
+            self.pending = Pending::Plain;
+            return;
+        }
+        match std::mem::take(&mut self.pending) {
             Pending::Plain => {}
             Pending::RootField => {
                 if is_map {
@@ -153,29 +175,42 @@ impl Splitter {
     }
 
     /// The pending state for a map/struct value about to be serialized.
+    #[inline]
     fn value_pending(&self) -> Pending {
-        if self.stack.len() == 1 && self.stack[0] == 0 && self.rows[0].depth == 1 {
+        if self.cur == 0 && self.rows[0].depth == 1 {
             Pending::RootField
         } else {
             Pending::Plain
         }
     }
 
-    fn scalar(&mut self, op: u8, num: Option<u64>) {
+    #[inline]
+    fn scalar(&mut self, op: u8) {
         self.begin(false);
-        let r = self.cur();
-        r.shape.push(op);
-        if let Some(v) = num {
-            r.nums.push(v);
-        }
+        self.cur().shape.push(op);
     }
 
-    fn bytes_op(&mut self, op: u8, b: &[u8]) {
+    #[inline]
+    fn number(&mut self, op: u8, v: u64) {
         self.begin(false);
         let r = self.cur();
         r.shape.push(op);
-        put_varint(&mut r.shape, b.len() as u64);
-        r.shape.extend_from_slice(b);
+        r.nums.push(v);
+    }
+
+    #[inline]
+    fn bytes_op(&mut self, op: u8, b: &[u8]) {
+        self.begin(false);
+        let shape = &mut self.cur().shape;
+        if b.len() < 0x80 {
+            shape.reserve(2 + b.len());
+            shape.push(op);
+            shape.push(b.len() as u8);
+        } else {
+            shape.push(op);
+            put_varint(shape, b.len() as u64);
+        }
+        shape.extend_from_slice(b);
     }
 
     fn open_map(&mut self) {
@@ -203,14 +238,16 @@ impl Splitter {
         value: &V,
     ) -> Result<(), SplitError> {
         if let Some(k) = key {
-            self.pending = Some(Pending::Plain);
+            self.pending = Pending::Plain;
             self.bytes_op(OP_STR, k.as_bytes());
         }
-        self.maps.last_mut().expect("map open").n += 1;
-        self.pending = Some(self.value_pending());
+        if let Some(m) = self.maps.last_mut() {
+            m.n += 1;
+        }
+        self.pending = self.value_pending();
         let mark = self.stack.len();
         value.serialize(&mut *self)?;
-        self.stack.truncate(mark);
+        self.pop_to(mark);
         Ok(())
     }
 
@@ -229,14 +266,14 @@ impl Splitter {
     fn element<V: Serialize + ?Sized>(&mut self, value: &V) -> Result<(), SplitError> {
         let f = self.seqs.last_mut().expect("seq open");
         f.n += 1;
-        self.pending = Some(match f.mode {
+        self.pending = match f.mode {
             Mode::Undecided => Pending::SeqFirst,
             Mode::Inline => Pending::Plain,
             Mode::Rows => Pending::SeqRow,
-        });
+        };
         let mark = self.stack.len();
         value.serialize(&mut *self)?;
-        self.stack.truncate(mark);
+        self.pop_to(mark);
         Ok(())
     }
 
@@ -278,7 +315,7 @@ impl ser::Serializer for &mut Splitter {
     type SerializeStructVariant = Self;
 
     fn serialize_bool(self, v: bool) -> Result<(), SplitError> {
-        self.scalar(if v { OP_TRUE } else { OP_FALSE }, None);
+        self.scalar(if v { OP_TRUE } else { OP_FALSE });
         Ok(())
     }
     fn serialize_i8(self, v: i8) -> Result<(), SplitError> {
@@ -291,7 +328,7 @@ impl ser::Serializer for &mut Splitter {
         self.serialize_i64(v as i64)
     }
     fn serialize_i64(self, v: i64) -> Result<(), SplitError> {
-        self.scalar(OP_SINT, Some(v as u64));
+        self.number(OP_SINT, v as u64);
         Ok(())
     }
     fn serialize_i128(self, _: i128) -> Result<(), SplitError> {
@@ -307,18 +344,18 @@ impl ser::Serializer for &mut Splitter {
         self.serialize_u64(v as u64)
     }
     fn serialize_u64(self, v: u64) -> Result<(), SplitError> {
-        self.scalar(OP_UINT, Some(v));
+        self.number(OP_UINT, v);
         Ok(())
     }
     fn serialize_u128(self, _: u128) -> Result<(), SplitError> {
         Err(SplitError::Int128)
     }
     fn serialize_f32(self, v: f32) -> Result<(), SplitError> {
-        self.scalar(OP_F32, Some(v.to_bits() as u64));
+        self.number(OP_F32, v.to_bits() as u64);
         Ok(())
     }
     fn serialize_f64(self, v: f64) -> Result<(), SplitError> {
-        self.scalar(OP_F64, Some(v.to_bits()));
+        self.number(OP_F64, v.to_bits());
         Ok(())
     }
     fn serialize_char(self, v: char) -> Result<(), SplitError> {
@@ -333,21 +370,20 @@ impl ser::Serializer for &mut Splitter {
         Ok(())
     }
     fn serialize_none(self) -> Result<(), SplitError> {
-        self.scalar(OP_NONE, None);
+        self.scalar(OP_NONE);
         Ok(())
     }
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), SplitError> {
-        if self.pending == Some(Pending::RootField) {
+        if self.pending == Pending::RootField {
             // Option<Section>: SOME stays in row 0, the section is the child row.
             self.cur().shape.push(OP_SOME);
-            self.pending = Some(Pending::RootField);
         } else {
-            self.scalar(OP_SOME, None);
+            self.scalar(OP_SOME);
         }
         value.serialize(self)
     }
     fn serialize_unit(self) -> Result<(), SplitError> {
-        self.scalar(OP_UNIT, None);
+        self.scalar(OP_UNIT);
         Ok(())
     }
     fn serialize_unit_struct(self, _: &'static str) -> Result<(), SplitError> {
@@ -403,7 +439,7 @@ impl ser::Serializer for &mut Splitter {
         self.open_map();
         self.bytes_op(OP_STR, variant.as_bytes());
         self.maps.last_mut().expect("map open").n += 1;
-        self.pending = Some(self.value_pending());
+        self.pending = self.value_pending();
         self.open_seq();
         Ok(self)
     }
@@ -425,7 +461,7 @@ impl ser::Serializer for &mut Splitter {
         self.open_map();
         self.bytes_op(OP_STR, variant.as_bytes());
         self.maps.last_mut().expect("map open").n += 1;
-        self.pending = Some(Pending::Plain);
+        self.pending = Pending::Plain;
         self.open_map();
         Ok(self)
     }
@@ -485,17 +521,17 @@ impl ser::SerializeMap for &mut Splitter {
     type Error = SplitError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), SplitError> {
         self.maps.last_mut().expect("map open").n += 1;
-        self.pending = Some(Pending::Plain);
+        self.pending = Pending::Plain;
         let mark = self.stack.len();
         key.serialize(&mut **self)?;
-        self.stack.truncate(mark);
+        self.pop_to(mark);
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SplitError> {
-        self.pending = Some(self.value_pending());
+        self.pending = self.value_pending();
         let mark = self.stack.len();
         value.serialize(&mut **self)?;
-        self.stack.truncate(mark);
+        self.pop_to(mark);
         Ok(())
     }
     fn end(self) -> Result<(), SplitError> {

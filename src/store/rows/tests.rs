@@ -296,3 +296,32 @@ fn shape_info_counts_and_rejects_garbage() {
     assert_eq!(field_str(&rows[1].shape, "name"), Some("tap1"));
     assert_eq!(field_str(&rows[1].shape, "nope"), None);
 }
+
+#[test]
+fn hand_written_varints_match_the_crate() {
+    use integer_encoding::VarInt;
+    for v in [
+        0u64,
+        1,
+        127,
+        128,
+        300,
+        16_383,
+        16_384,
+        u32::MAX as u64,
+        u64::MAX / 3,
+        u64::MAX,
+    ] {
+        let mut a = Vec::new();
+        put_varint(&mut a, v);
+        assert_eq!(a, v.encode_var_vec(), "{v}");
+        let mut p = 0;
+        assert_eq!(get_varint(&a, &mut p), Some(v));
+        assert_eq!(p, a.len());
+    }
+    for v in [0i64, -1, 1, -64, 64, i32::MIN as i64, i64::MIN, i64::MAX] {
+        let mut a = Vec::new();
+        put_zigzag(&mut a, v);
+        assert_eq!(a, v.encode_var_vec(), "{v}");
+    }
+}
