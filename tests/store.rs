@@ -616,6 +616,73 @@ fn a_query_decodes_only_the_rows_it_asks_for() {
 }
 
 #[test]
+fn history_by_domain_and_by_interface_shows_rates_of_those_only() {
+    use hvflight::store::history::{history, HistoryQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = StoreWriter::open(cfg(dir.path())).unwrap();
+    for i in 0..80 {
+        w.write_sample(&rich_sample(i)).unwrap();
+    }
+    w.write_events(&[Event {
+        ts_unix_ns: (T0 + 79) * 1_000_000_000 + 7,
+        mono_ns: 79 * 1_000_000_000 + 7,
+        kind: EventKind::Link {
+            action: "new".into(),
+            ifindex: 3,
+            name: "vnet1".into(),
+            operstate: "down".into(),
+            carrier: Some(false),
+            admin_up: true,
+            master: Some(2),
+            mtu: Some(1500),
+            mac: String::new(),
+            port_state: None,
+        },
+    }])
+    .unwrap();
+    drop(w);
+    let run = |q: HistoryQuery| {
+        let mut out = Vec::new();
+        let (shown, warnings) = history(dir.path(), &q, &mut out).unwrap();
+        (shown, warnings, String::from_utf8(out).unwrap())
+    };
+    let base = HistoryQuery {
+        since_ns: (T0 + 70) * 1_000_000_000,
+        until_ns: (T0 + 100) * 1_000_000_000,
+        ..Default::default()
+    };
+    // web-01's vNIC is vnet1 (libvirt's mapping in the samples).
+    let (shown, warnings, text) = run(HistoryQuery {
+        domain: Some("web-01".into()),
+        ..base.clone()
+    });
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(shown, 11, "10 samples and the link event: {text}");
+    let lines: Vec<&str> = text.lines().collect();
+    // sample(): vnet1's rx_packets grow 10 per second.
+    assert!(
+        lines[1].contains("| vnet1 up rx 10.0 tx 12.0 pps"),
+        "{}",
+        lines[1]
+    );
+    assert!(!text.contains("vnet2"), "{text}");
+    assert!(text.contains("vnet1"));
+    let (_, _, by_iface) = run(HistoryQuery {
+        iface: Some("vnet1".into()),
+        ..base.clone()
+    });
+    assert_eq!(by_iface, text);
+    let (_, warnings, _) = run(HistoryQuery {
+        domain: Some("nope".into()),
+        ..base
+    });
+    assert_eq!(
+        warnings,
+        vec!["domain \"nope\": no vNIC of it in the range".to_string()]
+    );
+}
+
+#[test]
 fn sigkill_at_random_moments_loses_nothing_that_was_written_needs_root() {
     // The real agent, killed again and again; each run appends a new segment.
     let dir = tempfile::tempdir().unwrap();

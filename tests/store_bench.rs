@@ -253,7 +253,13 @@ fn store_bench() {
             r => panic!("{r:?}"),
         }
         // The floor of any read that hands out owned samples: cloning them.
-        let (_, clone_cpu, _) = timed(|| samples.iter().map(|s| Box::new(s.clone())).count());
+        let (clones, clone_cpu, _) = timed(|| {
+            samples
+                .iter()
+                .map(|s| Box::new(s.clone()))
+                .collect::<Vec<_>>()
+        });
+        drop(clones);
         let per_h = |b: u64| b as f64 * 3600.0 / count as f64 / (1 << 20) as f64;
         println!(
             "{n:>6} {:>12.1} {:>12.1} {:>6.1}x {:>8.3} ms | {:>30} {:>15} {:>15}",

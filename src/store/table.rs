@@ -603,6 +603,55 @@ mod tests {
     }
 
     #[test]
+    fn sections_the_store_does_not_know_are_carried_and_delta_coded() {
+        // What another module adds to Sample later (with #[serde(default)]):
+        // no store change, its counters are rows like the links'.
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
+        struct DropReason {
+            iface: String,
+            reason: String,
+            count: u64,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
+        struct Newer {
+            #[serde(flatten)]
+            base: Sample,
+            #[serde(default)]
+            drop_reasons: Option<Vec<DropReason>>,
+        }
+        let newer = |seq: u64| Newer {
+            base: sample(seq, &["br0", "tap0"]),
+            drop_reasons: Some(
+                (0..300)
+                    .map(|i| DropReason {
+                        iface: format!("tap{i}"),
+                        reason: "NETFILTER_DROP".into(),
+                        count: seq * i,
+                    })
+                    .collect(),
+            ),
+        };
+        let mut enc = TableEncoder::new(3);
+        let e0 = enc.encode(&newer(1), false).unwrap();
+        let kf = decode_keyframe(&e0.payload).unwrap();
+        let kf_len = e0.payload.len();
+        enc.commit(e0, 64);
+        let n2 = newer(2);
+        let e = enc.encode(&n2, false).unwrap();
+        assert!(
+            e.payload.len() * 3 < kf_len,
+            "{} vs {kf_len}",
+            e.payload.len()
+        );
+        let d = decode_delta(&kf, 64, &e.payload).unwrap();
+        let back: Newer = decode_value(&view(Some(&kf), &d), &Projection::all()).unwrap();
+        assert_eq!(back, n2);
+        // Today's reader reads the same record, ignoring what it does not know.
+        let s: Sample = decode_value(&view(Some(&kf), &d), &Projection::all()).unwrap();
+        assert_eq!(s, n2.base);
+    }
+
+    #[test]
     fn duplicate_rows_match_in_order() {
         let mut enc = TableEncoder::new(3);
         let names = ["x", "x", "x"];
