@@ -94,6 +94,8 @@ pub struct StoreConfig {
     pub max_bytes: u64,
     pub max_age_s: u64,
     pub segment_bytes: u64,
+    /// A segment is closed after this long (so the age bound overshoots by at most this).
+    pub segment_max_age_s: u64,
     pub sync_interval_ms: u64,
     /// Never write when the filesystem would have less free space than this.
     pub min_free_bytes: u64,
@@ -237,6 +239,7 @@ impl Default for StoreConfig {
             max_bytes: 2 << 30,
             max_age_s: 48 * 3600,
             segment_bytes: 64 << 20,
+            segment_max_age_s: 3600,
             sync_interval_ms: 5000,
             min_free_bytes: 1 << 30,
         }
@@ -498,6 +501,7 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
             c.collect.libvirt_reconnect_ms,
         ),
         ("store.sync_interval_ms", c.store.sync_interval_ms),
+        ("store.segment_max_age_s", c.store.segment_max_age_s),
         ("bundle.command_timeout_ms", c.bundle.command_timeout_ms),
         ("bundle.max_count", c.bundle.max_count),
         ("detect.collapse_after", c.detect.collapse_after as u64),

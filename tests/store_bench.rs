@@ -8,7 +8,10 @@
 use std::time::{Duration, Instant};
 
 use hvflight::sample::{Bridge, BridgePort, FdbEntry, Link, LinkStats, Sample, Snmp};
-use hvflight::store::{read_range, StoreWriter, WriterConfig};
+use hvflight::store::rows::{Projection, Select};
+use hvflight::store::{
+    read_query, read_range, scan, Query, ReadReport, Record, StoreWriter, WriterConfig,
+};
 
 struct Rng(u64);
 impl Rng {
@@ -146,12 +149,30 @@ fn cpu_time() -> Duration {
     )
 }
 
+/// CPU and wall time of `f`.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (c0, t0) = (cpu_time(), Instant::now());
+    let r = f();
+    (r, cpu_time() - c0, t0.elapsed())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
 #[test]
 #[ignore = "benchmark: run by make bench"]
 fn store_bench() {
     println!(
-        "{:>6} {:>14} {:>14} {:>8} {:>16} {:>18}",
-        "vNICs", "store MiB/h", "JSONL MiB/h", "ratio", "write CPU/sample", "read 15 min window"
+        "{:>6} {:>12} {:>12} {:>7} {:>11} | 15-min read, ms CPU (wall): {:>15} {:>15} {:>15}",
+        "vNICs",
+        "store MiB/h",
+        "JSONL MiB/h",
+        "ratio",
+        "write/smpl",
+        "read_range all",
+        "stream all",
+        "--iface one"
     );
     for n in [50usize, 500] {
         let count = 900; // 15 minutes at 1 Hz
@@ -167,6 +188,7 @@ fn store_bench() {
             max_bytes: 1 << 34,
             max_age_s: 1 << 30,
             segment_bytes: 64 << 20,
+            segment_max_age_s: 3600,
             sync_interval: Duration::from_secs(5),
             min_free_bytes: 0,
             zstd_level: 3,
@@ -183,22 +205,131 @@ fn store_bench() {
             .flatten()
             .map(|e| e.metadata().unwrap().len())
             .sum();
-        let t = Instant::now();
-        let (recs, _) = read_range(dir.path(), i64::MIN, i64::MAX);
-        let read = t.elapsed();
+        // Everything, as owned samples (what the bundle writer and the analyzer get).
+        let ((recs, report), all_cpu, all_wall) =
+            timed(|| read_range(dir.path(), i64::MIN, i64::MAX));
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
         assert_eq!(recs.len(), count);
+        assert_eq!(
+            recs.last(),
+            Some(&Record::Sample(Box::new(samples[count - 1].clone())))
+        );
+        drop(recs);
+        // Everything, one sample at a time (what `history` does).
+        let (seen, stream_cpu, stream_wall) = timed(|| {
+            let mut seen = 0;
+            let mut report = ReadReport::default();
+            scan(
+                dir.path(),
+                &Query::range(i64::MIN, i64::MAX),
+                &mut report,
+                &mut |r| {
+                    seen += matches!(r, Record::Sample(_)) as usize;
+                    true
+                },
+            );
+            seen
+        });
+        assert_eq!(seen, count);
+        // One interface (`history --iface X`): only its rows are materialized.
+        let name = samples[0].links.as_ref().unwrap()[n / 2].name.clone();
+        let mut q = Query::range(i64::MIN, i64::MAX);
+        q.projection = Projection {
+            fields: Some(["links".to_string()].into()),
+            select: Some(Select {
+                seq: "links".into(),
+                field: "name".into(),
+                values: [name.clone()].into(),
+            }),
+        };
+        let (one, one_cpu, one_wall) = timed(|| read_query(dir.path(), &q).0);
+        assert_eq!(one.len(), count);
+        match &one[count - 1] {
+            Record::Sample(s) => {
+                assert_eq!(s.links.as_ref().unwrap().len(), 1);
+                assert_eq!(s.link(&name), samples[count - 1].link(&name));
+                assert!(s.fdb.is_none());
+            }
+            r => panic!("{r:?}"),
+        }
+        // The floor of any read that hands out owned samples: cloning them.
+        let (clones, clone_cpu, _) = timed(|| {
+            samples
+                .iter()
+                .map(|s| Box::new(s.clone()))
+                .collect::<Vec<_>>()
+        });
+        drop(clones);
         let per_h = |b: u64| b as f64 * 3600.0 / count as f64 / (1 << 20) as f64;
         println!(
-            "{n:>6} {:>14.1} {:>14.1} {:>7.1}x {:>13.3} ms {:>15.1} ms",
+            "{n:>6} {:>12.1} {:>12.1} {:>6.1}x {:>8.3} ms | {:>30} {:>15} {:>15}",
             per_h(disk),
             per_h(jsonl as u64),
             jsonl as f64 / disk as f64,
             write_cpu.as_secs_f64() * 1e3,
-            read.as_secs_f64() * 1e3
+            format!("{} ({})", ms(all_cpu), ms(all_wall)),
+            format!("{} ({})", ms(stream_cpu), ms(stream_wall)),
+            format!("{} ({})", ms(one_cpu), ms(one_wall)),
         );
         println!(
-            "        ({:.2} GiB/day on disk)",
-            per_h(disk) * 24.0 / 1024.0
+            "        ({:.2} GiB/day on disk, {} bytes per sample; cloning the {count} samples alone: {} ms CPU)",
+            per_h(disk) * 24.0 / 1024.0,
+            disk / count as u64,
+            ms(clone_cpu)
         );
     }
+}
+
+/// For profiling (callgrind counts instructions, so the numbers hold on a
+/// loaded machine): `PROFILE_DIR=/tmp/p PROFILE_VNICS=500 valgrind
+/// --tool=callgrind target/release/deps/store_bench-… --ignored profile_write`,
+/// then the same with `profile_read` on the store it left.
+#[test]
+#[ignore = "profiling helper"]
+fn profile_write() {
+    let dir = std::path::PathBuf::from(std::env::var("PROFILE_DIR").expect("PROFILE_DIR"));
+    let n: usize = std::env::var("PROFILE_VNICS").map_or(500, |v| v.parse().unwrap());
+    let count: usize = std::env::var("PROFILE_COUNT").map_or(120, |v| v.parse().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+    let samples = series(n, count);
+    let mut w = StoreWriter::open(WriterConfig {
+        dir,
+        host: "compute-017".into(),
+        max_bytes: 1 << 34,
+        max_age_s: 1 << 30,
+        segment_bytes: 64 << 20,
+        segment_max_age_s: 3600,
+        sync_interval: Duration::from_secs(5),
+        min_free_bytes: 0,
+        zstd_level: 3,
+    })
+    .unwrap();
+    for s in &samples {
+        w.write_sample(s).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "profiling helper"]
+fn profile_read() {
+    let dir = std::path::PathBuf::from(std::env::var("PROFILE_DIR").expect("PROFILE_DIR"));
+    let mut seen = 0;
+    let mut report = ReadReport::default();
+    let mut q = Query::range(i64::MIN, i64::MAX);
+    if let Ok(name) = std::env::var("PROFILE_IFACE") {
+        q.projection = Projection {
+            fields: Some(["links".to_string()].into()),
+            select: Some(Select {
+                seq: "links".into(),
+                field: "name".into(),
+                values: [name].into(),
+            }),
+        };
+    }
+    scan(&dir, &q, &mut report, &mut |r| {
+        seen += matches!(r, Record::Sample(s) if s.links.as_ref().is_some_and(|l| !l.is_empty()))
+            as usize;
+        true
+    });
+    assert!(seen > 0 && report.warnings.is_empty());
 }

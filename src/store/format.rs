@@ -3,13 +3,22 @@
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"HVFSTORE";
-pub const FORMAT_VERSION: u32 = 1;
+/// The version this hvflight writes; it reads every version up to it.
+pub const FORMAT_VERSION: u32 = 2;
 pub const FRAME_MAGIC: u32 = 0x5246_5648;
 pub const FRAME_HEADER_LEN: usize = 30;
 
+/// Format 1: a sample's JSON compressed against its keyframe's JSON.
 pub const KIND_SAMPLE: u8 = 1;
+/// A JSON array of events (both formats).
 pub const KIND_EVENTS: u8 = 2;
+/// A sample's JSON compressed alone (format 1's keyframes; in format 2 the
+/// fallback for a sample the row split cannot represent).
 pub const KIND_KEYFRAME: u8 = 3;
+/// Format 2: a sample as a table keyframe (shape dictionary + numbers).
+pub const KIND_TABLE_KEYFRAME: u8 = 4;
+/// Format 2: a sample as numbers relative to its table keyframe.
+pub const KIND_TABLE_DELTA: u8 = 5;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SegmentHeader {

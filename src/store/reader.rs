@@ -2,10 +2,19 @@
 //! appending. Damage is reported, never fatal: a torn tail ends a segment,
 //! a corrupt record is skipped (warning with segment and byte offset) and
 //! reading resynchronises on the next frame.
+//!
+//! Reads both formats: 1 (JSON samples against a JSON keyframe) and 2
+//! (table records, `table.rs`). A `Query` can project format-2 samples to
+//! what it needs (sections, rows); format-1 samples come whole.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::format::{self, FRAME_HEADER_LEN};
+use super::format::{self, FrameHeader, FRAME_HEADER_LEN};
+use super::index;
+use super::rows::{decode_value, Projection};
+use super::table;
 use super::writer::{segments, start_ms};
 use crate::sample::{Event, Sample};
 
@@ -32,7 +41,34 @@ pub struct ReadReport {
     pub torn_tails: Vec<(PathBuf, u64)>,
     pub segments_read: usize,
     pub records_decoded: usize,
+    /// Bytes of segment files read.
+    pub bytes_read: u64,
 }
+
+/// A range and what of each record to decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub since_ns: i64,
+    pub until_ns: i64,
+    /// For format-2 samples: the sections and rows to materialize (the
+    /// others take their defaults). A hint: format-1 samples come whole.
+    pub projection: Projection,
+    /// Decode event records.
+    pub events: bool,
+}
+
+impl Query {
+    pub fn range(since_ns: i64, until_ns: i64) -> Query {
+        Query {
+            since_ns,
+            until_ns,
+            projection: Projection::all(),
+            events: true,
+        }
+    }
+}
+
+const SLACK_NS: i64 = 1_000_000_000;
 
 fn find_magic(b: &[u8], from: usize) -> Option<usize> {
     let m = format::FRAME_MAGIC.to_le_bytes();
@@ -44,8 +80,23 @@ fn find_magic(b: &[u8], from: usize) -> Option<usize> {
 
 /// Reads records with since_ns ≤ wall time ≤ until_ns, in file order.
 pub fn read_range(dir: &Path, since_ns: i64, until_ns: i64) -> (Vec<Record>, ReadReport) {
+    read_query(dir, &Query::range(since_ns, until_ns))
+}
+
+/// Like `read_range`, with a projection.
+pub fn read_query(dir: &Path, q: &Query) -> (Vec<Record>, ReadReport) {
     let mut out = Vec::new();
     let mut report = ReadReport::default();
+    scan(dir, q, &mut report, &mut |r| {
+        out.push(r);
+        true
+    });
+    (out, report)
+}
+
+/// Streams the records of a query to `f` in file order (memory stays
+/// bounded by one segment's range); `f` returns false to stop.
+pub fn scan(dir: &Path, q: &Query, report: &mut ReadReport, f: &mut dyn FnMut(Record) -> bool) {
     let segs = segments(dir);
     for (i, seg) in segs.iter().enumerate() {
         // Skip files wholly outside the range. Wall time only rises inside
@@ -53,7 +104,7 @@ pub fn read_range(dir: &Path, since_ns: i64, until_ns: i64) -> (Vec<Record>, Rea
         // starts after `until` holds nothing in range, and one whose
         // successor starts before `since` (without a step between) neither.
         let start = start_ms(seg).unwrap_or(i64::MIN / 1_000_000) as i128 * 1_000_000;
-        if start > until_ns as i128 + 1_000_000_000 {
+        if start > q.until_ns as i128 + SLACK_NS as i128 {
             continue;
         }
         let next_start = segs
@@ -61,15 +112,17 @@ pub fn read_range(dir: &Path, since_ns: i64, until_ns: i64) -> (Vec<Record>, Rea
             .and_then(|n| start_ms(n))
             .map(|ms| ms as i128 * 1_000_000);
         if let Some(n) = next_start {
-            if n >= start && n + 1_000_000_000 < since_ns as i128 {
+            if n >= start && n + (SLACK_NS as i128) < q.since_ns as i128 {
                 continue;
             }
         }
-        read_segment(seg, since_ns, until_ns, &mut out, &mut report);
+        if !scan_segment(seg, q, report, f) {
+            return;
+        }
     }
-    (out, report)
 }
 
+/// Reads one segment's records in [since_ns, until_ns] into `out`.
 pub fn read_segment(
     path: &Path,
     since_ns: i64,
@@ -77,145 +130,382 @@ pub fn read_segment(
     out: &mut Vec<Record>,
     report: &mut ReadReport,
 ) {
+    scan_segment(path, &Query::range(since_ns, until_ns), report, &mut |r| {
+        out.push(r);
+        true
+    });
+}
+
+fn read_at(file: &File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+    let mut b = vec![0u8; to.saturating_sub(from) as usize];
+    file.read_exact_at(&mut b, from)?;
+    Ok(b)
+}
+
+/// The decoding state of one segment walk.
+struct Walk<'q> {
+    name: String,
+    q: &'q Query,
+    /// Format 1: the last JSON keyframe.
+    json_kf: Option<Vec<u8>>,
+    /// Format 2: the last table keyframe's offset and payload, decoded on
+    /// first use.
+    table_kf: Option<(u64, Vec<u8>)>,
+    table_kf_dec: Option<table::Decoded>,
+    /// The last keyframe (either format) was damaged.
+    kf_broken: bool,
+}
+
+impl Walk<'_> {
+    fn warn(&self, report: &mut ReadReport, off: u64, what: impl std::fmt::Display) {
+        report
+            .warnings
+            .push(format!("{}: offset {off}: {what}", self.name));
+    }
+
+    fn no_keyframe(&self) -> &'static str {
+        if self.kf_broken {
+            "its keyframe is damaged"
+        } else {
+            "no keyframe before it"
+        }
+    }
+
+    /// Handles one intact frame; false when the consumer wants no more.
+    fn frame(
+        &mut self,
+        off: u64,
+        h: &FrameHeader,
+        payload: &[u8],
+        report: &mut ReadReport,
+        f: &mut dyn FnMut(Record) -> bool,
+    ) -> bool {
+        let in_range = h.ts_unix_ns >= self.q.since_ns && h.ts_unix_ns <= self.q.until_ns;
+        let rec = match h.kind {
+            format::KIND_TABLE_KEYFRAME => {
+                self.table_kf = Some((off, payload.to_vec()));
+                self.table_kf_dec = None;
+                self.kf_broken = false;
+                if !in_range {
+                    return true;
+                }
+                self.table_sample(off, None, report)
+            }
+            format::KIND_TABLE_DELTA if in_range => self.table_sample(off, Some(payload), report),
+            format::KIND_KEYFRAME => match format::decompress(payload, None) {
+                Ok(json) => {
+                    let r = in_range.then(|| json_sample(&json)).transpose();
+                    // A JSON keyframe anchors format-1 deltas only.
+                    self.json_kf = Some(json);
+                    r.unwrap_or_else(|e| {
+                        self.warn(report, off, format!("sample does not decode: {e}"));
+                        None
+                    })
+                }
+                Err(e) => {
+                    self.warn(report, off, format!("keyframe does not decompress: {e}"));
+                    self.json_kf = None;
+                    None
+                }
+            },
+            format::KIND_SAMPLE if in_range => match &self.json_kf {
+                Some(k) => match format::decompress(payload, Some(k)) {
+                    Ok(json) => json_sample(&json).map(Some).unwrap_or_else(|e| {
+                        self.warn(report, off, format!("sample does not decode: {e}"));
+                        None
+                    }),
+                    Err(e) => {
+                        self.warn(report, off, format!("sample does not decompress: {e}"));
+                        None
+                    }
+                },
+                None => {
+                    let why = self.no_keyframe();
+                    self.warn(report, off, format!("sample skipped: {why}"));
+                    None
+                }
+            },
+            format::KIND_EVENTS if in_range && self.q.events => {
+                match format::decompress(payload, None)
+                    .map_err(|e| e.to_string())
+                    .and_then(|j| {
+                        serde_json::from_slice::<Vec<Event>>(&j).map_err(|e| e.to_string())
+                    }) {
+                    Ok(evs) => Some(Record::Events(evs)),
+                    Err(e) => {
+                        self.warn(report, off, format!("events do not decode: {e}"));
+                        None
+                    }
+                }
+            }
+            format::KIND_SAMPLE | format::KIND_EVENTS | format::KIND_TABLE_DELTA => None,
+            k => {
+                self.warn(report, off, format!("unknown record kind {k}; skipped"));
+                None
+            }
+        };
+        match rec {
+            Some(r) => {
+                report.records_decoded += 1;
+                f(r)
+            }
+            None => true,
+        }
+    }
+
+    /// A format-2 sample: the keyframe itself (`delta` None) or a delta.
+    fn table_sample(
+        &mut self,
+        off: u64,
+        delta: Option<&[u8]>,
+        report: &mut ReadReport,
+    ) -> Option<Record> {
+        let Some((kf_off, kf_payload)) = &self.table_kf else {
+            let why = self.no_keyframe();
+            self.warn(report, off, format!("sample skipped: {why}"));
+            return None;
+        };
+        let kf_off = *kf_off;
+        if self.table_kf_dec.is_none() {
+            match table::decode_keyframe(kf_payload) {
+                Ok(d) => self.table_kf_dec = Some(d),
+                Err(e) => {
+                    self.warn(report, kf_off, format!("keyframe does not decode: {e}"));
+                    self.table_kf = None;
+                    self.kf_broken = true;
+                    if delta.is_some() {
+                        self.warn(report, off, "sample skipped: its keyframe is damaged");
+                    }
+                    return None;
+                }
+            }
+        }
+        let kf = self.table_kf_dec.as_ref().expect("decoded");
+        let decoded;
+        let view = match delta {
+            None => table::view(None, kf),
+            Some(p) => match table::decode_delta(kf, kf_off, p) {
+                Ok(d) => {
+                    decoded = d;
+                    table::view(Some(kf), &decoded)
+                }
+                Err(e) => {
+                    self.warn(report, off, format!("sample does not decode: {e}"));
+                    return None;
+                }
+            },
+        };
+        match decode_value::<Sample>(&view, &self.q.projection) {
+            Ok(s) => Some(Record::Sample(Box::new(s))),
+            Err(e) => {
+                self.warn(report, off, format!("sample does not decode: {e}"));
+                None
+            }
+        }
+    }
+}
+
+fn json_sample(json: &[u8]) -> Result<Record, serde_json::Error> {
+    serde_json::from_slice::<Sample>(json).map(|s| Record::Sample(Box::new(s)))
+}
+
+/// Reads one segment for a query; false when the consumer wants no more.
+fn scan_segment(
+    path: &Path,
+    q: &Query,
+    report: &mut ReadReport,
+    f: &mut dyn FnMut(Record) -> bool,
+) -> bool {
     let name = path.display().to_string();
-    let b = match std::fs::read(path) {
+    let opened = File::open(path).and_then(|file| file.metadata().map(|m| (file, m.len())));
+    let (file, len) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            report.warnings.push(format!("{name}: cannot read: {e}"));
+            return true;
+        }
+    };
+    // The header: magic, version, length, JSON.
+    let head = match read_at(&file, 0, len.min(16)) {
         Ok(b) => b,
         Err(e) => {
             report.warnings.push(format!("{name}: cannot read: {e}"));
-            return;
+            return true;
         }
     };
-    let mut off = match format::decode_header(&b) {
-        Ok((_, off)) => off,
-        Err(e) if b.len() < 16 => {
-            report.torn_tails.push((path.to_path_buf(), 0));
-            let _ = e;
-            return;
-        }
+    if head.len() < 16 {
+        report.torn_tails.push((path.to_path_buf(), 0));
+        return true;
+    }
+    let hlen = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes")) as u64;
+    let header = read_at(&file, 0, len.min(16 + hlen)).unwrap_or_default();
+    let hdr_end = match format::decode_header(&header) {
+        Ok((_, off)) => off as u64,
         Err(e) => {
             report.warnings.push(format!("{name}: {e}"));
-            return;
+            return true;
         }
     };
     report.segments_read += 1;
-    let mut keyframe: Option<Vec<u8>> = None;
-    let mut keyframe_broken = false;
+
+    // Where to start and stop, from the keyframe index when it has one.
+    let entries = index::read(path);
+    let keyframes: Vec<&index::Entry> = entries
+        .iter()
+        .filter(|e| e.kind == index::ENTRY_KEYFRAME && e.offset >= hdr_end && e.offset < len)
+        .collect();
+    let since = q.since_ns.saturating_sub(SLACK_NS);
+    let until = q.until_ns.saturating_add(SLACK_NS);
+    let mut start = hdr_end;
+    let mut start_ts = None;
+    if let Some(e) = keyframes.iter().rev().find(|e| e.ts_unix_ns <= since) {
+        start = e.offset;
+        start_ts = Some(e.ts_unix_ns);
+    }
+    let mut end = keyframes
+        .iter()
+        .find(|e| e.ts_unix_ns > until && e.offset > start)
+        .map_or(len, |e| e.offset);
+    let mut b = match read_at(&file, start, end) {
+        Ok(b) => b,
+        Err(e) => {
+            report.warnings.push(format!("{name}: cannot read: {e}"));
+            return true;
+        }
+    };
+    // Trust the index only where the frame it names is what it says.
+    if let Some(ts) = start_ts {
+        let ok = format::decode_frame_header(&b).is_some_and(|h| {
+            FRAME_HEADER_LEN + h.len <= b.len()
+                && h.ts_unix_ns == ts
+                && h.kind == format::KIND_TABLE_KEYFRAME
+                && format::frame_ok(&b[..FRAME_HEADER_LEN + h.len], &h)
+        });
+        if !ok {
+            start = hdr_end;
+            end = len;
+            b = read_at(&file, start, end).unwrap_or_default();
+        }
+    }
+    report.bytes_read += b.len() as u64;
+
+    let mut w = Walk {
+        name: name.clone(),
+        q,
+        json_kf: None,
+        table_kf: None,
+        table_kf_dec: None,
+        kf_broken: false,
+    };
+    // Records written out of time order, outside the part we walk.
+    let late: Vec<&index::Entry> = entries
+        .iter()
+        .filter(|e| {
+            e.kind == index::ENTRY_LATE
+                && (e.offset < start || e.offset >= end)
+                && e.offset < len
+                && e.ts_unix_ns >= q.since_ns
+                && e.ts_unix_ns <= q.until_ns
+        })
+        .collect();
+    for e in late.iter().filter(|e| e.offset < start) {
+        if !late_record(&file, len, e.offset, &mut w, report, f) {
+            return false;
+        }
+    }
+
+    let mut off = 0usize;
     while off < b.len() {
+        let abs = start + off as u64;
         let Some(h) = format::decode_frame_header(&b[off..]) else {
             if b.len() - off < FRAME_HEADER_LEN && find_magic(&b, off + 1).is_none() {
-                report.torn_tails.push((path.to_path_buf(), off as u64));
-                return;
+                if end < len {
+                    b.extend(read_at(&file, end, len).unwrap_or_default());
+                    end = len;
+                    continue;
+                }
+                report.torn_tails.push((path.to_path_buf(), abs));
+                return true;
             }
-            report.warnings.push(format!(
-                "{name}: offset {off}: no record header; skipping to the next record"
-            ));
+            w.warn(report, abs, "no record header; skipping to the next record");
             match find_magic(&b, off + 1) {
                 Some(n) => {
                     off = n;
                     continue;
                 }
-                None => return,
+                None => return true,
             }
         };
-        let end = off + FRAME_HEADER_LEN + h.len;
-        if end > b.len() {
+        let fend = off + FRAME_HEADER_LEN + h.len;
+        if fend > b.len() {
+            if end < len {
+                // The index bound cut a record: read on to the end.
+                b.extend(read_at(&file, end, len).unwrap_or_default());
+                end = len;
+                continue;
+            }
             // Either a torn tail or a corrupt length: look for a later frame.
             match find_magic(&b, off + 1) {
                 Some(n) => {
-                    report.warnings.push(format!(
-                        "{name}: offset {off}: record length runs past the end; skipped"
-                    ));
+                    w.warn(report, abs, "record length runs past the end; skipped");
                     off = n;
                     continue;
                 }
                 None => {
-                    report.torn_tails.push((path.to_path_buf(), off as u64));
-                    return;
+                    report.torn_tails.push((path.to_path_buf(), abs));
+                    return true;
                 }
             }
         }
-        let frame = &b[off..end];
+        let frame = &b[off..fend];
         if !format::frame_ok(frame, &h) {
-            report.warnings.push(format!(
-                "{name}: offset {off}: corrupt record (checksum mismatch); skipped"
-            ));
-            if h.kind == format::KIND_KEYFRAME {
-                keyframe = None;
-                keyframe_broken = true;
+            w.warn(report, abs, "corrupt record (checksum mismatch); skipped");
+            if h.kind == format::KIND_KEYFRAME || h.kind == format::KIND_TABLE_KEYFRAME {
+                w.json_kf = None;
+                w.table_kf = None;
+                w.table_kf_dec = None;
+                w.kf_broken = true;
             }
             off = find_magic(&b, off + 1).unwrap_or(b.len());
             continue;
         }
-        let payload = &frame[FRAME_HEADER_LEN..];
-        let in_range = h.ts_unix_ns >= since_ns && h.ts_unix_ns <= until_ns;
-        match h.kind {
-            format::KIND_KEYFRAME => match format::decompress(payload, None) {
-                Ok(json) => {
-                    if in_range {
-                        push_sample(&json, &name, off, out, report);
-                    }
-                    keyframe = Some(json);
-                    keyframe_broken = false;
-                }
-                Err(e) => {
-                    report.warnings.push(format!(
-                        "{name}: offset {off}: keyframe does not decompress: {e}"
-                    ));
-                    keyframe = None;
-                    keyframe_broken = true;
-                }
-            },
-            format::KIND_SAMPLE if in_range => match &keyframe {
-                Some(k) => match format::decompress(payload, Some(k)) {
-                    Ok(json) => push_sample(&json, &name, off, out, report),
-                    Err(e) => report.warnings.push(format!(
-                        "{name}: offset {off}: sample does not decompress: {e}"
-                    )),
-                },
-                None => report.warnings.push(format!(
-                    "{name}: offset {off}: sample skipped: {}",
-                    if keyframe_broken {
-                        "its keyframe is damaged"
-                    } else {
-                        "no keyframe before it"
-                    }
-                )),
-            },
-            format::KIND_EVENTS if in_range => match format::decompress(payload, None)
-                .map_err(|e| e.to_string())
-                .and_then(|j| serde_json::from_slice::<Vec<Event>>(&j).map_err(|e| e.to_string()))
-            {
-                Ok(evs) => {
-                    report.records_decoded += 1;
-                    out.push(Record::Events(evs));
-                }
-                Err(e) => report
-                    .warnings
-                    .push(format!("{name}: offset {off}: events do not decode: {e}")),
-            },
-            format::KIND_SAMPLE | format::KIND_EVENTS => {}
-            k => report.warnings.push(format!(
-                "{name}: offset {off}: unknown record kind {k}; skipped"
-            )),
+        if !w.frame(abs, &h, &frame[FRAME_HEADER_LEN..], report, f) {
+            return false;
         }
-        off = end;
+        off = fend;
     }
+    for e in late.iter().filter(|e| e.offset >= end) {
+        if !late_record(&file, len, e.offset, &mut w, report, f) {
+            return false;
+        }
+    }
+    true
 }
 
-fn push_sample(
-    json: &[u8],
-    name: &str,
-    off: usize,
-    out: &mut Vec<Record>,
+/// One record the index lists as late, read on its own.
+fn late_record(
+    file: &File,
+    len: u64,
+    off: u64,
+    w: &mut Walk,
     report: &mut ReadReport,
-) {
-    match serde_json::from_slice::<Sample>(json) {
-        Ok(s) => {
-            report.records_decoded += 1;
-            out.push(Record::Sample(Box::new(s)));
-        }
-        Err(e) => report
-            .warnings
-            .push(format!("{name}: offset {off}: sample does not decode: {e}")),
+    f: &mut dyn FnMut(Record) -> bool,
+) -> bool {
+    let Ok(hb) = read_at(file, off, (off + FRAME_HEADER_LEN as u64).min(len)) else {
+        return true;
+    };
+    let Some(h) = format::decode_frame_header(&hb) else {
+        return true;
+    };
+    if h.kind != format::KIND_EVENTS || off + (FRAME_HEADER_LEN + h.len) as u64 > len {
+        return true;
     }
+    let Ok(frame) = read_at(file, off, off + (FRAME_HEADER_LEN + h.len) as u64) else {
+        return true;
+    };
+    if !format::frame_ok(&frame, &h) {
+        return true;
+    }
+    report.bytes_read += frame.len() as u64;
+    w.frame(off, &h, &frame[FRAME_HEADER_LEN..], report, f)
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::format::{self, SegmentHeader};
+use super::index::{self, IndexWriter};
+use super::table::TableEncoder;
 use super::KEYFRAME_EVERY;
 use crate::sample::{Event, EventKind, Sample};
 
@@ -18,6 +20,8 @@ pub struct WriterConfig {
     pub max_bytes: u64,
     pub max_age_s: u64,
     pub segment_bytes: u64,
+    /// Close the active segment once its first record is this old (wall time).
+    pub segment_max_age_s: u64,
     pub sync_interval: Duration,
     pub min_free_bytes: u64,
     pub zstd_level: i32,
@@ -31,6 +35,7 @@ impl WriterConfig {
             max_bytes: c.store.max_bytes,
             max_age_s: c.store.max_age_s,
             segment_bytes: c.store.segment_bytes,
+            segment_max_age_s: c.store.segment_max_age_s,
             sync_interval: Duration::from_millis(c.store.sync_interval_ms),
             min_free_bytes: c.store.min_free_bytes,
             zstd_level: 3,
@@ -42,14 +47,19 @@ struct Active {
     file: File,
     path: PathBuf,
     bytes: u64,
+    start_unix_ns: i64,
 }
 
 pub struct StoreWriter {
     cfg: WriterConfig,
     active: Option<Active>,
     n_segments: u32,
-    keyframe: Option<Vec<u8>>,
+    table: TableEncoder,
+    index: Option<IndexWriter>,
+    /// Latest sample time in the active segment (to index late records).
+    max_sample_ts: i64,
     since_keyframe: u64,
+    fallback_warned: bool,
     last_sync: Instant,
     dirty: bool,
     /// wall − monotonic of the last record, to notice clock steps.
@@ -97,12 +107,16 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
 impl StoreWriter {
     pub fn open(cfg: WriterConfig) -> Result<StoreWriter, StoreError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| io(&cfg.dir, e))?;
+        let level = cfg.zstd_level;
         Ok(StoreWriter {
             cfg,
             active: None,
             n_segments: 0,
-            keyframe: None,
+            table: TableEncoder::new(level),
+            index: None,
+            max_sample_ts: i64::MIN,
             since_keyframe: 0,
+            fallback_warned: false,
             last_sync: Instant::now(),
             dirty: false,
             last_offset_ns: None,
@@ -146,12 +160,15 @@ impl StoreWriter {
         if let Ok(d) = File::open(&self.cfg.dir) {
             let _ = d.sync_all();
         }
+        self.index = Some(IndexWriter::create(&path));
         self.active = Some(Active {
             file,
             path,
             bytes: header.len() as u64,
+            start_unix_ns: ts_unix_ns,
         });
-        self.keyframe = None; // each segment starts with a keyframe
+        self.table.reset(); // each segment starts with a keyframe
+        self.max_sample_ts = i64::MIN;
         Ok(())
     }
 
@@ -185,7 +202,7 @@ impl StoreWriter {
                 break;
             }
             let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            if std::fs::remove_file(p).is_ok() {
+            if remove_segment(p).is_ok() {
                 total = total.saturating_sub(len);
                 tracing::info!(segment = %p.display(), too_old, "store: deleted oldest segment");
             }
@@ -208,7 +225,7 @@ impl StoreWriter {
             match oldest {
                 Some(p) => {
                     tracing::warn!(segment = %p.display(), "store: filesystem low on space; deleting oldest segment");
-                    let _ = std::fs::remove_file(&p);
+                    let _ = remove_segment(&p);
                 }
                 None => return false,
             }
@@ -257,10 +274,12 @@ impl StoreWriter {
         Ok(true)
     }
 
-    fn needs_new_segment(&self) -> bool {
-        self.active
-            .as_ref()
-            .is_none_or(|a| a.bytes >= self.cfg.segment_bytes)
+    fn needs_new_segment(&self, ts_unix_ns: i64) -> bool {
+        let max_age_ns = (self.cfg.segment_max_age_s as i64).saturating_mul(1_000_000_000);
+        self.active.as_ref().is_none_or(|a| {
+            a.bytes >= self.cfg.segment_bytes
+                || ts_unix_ns.saturating_sub(a.start_unix_ns) >= max_age_ns
+        })
     }
 
     /// Writes one sample; returns false if it was dropped (disk full).
@@ -268,35 +287,66 @@ impl StoreWriter {
         let jumped = self.check_clock(s.ts_unix_ns, s.mono_ns)?;
         // A new segment after a clock step keeps wall time monotonic inside
         // each segment, which is what lets readers skip segments by name.
-        if self.needs_new_segment() || jumped {
+        if self.needs_new_segment(s.ts_unix_ns) || jumped {
             self.new_segment(s.ts_unix_ns)?;
+        }
+        let keyframe = !self.table.has_keyframe() || self.since_keyframe >= KEYFRAME_EVERY;
+        if keyframe {
+            // Once a keyframe interval, not only at rotation: a segment can
+            // last an hour, and the age bound should not overshoot by that.
             self.enforce_retention(s.ts_unix_ns);
         }
-        let json = serde_json::to_vec(s).expect("sample serializes");
-        let keyframe = self.keyframe.is_none() || self.since_keyframe >= KEYFRAME_EVERY;
-        let (kind, payload) = if keyframe {
-            (
-                format::KIND_KEYFRAME,
-                format::compress(&json, None, self.cfg.zstd_level),
-            )
-        } else {
-            (
-                format::KIND_SAMPLE,
-                format::compress(&json, self.keyframe.as_deref(), self.cfg.zstd_level),
-            )
+        let offset = self.active.as_ref().map_or(0, |a| a.bytes);
+        let encoded = match self.table.encode(s, keyframe) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                if !self.fallback_warned {
+                    self.fallback_warned = true;
+                    tracing::warn!(error = %e, "store: sample stored as JSON (the table encoding cannot represent it)");
+                }
+                None
+            }
         };
-        let payload = payload.map_err(|e| io(&self.cfg.dir, e))?;
-        let written = self.append(kind, s.ts_unix_ns, s.mono_ns, &payload)?;
+        let written = match &encoded {
+            Some(e) => {
+                let kind = if e.keyframe {
+                    format::KIND_TABLE_KEYFRAME
+                } else {
+                    format::KIND_TABLE_DELTA
+                };
+                self.append(kind, s.ts_unix_ns, s.mono_ns, &e.payload)?
+            }
+            None => {
+                let json = serde_json::to_vec(s).expect("sample serializes");
+                let payload = format::compress(&json, None, self.cfg.zstd_level)
+                    .map_err(|e| io(&self.cfg.dir, e))?;
+                self.append(format::KIND_KEYFRAME, s.ts_unix_ns, s.mono_ns, &payload)?
+            }
+        };
         if written {
-            if keyframe {
-                self.keyframe = Some(json);
-                self.since_keyframe = 0;
-            } else {
-                self.since_keyframe += 1;
+            self.max_sample_ts = self.max_sample_ts.max(s.ts_unix_ns);
+            if let Some(e) = encoded {
+                if e.keyframe {
+                    self.since_keyframe = 0;
+                    self.index_entry(offset, s.ts_unix_ns, index::ENTRY_KEYFRAME);
+                } else {
+                    self.since_keyframe += 1;
+                }
+                self.table.commit(e, offset);
             }
         }
         self.maybe_sync();
         Ok(written)
+    }
+
+    fn index_entry(&mut self, offset: u64, ts_unix_ns: i64, kind: u32) {
+        if let Some(i) = self.index.as_mut() {
+            i.add(index::Entry {
+                offset,
+                ts_unix_ns,
+                kind,
+            });
+        }
     }
 
     /// Writes a batch of events (those that arrived during one interval).
@@ -304,18 +354,24 @@ impl StoreWriter {
         let Some(first) = events.first() else {
             return Ok(true);
         };
-        if self.needs_new_segment() {
+        if self.needs_new_segment(first.ts_unix_ns) {
             self.new_segment(first.ts_unix_ns)?;
         }
         let json = serde_json::to_vec(events).expect("events serialize");
         let payload =
             format::compress(&json, None, self.cfg.zstd_level).map_err(|e| io(&self.cfg.dir, e))?;
+        let offset = self.active.as_ref().map_or(0, |a| a.bytes);
         let w = self.append(
             format::KIND_EVENTS,
             first.ts_unix_ns,
             first.mono_ns,
             &payload,
         )?;
+        // Older than samples already written (the kernel-log backlog): the
+        // index points at it, so range reads that stop early still find it.
+        if w && first.ts_unix_ns < self.max_sample_ts.saturating_sub(1_000_000_000) {
+            self.index_entry(offset, first.ts_unix_ns, index::ENTRY_LATE);
+        }
         self.maybe_sync();
         Ok(w)
     }
@@ -367,6 +423,12 @@ impl Drop for StoreWriter {
     fn drop(&mut self) {
         self.close_active();
     }
+}
+
+/// Deletes a segment and its keyframe index.
+pub fn remove_segment(p: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(index::index_path(p));
+    std::fs::remove_file(p)
 }
 
 /// The write-order sequence number of a segment, from its name.

@@ -129,8 +129,11 @@ hz = int(hz); secs = float(t1) - float(t0)
 def pct(v, p):
     v = sorted(v)
     return v[min(len(v) - 1, int(len(v) * p))] if v else None
-quiet = [json.loads(l) for l in open(f"{work}/quiet.jsonl") if l.startswith("{")]
-quiet = [s for s in quiet if "lag_us" in s and "links" in s]
+quiet_lines = [l for l in open(f"{work}/quiet.jsonl") if l.startswith("{") and '"links"' in l]
+quiet = [json.loads(l) for l in quiet_lines]
+quiet = [s for s in quiet if "lag_us" in s]
+# The same samples as JSON lines (what a naive recorder would write).
+jsonl_mib_per_hour = sum(len(l) for l in quiet_lines) / max(1, len(quiet_lines)) * 3600 / 2**20
 loaded = []
 for f in glob.glob(f"{work}/tail*.jsonl"):
     for l in open(f):
@@ -154,6 +157,8 @@ row = {
         "threads": int(a_threads),
         "store_mib_per_hour": round((int(st1) - int(st0)) * 3600 / secs / 2**20, 1),
         "store_gib_per_day": round((int(st1) - int(st0)) * 86400 / secs / 2**30, 2),
+        "jsonl_mib_per_hour": round(jsonl_mib_per_hour, 1),
+        "store_vs_jsonl": round(jsonl_mib_per_hour / max(1e-9, (int(st1) - int(st0)) * 3600 / secs / 2**20), 1),
         "samples": len(quiet),
         "sample_duration_ms_p50": (pct([s["duration_us"] for s in quiet], .5) or 0) / 1000,
         "lag_ms_p99_quiet": (pct([s["lag_us"] for s in quiet], .99) or 0) / 1000,
