@@ -27,6 +27,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub bundle: BundleConfig,
     pub detect: crate::detect::DetectConfig,
+    pub analyze: AnalyzeConfig,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -145,6 +146,46 @@ impl Default for BundleConfig {
             command_timeout_ms: 10_000,
             max_count: 20,
             max_bytes: 2 << 30,
+        }
+    }
+}
+
+/// `hvflight bundle analyze` / `hvflight analyze`: blast radius and the
+/// bounds that keep a hostile or damaged bundle from costing unbounded
+/// memory or time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default)]
+pub struct AnalyzeConfig {
+    /// Critical groups: regular expressions matched against domain names and
+    /// nova instance names; a group with at least `critical_min_members`
+    /// members on this host is called out (replicas that share a host).
+    pub critical_groups: Vec<String>,
+    pub critical_min_members: u64,
+    /// The timeline shows changes this long before the collapse, seconds.
+    pub timeline_before_s: u64,
+    /// Largest bundle entry read (its tar header is checked before reading).
+    pub max_entry_bytes: u64,
+    /// Most bytes read out of one bundle, all entries together (decompressed).
+    pub max_total_bytes: u64,
+    /// Longest history line (one sample) accepted.
+    pub max_line_bytes: u64,
+    /// Samples kept in memory; beyond it, samples far from the collapse are thinned.
+    pub max_samples: u64,
+    /// Packets kept from the packet ring (control-plane frames only).
+    pub max_packets: u64,
+}
+
+impl Default for AnalyzeConfig {
+    fn default() -> Self {
+        AnalyzeConfig {
+            critical_groups: Vec::new(),
+            critical_min_members: 2,
+            timeline_before_s: 600,
+            max_entry_bytes: 4 << 30,
+            max_total_bytes: 16 << 30,
+            max_line_bytes: 64 << 20,
+            max_samples: 7200,
+            max_packets: 200_000,
         }
     }
 }
@@ -444,6 +485,28 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
                 c.store.segment_bytes
             ),
         );
+    }
+    for g in &c.analyze.critical_groups {
+        if let Err(e) = regex::Regex::new(g) {
+            return bad(
+                "analyze.critical_groups",
+                format!("{g:?} is not a regular expression: {e}"),
+            );
+        }
+    }
+    for (key, v) in [
+        (
+            "analyze.critical_min_members",
+            c.analyze.critical_min_members,
+        ),
+        ("analyze.max_entry_bytes", c.analyze.max_entry_bytes),
+        ("analyze.max_total_bytes", c.analyze.max_total_bytes),
+        ("analyze.max_line_bytes", c.analyze.max_line_bytes),
+        ("analyze.max_samples", c.analyze.max_samples),
+    ] {
+        if v == 0 {
+            return bad(key, "must be greater than 0".into());
+        }
     }
     if c.store.segment_bytes < 64 * 1024 {
         return bad("store.segment_bytes", "must be at least 65536".into());
