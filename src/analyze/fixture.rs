@@ -10,6 +10,10 @@
 //! ```text
 //! rename uplink0 eno1                 rename an interface of the base sample
 //! window -300 30                      history from/to, seconds around the collapse (default -300 30)
+//! kind bond0 bond                     set an interface's kind
+//! gone vnet2 1                        the interface (and its bridge port) is gone from T on
+//! domain guest2 shutoff 0.5           a domain's state from T on
+//! gap 2 14                            no samples for S seconds after T (the agent stalled)
 //! KEY T=V T=V …                       a series: counters interpolate linearly between
 //!                                     knots, states (carrier, state, mtu, vlans, clock) step
 //! ```
@@ -51,6 +55,10 @@ pub struct Scenario {
     pub interval_s: f64,
     pub incident_ns: i64,
     series: Vec<SeriesSpec>,
+    kinds: Vec<(String, String)>,
+    gone: Vec<(String, f64)>,
+    domains: Vec<(String, String, f64)>,
+    gaps: Vec<(f64, f64)>,
     pub events: Vec<Event>,
     pub files: Vec<(String, Vec<u8>)>,
 }
@@ -98,6 +106,8 @@ impl Scenario {
         let mut base_text = base_json.to_string();
         let (mut from_s, mut to_s) = (-300.0, 30.0);
         let mut series = Vec::new();
+        let (mut kinds, mut gone, mut domains, mut gaps) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, line) in read("series.txt").lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
             let mut w = line.split_whitespace();
@@ -106,6 +116,22 @@ impl Scenario {
                 Some("rename") => {
                     let (a, b) = (w.next().unwrap_or(""), w.next().unwrap_or(""));
                     base_text = base_text.replace(&format!("\"{a}\""), &format!("\"{b}\""));
+                }
+                Some("kind") => kinds.push((
+                    w.next().unwrap_or("").to_string(),
+                    w.next().unwrap_or("").to_string(),
+                )),
+                Some("gone") => gone.push((
+                    w.next().unwrap_or("").to_string(),
+                    num(w.next().unwrap_or("0")),
+                )),
+                Some("domain") => domains.push((
+                    w.next().unwrap_or("").to_string(),
+                    w.next().unwrap_or("").to_string(),
+                    num(w.next().unwrap_or("0")),
+                )),
+                Some("gap") => {
+                    gaps.push((num(w.next().unwrap_or("0")), num(w.next().unwrap_or("0"))))
                 }
                 Some("window") => {
                     from_s = num(w.next().unwrap_or("-300"));
@@ -186,18 +212,27 @@ impl Scenario {
             interval_s: 1.0,
             incident_ns,
             series,
+            kinds,
+            gone,
+            domains,
+            gaps,
             events,
             files,
         })
     }
 
-    /// The samples, one per interval, the series applied to the base.
-    pub fn samples(&self) -> Vec<Sample> {
+    /// The samples, one per interval, the series applied to the base:
+    /// (true time relative to the collapse, sample): the wall clock in a
+    /// sample may have been stepped (`clock.step_s`).
+    pub fn samples(&self) -> Vec<(f64, Sample)> {
         let mut out = Vec::new();
         let n = ((self.to_s - self.from_s) / self.interval_s).round() as i64;
         let mono0: u64 = 5_000_000_000_000;
         for i in 0..=n {
             let t = self.from_s + i as f64 * self.interval_s;
+            if self.gaps.iter().any(|(g, len)| t > *g && t < g + len) {
+                continue;
+            }
             let mut s = self.base.clone();
             s.seq = i as u64 + 1;
             s.mono_ns = mono0 + (i as f64 * self.interval_s * 1e9) as u64;
@@ -206,7 +241,35 @@ impl Scenario {
             for sp in &self.series {
                 self.apply(&mut s, sp, t);
             }
-            out.push(s);
+            for (name, kind) in &self.kinds {
+                for l in s.links.iter_mut().flatten().filter(|l| &l.name == name) {
+                    l.kind = kind.clone();
+                }
+            }
+            for (name, from) in &self.gone {
+                if t >= *from {
+                    if let Some(ls) = s.links.as_mut() {
+                        ls.retain(|l| &l.name != name);
+                    }
+                    for b in s.bridges.iter_mut().flatten() {
+                        b.ports.retain(|p| &p.name != name);
+                    }
+                }
+            }
+            for (name, state, from) in &self.domains {
+                if t >= *from {
+                    for d in s
+                        .libvirt
+                        .iter_mut()
+                        .flat_map(|l| l.domains.iter_mut())
+                        .filter(|d| &d.name == name)
+                    {
+                        d.state = state.clone();
+                        d.reason = "crashed".into();
+                    }
+                }
+            }
+            out.push((t, s));
         }
         out
     }
@@ -321,9 +384,15 @@ impl Scenario {
     /// Writes the scenario as a bundle (the real format) to `path`.
     pub fn write_bundle(&self, path: &Path, id: &str, reason: &str) -> std::io::Result<()> {
         let samples = self.samples();
+        // In the order the store would hold them: true time, not the stepped wall clock.
         let mut recs: Vec<(i64, String)> = samples
             .iter()
-            .map(|s| (s.ts_unix_ns, crate::agent::print::sample_json(s)))
+            .map(|(t, s)| {
+                (
+                    self.incident_ns + (t * 1e9) as i64,
+                    crate::agent::print::sample_json(s),
+                )
+            })
             .collect();
         recs.extend(
             self.events

@@ -193,6 +193,14 @@ pub fn build(view: &View, before_s: f64) -> Vec<Change> {
     out
 }
 
+fn updown(c: Option<bool>) -> &'static str {
+    match c {
+        Some(true) => "up",
+        Some(false) => "down",
+        None => "?",
+    }
+}
+
 /// Threshold crossings reported for gauges against their limits, percent.
 const LEVELS: [f64; 3] = [50.0, 80.0, 95.0];
 

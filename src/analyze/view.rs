@@ -231,6 +231,15 @@ pub fn rise(series: &[Point], from: f64, to: f64) -> f64 {
     }
 }
 
+/// When a series last changed value at or before `upto` (a counter that froze).
+pub fn last_change(series: &[Point], upto: f64) -> Option<f64> {
+    let pts: Vec<&Point> = series.iter().filter(|p| p.0 <= upto).collect();
+    pts.windows(2)
+        .rev()
+        .find(|w| w[1].1 != w[0].1)
+        .map(|w| w[1].0)
+}
+
 /// Counter evidence: `series` went from its value at `from` to its value at `to`.
 pub fn counter_evidence(
     series_name: &str,

@@ -109,7 +109,9 @@ mod tests {
     /// bond_procfs.c; see tests/fixtures/PROVENANCE.md).
     #[test]
     fn lacp_partner_gone() {
-        let b = super::parse(include_str!("../../tests/fixtures/replay/F24/bond0"));
+        let b = super::parse(include_str!(
+            "../../tests/fixtures/replay/F24/deep/proc/net/bonding/bond0"
+        ));
         assert!(b.mode.contains("802.3ad"));
         assert_eq!(b.slaves.len(), 2);
         let p = b.problems();

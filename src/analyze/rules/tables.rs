@@ -142,7 +142,7 @@ pub fn f4_neighbours(view: &View, cnc: &mut Vec<String>) -> Option<Finding> {
 }
 
 /// F20: a guest sends IPv6 router advertisements, or a neighbour event storm.
-pub fn f20_rogue_ra(view: &View, cnc: &mut Vec<String>) -> Option<Finding> {
+pub fn f20_rogue_ra(view: &View, _cnc: &mut Vec<String>) -> Option<Finding> {
     let mut e = Vec::new();
     let mut conf: f64 = 0.0;
     let mut ifs = Vec::new();

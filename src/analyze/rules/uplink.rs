@@ -97,16 +97,19 @@ pub fn f1_tx_hang(view: &View, _cnc: &mut Vec<String>) -> Option<Finding> {
         if before > 0.0 && after <= before * 0.01 && (backlog_max_after > 0.0 || qdrop_rise > 0.0) {
             frozen = true;
             ifs.insert(u.clone());
-            e.push(counter_evidence(
+            let onset = crate::analyze::view::last_change(&tx, end).unwrap_or(0.0);
+            let mut ev = counter_evidence(
                 &format!("{u} tx_packets"),
                 &tx,
-                -5.0,
+                -BEFORE_S,
                 end,
                 format!(
                     "{u}: transmit frozen — {before:.0} packets sent in the {BEFORE_S:.0} s before, {after:.0} after{}",
                     if carrier_up { ", carrier up" } else { "" }
                 ),
-            ));
+            );
+            ev.t_rel_s = onset;
+            e.push(ev);
             e.push(counter_evidence(
                 &format!("{u} qdisc drops"),
                 &qdrops,
@@ -198,7 +201,16 @@ pub fn f2_carrier(view: &View, _cnc: &mut Vec<String>) -> Option<Finding> {
     let hang_first = view
         .kmsg(-super::KMSG_BEFORE_S, t_loss)
         .any(|(_, _, tags)| tags.iter().any(|t| t == "F1"));
-    let conf = if hang_first {
+    // A bond loses carrier when its members do: then bonding is the cause.
+    let bond = view
+        .samples
+        .last()
+        .and_then(|s| s.link(&uplink))
+        .is_some_and(|l| l.kind == "bond")
+        && view
+            .kmsg(-super::KMSG_BEFORE_S, super::KMSG_AFTER_S)
+            .any(|(_, _, t)| t.iter().any(|x| x == "F24"));
+    let conf = if hang_first || bond {
         0.6
     } else if t_loss > 5.0 {
         0.5
