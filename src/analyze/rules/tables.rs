@@ -166,10 +166,6 @@ pub fn f20_rogue_ra(view: &View, _cnc: &mut Vec<String>) -> Option<Finding> {
             }
         }
     }
-    cnc.push(
-        "routes are not sampled: `proto ra` routes (F20) are seen only as RAs in the packet ring"
-            .into(),
-    );
     // Neighbour events per second around the collapse.
     let mut per_s: std::collections::BTreeMap<i64, u32> = Default::default();
     for x in &view.events {
