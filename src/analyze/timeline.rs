@@ -238,7 +238,12 @@ fn diff(
                             out,
                             t,
                             "link",
-                            format!("{}: carrier {:?} → {:?}", l.name, p.carrier, l.carrier),
+                            format!(
+                                "{}: carrier {} → {}",
+                                l.name,
+                                updown(p.carrier),
+                                updown(l.carrier)
+                            ),
                         );
                     }
                     if p.mtu != l.mtu {

@@ -201,7 +201,7 @@ pub fn svg(c: &Chart, x_range: (f64, f64)) -> Result<String, String> {
             .draw()
             .map_err(|e| e.to_string())?;
         for (i, l) in c.lines.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+            let color = Palette99::pick(i + 1).to_rgba();
             let pts: Vec<(f64, f64)> = l
                 .points
                 .iter()
