@@ -127,8 +127,11 @@ fn refused(bundle: &Path, dir: &Path, needle: &[&str], config: Option<&str>) -> 
     r
 }
 
+/// (name, type, data, link target) of one raw tar entry.
+type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8], Option<&'a [u8]>);
+
 /// A tar.zst with raw headers (paths the tar crate's builder would refuse).
-fn raw_bundle(path: &Path, entries: &[(&[u8], tar::EntryType, &[u8], Option<&[u8]>)]) {
+fn raw_bundle(path: &Path, entries: &[RawEntry]) {
     let f = std::fs::File::create(path).unwrap();
     let mut b = tar::Builder::new(zstd::Encoder::new(f, 3).unwrap().auto_finish());
     for (name, kind, data, link) in entries {
@@ -196,8 +199,8 @@ fn corrupt_bundle_is_an_error_naming_the_entry() {
     let b = good_bundle(d.path());
     let mut bytes = std::fs::read(&b).unwrap();
     let n = bytes.len();
-    for i in (n / 2)..(n / 2 + 64) {
-        bytes[i] ^= 0x5a;
+    for b in &mut bytes[n / 2..n / 2 + 64] {
+        *b ^= 0x5a;
     }
     std::fs::write(&b, &bytes).unwrap();
     refused(

@@ -274,7 +274,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = write!(
         o,
-        "<h1>Incident {} on {}</h1><p>{} ({}: {}) — {} samples from {:+.0} s to {:+.0} s around the collapse, {} events. Source: <code>{}</code></p>\n",
+        "<h1>Incident {} on {}</h1><p>{} ({}: {}) — {} samples from {:+.0} s to {:+.0} s around the collapse, {} events. Source: <code>{}</code></p>",
         esc(&r.incident.id),
         esc(&r.host),
         esc(&r.incident.ts),
@@ -340,7 +340,7 @@ pub fn render(r: &Report) -> String {
     for g in &b.critical_groups {
         let _ = write!(
             o,
-            "<p class=\"f\"><b>Critical group <code>{}</code></b>: {} members on this host, {} cut off: {}</p>\n",
+            "<p class=\"f\"><b>Critical group <code>{}</code></b>: {} members on this host, {} cut off: {}</p>",
             esc(&g.pattern),
             g.members.len(),
             g.cut_off,
