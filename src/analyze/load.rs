@@ -361,6 +361,52 @@ fn thinning_stride(total: u64, max: u64) -> usize {
 /// Samples this close to the collapse are never thinned, seconds.
 const KEEP_ALL_WITHIN_S: i64 = 180;
 
+/// Lines handed to a parser thread at once (bytes, about).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// One batch of history lines: (first line number, lines).
+type Batch = (u64, Vec<Vec<u8>>);
+
+#[derive(Default)]
+struct Parsed {
+    samples: Vec<Sample>,
+    events: Vec<Event>,
+    bad: u64,
+    first_bad: Option<(u64, String)>,
+}
+
+/// Parses one batch. A sample far from the collapse is kept when its line
+/// number falls on the thinning stride (the history alternates samples and
+/// event batches, so this keeps about one sample in `stride`).
+fn parse_batch(first: u64, lines: &[Vec<u8>], stride: usize, incident_ns: i64) -> Parsed {
+    let mut p = Parsed::default();
+    for (i, text) in lines.iter().enumerate() {
+        let n = first + i as u64;
+        // A substring test is the cheap way to pick the type before parsing.
+        let res = if memfind(text, b"\"kind\":\"sample\"") {
+            serde_json::from_slice::<Sample>(text).map(|s| {
+                let near = (s.ts_unix_ns - incident_ns).abs() <= KEEP_ALL_WITHIN_S * 1_000_000_000;
+                if near || stride == 1 || n % stride as u64 == 0 {
+                    p.samples.push(s);
+                }
+            })
+        } else {
+            serde_json::from_slice::<Event>(text).map(|e| p.events.push(e))
+        };
+        if let Err(e) = res {
+            p.bad += 1;
+            if p.first_bad.is_none() {
+                p.first_bad = Some((n, e.to_string()));
+            }
+        }
+    }
+    p
+}
+
+/// Reads the history: this thread decompresses, hashes and splits lines
+/// (each capped at `max_line`); parser threads turn batches into samples
+/// and events; results are put back in line order. At most a few batches
+/// are in flight, so memory stays bounded by what is kept.
 fn read_history(
     r: &mut impl Read,
     max_line: u64,
@@ -370,60 +416,94 @@ fn read_history(
     events: &mut Vec<Event>,
     notes: &mut Vec<String>,
 ) -> Result<(), String> {
-    let mut br = BufReader::with_capacity(1 << 20, r);
-    let mut line = Vec::new();
-    let (mut n, mut bad, mut first_bad, mut far) = (0u64, 0u64, String::new(), 0usize);
-    loop {
-        line.clear();
-        let got = (&mut br)
-            .take(max_line + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| format!("after line {n}: {e}"))?;
-        if got == 0 {
-            break;
-        }
-        n += 1;
-        if got as u64 > max_line {
-            return Err(format!(
-                "line {n} is longer than analyze.max_line_bytes = {max_line}"
-            ));
-        }
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        if text.is_empty() {
-            continue;
-        }
-        // A substring test is the cheap way to pick the type before parsing.
-        let is_sample = memfind(text, b"\"kind\":\"sample\"");
-        let res = if is_sample {
-            serde_json::from_slice::<Sample>(text).map(|s| {
-                let near = (s.ts_unix_ns - incident_ns).abs() <= KEEP_ALL_WITHIN_S * 1_000_000_000;
-                if near || stride == 1 {
-                    samples.push(s);
-                } else {
-                    if far % stride == 0 {
-                        samples.push(s);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(workers);
+    let rx = std::sync::Mutex::new(rx);
+    let mut results: Vec<(u64, Parsed)> = Vec::new();
+    let mut n = 0u64;
+    let read_res = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let rx = &rx;
+                sc.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let next = rx.lock().map(|r| r.recv());
+                        let Ok(Ok((first, lines))) = next else { break };
+                        out.push((first, parse_batch(first, &lines, stride, incident_ns)));
                     }
-                    far += 1;
-                }
+                    out
+                })
             })
-        } else {
-            serde_json::from_slice::<Event>(text).map(|e| events.push(e))
-        };
-        if let Err(e) = res {
-            bad += 1;
-            if first_bad.is_empty() {
-                first_bad = format!("line {n}: {e}");
+            .collect();
+        let res = (|| -> Result<(), String> {
+            let mut br = BufReader::with_capacity(1 << 20, r);
+            let (mut batch, mut bytes, mut first) = (Vec::new(), 0usize, 1u64);
+            loop {
+                let mut line = Vec::new();
+                let got = (&mut br)
+                    .take(max_line + 1)
+                    .read_until(b'\n', &mut line)
+                    .map_err(|e| format!("after line {n}: {e}"))?;
+                if got == 0 {
+                    break;
+                }
+                n += 1;
+                if got as u64 > max_line {
+                    return Err(format!(
+                        "line {n} is longer than analyze.max_line_bytes = {max_line}"
+                    ));
+                }
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                if line.is_empty() {
+                    continue;
+                }
+                bytes += line.len();
+                batch.push(line);
+                if bytes >= BATCH_BYTES {
+                    let b = std::mem::take(&mut batch);
+                    if tx.send((first, b)).is_err() {
+                        break;
+                    }
+                    bytes = 0;
+                    first = n + 1;
+                }
             }
+            if !batch.is_empty() {
+                let _ = tx.send((first, batch));
+            }
+            Ok(())
+        })();
+        drop(tx);
+        for h in handles {
+            results.extend(h.join().unwrap_or_default());
+        }
+        res
+    });
+    read_res?;
+    results.sort_by_key(|r| r.0);
+    let (mut bad, mut first_bad) = (0u64, None);
+    for (_, p) in results {
+        samples.extend(p.samples);
+        events.extend(p.events);
+        bad += p.bad;
+        if first_bad.is_none() {
+            first_bad = p.first_bad;
         }
     }
-    if bad > 0 {
+    if let Some((line, e)) = first_bad {
         notes.push(format!(
-            "history/records.jsonl: {bad} of {n} lines not understood (first: {first_bad})"
+            "history/records.jsonl: {bad} of {n} lines not understood (first: line {line}: {e})"
         ));
     }
     if stride > 1 {
         notes.push(format!(
-            "history thinned: 1 sample in {stride} kept farther than {KEEP_ALL_WITHIN_S} s from the collapse (analyze.max_samples)"
+            "history thinned: about 1 sample in {stride} kept farther than {KEEP_ALL_WITHIN_S} s from the collapse (analyze.max_samples)"
         ));
     }
     Ok(())

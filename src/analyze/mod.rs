@@ -142,6 +142,9 @@ pub struct Report {
     /// Series for the charts (HTML); not serialized into JSON.
     #[serde(skip)]
     pub charts: Vec<report::html::Chart>,
+    /// Where the time went (stage, seconds); printed with HVFLIGHT_TIMING=1.
+    #[serde(skip)]
+    pub timings: Vec<(String, f64)>,
 }
 
 /// Analyzer settings (`[analyze]` in the config).
@@ -149,8 +152,15 @@ pub use crate::config::AnalyzeConfig;
 
 /// Runs every rule, ranks the findings, builds the timeline and the blast radius.
 pub fn analyze(view: &View, cfg: &AnalyzeConfig) -> Report {
+    let mut timings = Vec::new();
+    let mut t = std::time::Instant::now();
+    let mut lap = |name: &str, timings: &mut Vec<(String, f64)>| {
+        timings.push((name.to_string(), t.elapsed().as_secs_f64()));
+        t = std::time::Instant::now();
+    };
     let mut could_not_check = view.notes.clone();
     let mut findings = rules::run_all(view, &mut could_not_check);
+    lap("rules", &mut timings);
     // Ranked by confidence; ties keep catalogue order (stable sort).
     findings.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
     for f in &mut findings {
@@ -165,6 +175,12 @@ pub fn analyze(view: &View, cfg: &AnalyzeConfig) -> Report {
         (Some(a), Some(b)) => [view.rel(a.ts_unix_ns), view.rel(b.ts_unix_ns)],
         _ => [0.0, 0.0],
     };
+    let timeline = timeline::build(view, cfg.timeline_before_s as f64);
+    lap("timeline", &mut timings);
+    let blast_radius = blast::build(view, &findings, cfg);
+    lap("blast radius", &mut timings);
+    let charts = report::html::charts(view);
+    lap("chart series", &mut timings);
     Report {
         report_version: REPORT_VERSION,
         incident: view.manifest.incident.clone(),
@@ -173,9 +189,10 @@ pub fn analyze(view: &View, cfg: &AnalyzeConfig) -> Report {
         samples: view.samples.len(),
         events: view.events.len(),
         window_rel_s,
-        timeline: timeline::build(view, cfg.timeline_before_s as f64),
-        blast_radius: blast::build(view, &findings, cfg),
-        charts: report::html::charts(view),
+        timeline,
+        blast_radius,
+        charts,
+        timings,
         findings,
         could_not_check,
     }

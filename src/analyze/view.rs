@@ -157,8 +157,22 @@ impl View {
     ) -> Vec<Point> {
         let mut out = Vec::new();
         let (mut base, mut last_idx, mut last_v) = (0f64, None, 0f64);
+        // Links keep their order from sample to sample: try the last position first.
+        let mut hint = 0usize;
         for s in &self.samples {
-            let Some(l) = s.link(name) else { continue };
+            let Some(links) = s.links.as_ref() else {
+                continue;
+            };
+            let l = match links.get(hint).filter(|l| l.name == name) {
+                Some(l) => l,
+                None => match links.iter().position(|l| l.name == name) {
+                    Some(i) => {
+                        hint = i;
+                        &links[i]
+                    }
+                    None => continue,
+                },
+            };
             let v = get(&l.stats) as f64;
             if last_idx.is_some_and(|i| i != l.ifindex) || v < last_v {
                 base += last_v;

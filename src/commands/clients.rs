@@ -138,12 +138,12 @@ pub fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
         } => {
             check_format(&format, out.as_deref())?;
             let cfg = config::load(config_file.as_deref())?.config.analyze;
+            let t0 = std::time::Instant::now();
             let view = crate::analyze::load_bundle(&path, &cfg)?;
-            print_report(
-                &crate::analyze::analyze(&view, &cfg),
-                &format,
-                out.as_deref(),
-            )
+            let load_s = t0.elapsed().as_secs_f64();
+            let mut r = crate::analyze::analyze(&view, &cfg);
+            r.timings.insert(0, ("load".into(), load_s));
+            print_report(&r, &format, out.as_deref())
         }
         BundleCommand::Verify { path } => match verify::verify(&path) {
             Ok((m, problems)) if problems.is_empty() => {
@@ -280,11 +280,21 @@ fn print_report(
     out: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
     use crate::analyze::report;
+    let t_render = std::time::Instant::now();
     let body = match format {
         "json" => report::json::render(report) + "\n",
         "html" => report::html::render(report),
         _ => report::text::render(report),
     };
+    if std::env::var_os("HVFLIGHT_TIMING").is_some() {
+        for (stage, s) in &report.timings {
+            eprintln!("timing: {stage} {s:.3} s");
+        }
+        eprintln!(
+            "timing: render {format} {:.3} s",
+            t_render.elapsed().as_secs_f64()
+        );
+    }
     match out {
         None => {
             use std::io::Write as _;
