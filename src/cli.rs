@@ -163,9 +163,12 @@ pub enum Command {
         /// How far back: 15m, 1h, or a UTC time.
         #[arg(long, default_value = "15m")]
         since: String,
-        /// text or json.
+        /// text, json or html.
         #[arg(long, default_value = "text")]
         format: String,
+        /// Write the report to FILE instead of stdout (needed for html).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// What the store holds for a time range (works without the agent, and while it runs).
     History {
@@ -238,12 +241,21 @@ pub enum BundleCommand {
         #[arg(long, value_name = "ID")]
         case: Option<String>,
     },
-    /// Likely causes, ranked, with their evidence in time order around the incident.
+    /// Likely causes, ranked, with their evidence in time order around the incident,
+    /// the timeline before it and the blast radius (docs/analyzer.md).
     Analyze {
         path: std::path::PathBuf,
-        /// text or json ({"findings": [{"id", "cause", "confidence", "evidence"}, …], …}).
+        /// text, json ({"findings": [{"id", "cause", "confidence", "evidence", "next"}, …], …})
+        /// or html (one self-contained page with charts; needs --out).
         #[arg(long, default_value = "text")]
         format: String,
+        /// Write the report to FILE instead of stdout (nothing else is written).
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+        /// Config file for [analyze] (critical groups, bounds); default
+        /// /etc/hvflight/hvflight.toml, a missing default file = all defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
     },
 }
 

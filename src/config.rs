@@ -29,6 +29,7 @@ pub struct Config {
     pub detect: crate::detect::DetectConfig,
     pub blast_radius: crate::blast_radius::BlastRadiusConfig,
     pub upload: UploadConfig,
+    pub analyze: AnalyzeConfig,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -99,6 +100,16 @@ pub struct StoreConfig {
     pub sync_interval_ms: u64,
     /// Never write when the filesystem would have less free space than this.
     pub min_free_bytes: u64,
+}
+
+impl Config {
+    /// The analyzer's settings with the critical groups of `[blast_radius]`.
+    pub fn analyze_config(&self) -> AnalyzeConfig {
+        AnalyzeConfig {
+            critical_groups: self.blast_radius.critical_groups.clone(),
+            ..self.analyze.clone()
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -229,6 +240,48 @@ impl Default for UploadConfig {
             request_timeout_ms: 300_000,
             verify_etag: true,
             spool_max_bytes: 4 << 30,
+        }
+    }
+}
+
+/// `hvflight bundle analyze` / `hvflight analyze`: blast radius and the
+/// bounds that keep a hostile or damaged bundle from costing unbounded
+/// memory or time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default)]
+pub struct AnalyzeConfig {
+    /// A critical group (`blast_radius.critical_groups`) with at least this
+    /// many members on this host is called out in the blast radius.
+    pub critical_min_members: u64,
+    /// The groups themselves: `blast_radius.critical_groups`, the same list
+    /// /metrics exports (filled by `Config::analyze_config`, not a key here).
+    #[serde(skip)]
+    pub critical_groups: Vec<crate::blast_radius::CriticalGroupConfig>,
+    /// The timeline shows changes this long before the collapse, seconds.
+    pub timeline_before_s: u64,
+    /// Largest bundle entry read (its tar header is checked before reading).
+    pub max_entry_bytes: u64,
+    /// Most bytes read out of one bundle, all entries together (decompressed).
+    pub max_total_bytes: u64,
+    /// Longest history line (one sample) accepted.
+    pub max_line_bytes: u64,
+    /// Samples kept in memory; beyond it, samples far from the collapse are thinned.
+    pub max_samples: u64,
+    /// Packets kept from the packet ring (control-plane frames only).
+    pub max_packets: u64,
+}
+
+impl Default for AnalyzeConfig {
+    fn default() -> Self {
+        AnalyzeConfig {
+            critical_min_members: 2,
+            critical_groups: Vec::new(),
+            timeline_before_s: 600,
+            max_entry_bytes: 4 << 30,
+            max_total_bytes: 16 << 30,
+            max_line_bytes: 64 << 20,
+            max_samples: 7200,
+            max_packets: 200_000,
         }
     }
 }
@@ -533,6 +586,20 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
     }
     if let Err(e) = crate::blast_radius::CriticalGroups::new(&c.blast_radius) {
         return bad("blast_radius.critical_groups", e.to_string());
+    }
+    for (key, v) in [
+        (
+            "analyze.critical_min_members",
+            c.analyze.critical_min_members,
+        ),
+        ("analyze.max_entry_bytes", c.analyze.max_entry_bytes),
+        ("analyze.max_total_bytes", c.analyze.max_total_bytes),
+        ("analyze.max_line_bytes", c.analyze.max_line_bytes),
+        ("analyze.max_samples", c.analyze.max_samples),
+    ] {
+        if v == 0 {
+            return bad(key, "must be greater than 0".into());
+        }
     }
     if c.store.segment_bytes < 64 * 1024 {
         return bad("store.segment_bytes", "must be at least 65536".into());

@@ -240,9 +240,11 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
     }
     if let Some(first) = taken.first() {
         println!("demo: `hvflight bundle analyze` on the first one:");
-        match crate::analyze::load(first) {
-            Ok(input) => {
-                for l in crate::analyze::text(&crate::analyze::analyze(&input)).lines() {
+        let cfg = crate::config::AnalyzeConfig::default();
+        match crate::analyze::load_bundle(first, &cfg) {
+            Ok(view) => {
+                let r = crate::analyze::analyze(&view, &cfg);
+                for l in crate::analyze::report::text::render(&r).lines() {
                     println!("  analyze │ {l}");
                 }
             }

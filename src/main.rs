@@ -97,7 +97,8 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             opts,
             since,
             format,
-        } => clients::analyze_live(&opts, &since, &format),
+            out,
+        } => clients::analyze_live(&opts, &since, &format, out.as_deref()),
         Command::History {
             opts,
             since,

@@ -109,10 +109,42 @@ pub fn capture_deep(cfg: &BundleConfig) -> DeepState {
             d.files.push((format!("deep/proc/{rel}"), b));
         }
     }
+    // /proc/net/bonding/<bond> (the analyzer's F24) and the tail of
+    // ovs-vswitchd's log (F25), when the host has them.
+    if let Ok(rd) = std::fs::read_dir(cfg.proc_root.join("net/bonding")) {
+        for e in rd.flatten() {
+            if let Ok(b) = std::fs::read(e.path()) {
+                let n = e.file_name().to_string_lossy().into_owned();
+                d.files.push((format!("deep/proc/net/bonding/{n}"), b));
+            }
+        }
+    }
+    if let Some(b) = tail(Path::new(OVS_LOG), 4 << 20) {
+        d.files.push(("deep/ovs-vswitchd.log".into(), b));
+    }
     let (xmls, rec) = libvirt_xml(&cfg.libvirt_uri, cfg.command_timeout);
     d.files.extend(xmls);
     d.commands.push(rec);
     d
+}
+
+/// Open vSwitch's daemon log (Debian's path).
+const OVS_LOG: &str = "/var/log/openvswitch/ovs-vswitchd.log";
+
+/// The last `max` bytes of a file, from a line start; None when absent.
+fn tail(p: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(p).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
+    let mut b = Vec::new();
+    f.take(max).read_to_end(&mut b).ok()?;
+    if len > max {
+        if let Some(i) = b.iter().position(|c| *c == b'\n') {
+            b.drain(..=i);
+        }
+    }
+    Some(b)
 }
 
 /// Domain XML over a read-only connection (secrets it does not expose there

@@ -148,9 +148,22 @@ pub fn bundle(cmd: BundleCommand) -> Result<ExitCode> {
         BundleCommand::Upload { opts, id, case } => {
             crate::commands::upload::upload(&opts, &id, case.as_deref())
         }
-        BundleCommand::Analyze { path, format } => {
-            let input = crate::analyze::load(&path).map_err(anyhow::Error::msg)?;
-            print_report(&crate::analyze::analyze(&input), &format)
+        BundleCommand::Analyze {
+            path,
+            format,
+            out,
+            config: config_file,
+        } => {
+            check_format(&format, out.as_deref())?;
+            let cfg = config::load(config_file.as_deref())?
+                .config
+                .analyze_config();
+            let t0 = std::time::Instant::now();
+            let view = crate::analyze::load_bundle(&path, &cfg)?;
+            let load_s = t0.elapsed().as_secs_f64();
+            let mut r = crate::analyze::analyze(&view, &cfg);
+            r.timings.insert(0, ("load".into(), load_s));
+            print_report(&r, &format, out.as_deref())
         }
         BundleCommand::Verify { path } => match verify::verify(&path) {
             Ok((m, problems)) if problems.is_empty() => {
@@ -346,16 +359,72 @@ pub fn config_check(file: Option<std::path::PathBuf>, allow_unknown: bool) -> Re
     }
 }
 
-fn print_report(report: &crate::analyze::Report, format: &str) -> Result<ExitCode> {
+fn check_format(format: &str, out: Option<&std::path::Path>) -> Result<()> {
     match format {
-        "json" => println!("{}", serde_json::to_string_pretty(report)?),
-        "text" => print!("{}", crate::analyze::text(report)),
-        other => anyhow::bail!("--format {other:?}: expected text or json"),
+        "text" | "json" => Ok(()),
+        "html" if out.is_some() => Ok(()),
+        "html" => anyhow::bail!("--format html needs --out FILE (one self-contained page)"),
+        other => anyhow::bail!("--format {other:?}: expected text, json or html"),
+    }
+}
+
+/// Prints the report, or writes it to `out` (a temporary name beside it,
+/// then renamed: never a half report under the final name).
+fn print_report(
+    report: &crate::analyze::Report,
+    format: &str,
+    out: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    use crate::analyze::report;
+    let t_render = std::time::Instant::now();
+    let body = match format {
+        "json" => report::json::render(report) + "\n",
+        "html" => report::html::render(report),
+        _ => report::text::render(report),
+    };
+    if std::env::var_os("HVFLIGHT_TIMING").is_some() {
+        for (stage, s) in &report.timings {
+            eprintln!("timing: {stage} {s:.3} s");
+        }
+        eprintln!(
+            "timing: render {format} {:.3} s",
+            t_render.elapsed().as_secs_f64()
+        );
+    }
+    match out {
+        None => {
+            use std::io::Write as _;
+            let mut o = std::io::stdout().lock();
+            if let Err(e) = o.write_all(body.as_bytes()) {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(e.into());
+                }
+            }
+        }
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                .map_err(|e| anyhow::anyhow!("--out {}: {e}", path.display()))?;
+            std::io::Write::write_all(&mut tmp, body.as_bytes())
+                .map_err(|e| anyhow::anyhow!("--out {}: {e}", path.display()))?;
+            tmp.persist(path)
+                .map_err(|e| anyhow::anyhow!("--out {}: {}", path.display(), e.error))?;
+            eprintln!("report written to {}", path.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn analyze_live(opts: &AgentOpts, since: &str, format: &str) -> Result<ExitCode> {
+pub fn analyze_live(
+    opts: &AgentOpts,
+    since: &str,
+    format: &str,
+    out: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    check_format(format, out)?;
     let resolved = agent::resolve(opts)?;
     let now = crate::clock::now().unix_ns;
     let since_ns = crate::store::history::parse_time(since, now)
@@ -367,6 +436,10 @@ pub fn analyze_live(opts: &AgentOpts, since: &str, format: &str) -> Result<ExitC
             dir.display()
         );
     }
-    let input = crate::analyze::load_store(&dir, since_ns, &agent::hostname(&resolved.config));
-    print_report(&crate::analyze::analyze(&input), format)
+    let view = crate::analyze::load_store(&dir, since_ns, &agent::hostname(&resolved.config))?;
+    print_report(
+        &crate::analyze::analyze(&view, &resolved.config.analyze_config()),
+        format,
+        out,
+    )
 }

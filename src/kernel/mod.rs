@@ -1,4 +1,5 @@
 //! Pure parsers, one file per kernel interface. They take `&str` or `impl Read` and never touch the OS; tests feed them captured files from tests/fixtures/.
+pub mod bonding;
 pub mod buddyinfo;
 pub mod domain_xml;
 pub mod kmsg;
