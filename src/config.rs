@@ -27,6 +27,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub bundle: BundleConfig,
     pub detect: crate::detect::DetectConfig,
+    pub capture: crate::capture::CaptureConfig,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -434,6 +435,17 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
                     COLLECTOR_NAMES.join(", ")
                 ),
             );
+        }
+    }
+    if let Some((key, msg)) = c.capture.check() {
+        return bad(key, msg);
+    }
+    for (key, v) in [
+        ("capture.before_s", c.capture.before_s),
+        ("capture.retry_ms", c.capture.retry_ms),
+    ] {
+        if v == 0 {
+            return bad(key, "must be greater than 0".into());
         }
     }
     if c.store.max_bytes < c.store.segment_bytes {

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod analyze;
 pub mod bundle;
+pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod collect;
