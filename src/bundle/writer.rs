@@ -216,10 +216,71 @@ fn prune(cfg: &BundleConfig, keep: &Path) {
 }
 
 /// Writes (or rewrites) the bundle of `incident` with history up to `until_ns`.
+/// Packets for the bundle: the pcapng bytes and what the manifest says of them.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureFile {
+    pub bytes: Vec<u8>,
+    pub summary: super::CaptureSummary,
+}
+
+pub const CAPTURE_ENTRY: &str = "capture/packets.pcapng";
+
+/// The packet ring's part of a bundle: packets from `incident - before`
+/// to `until` (the ring holds them from the incident on; see worker.rs).
+pub fn capture_file(
+    cap: &crate::capture::CaptureHandle,
+    incident_ns: i64,
+    until_ns: i64,
+) -> CaptureFile {
+    let c = cap.config();
+    let from = incident_ns - c.before_s as i64 * 1_000_000_000;
+    let to = until_ns.min(incident_ns + c.after_s as i64 * 1_000_000_000);
+    let snap = cap.snapshot(from, to);
+    let before = snap
+        .packets
+        .iter()
+        .filter(|p| p.ts_unix_ns <= incident_ns)
+        .count() as u64;
+    let mut summary = super::CaptureSummary {
+        entry: CAPTURE_ENTRY.into(),
+        packets: snap.packets.len() as u64,
+        packets_before: before,
+        packets_after: snap.packets.len() as u64 - before,
+        window_since_unix_ns: from,
+        window_until_unix_ns: to,
+        complete_since_unix_ns: snap.section.complete_since_unix_ns.max(from),
+        sampled_complete_since_unix_ns: snap.section.sampled_complete_since_unix_ns.max(from),
+        first_packet_unix_ns: snap.packets.first().map_or(0, |p| p.ts_unix_ns),
+        last_packet_unix_ns: snap.packets.last().map_or(0, |p| p.ts_unix_ns),
+        filter: snap.filter.clone(),
+        snaplen: snap.snaplen,
+        sample_share: snap.sample_share,
+        headers_only: snap.headers_only,
+        evicted_packets_total: snap.section.evicted_packets_total,
+        refused_packets_total: snap.section.refused_packets_total,
+        shedding: snap.section.shedding,
+        shed_total: snap.section.shed_total,
+        interfaces: snap.section.interfaces.clone(),
+        ..Default::default()
+    };
+    match crate::capture::pcapng::write(&snap) {
+        Ok((bytes, _)) => CaptureFile { bytes, summary },
+        Err(e) => {
+            summary.entry.clear();
+            summary.error = format!("pcapng not written: {e}");
+            CaptureFile {
+                bytes: Vec::new(),
+                summary,
+            }
+        }
+    }
+}
+
 pub fn write(
     cfg: &BundleConfig,
     incident: &Incident,
     deep: &DeepState,
+    capture: Option<&CaptureFile>,
     until_ns: i64,
     complete: bool,
 ) -> Result<PathBuf, BundleError> {
@@ -300,6 +361,14 @@ pub fn write(
             sha256: sha256_hex(b),
         });
     }
+    let pcap = capture.filter(|c| !c.summary.entry.is_empty());
+    if let Some(c) = pcap {
+        entries.push(Entry {
+            name: c.summary.entry.clone(),
+            size: c.bytes.len() as u64,
+            sha256: sha256_hex(&c.bytes),
+        });
+    }
     let manifest = Manifest {
         format_version: BUNDLE_FORMAT_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -316,12 +385,15 @@ pub fn write(
         commands: deep.commands.clone(),
         collector_failures: failures.into_values().collect(),
         store_warnings,
+        capture: capture.map(|c| c.summary.clone()),
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
 
     // Room for it? Estimate: the history compresses ~10x, deep state ~4x.
-    let need =
-        hist_size / 8 + deep.files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() / 3 + 65536;
+    let need = hist_size / 8
+        + deep.files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() / 3
+        + pcap.map_or(0, |c| c.bytes.len() as u64 / 2)
+        + 65536;
     if let Some(free) = crate::store::writer::free_bytes(&cfg.dir) {
         if free < cfg.min_free_bytes + need {
             prune(cfg, &final_path);
@@ -366,6 +438,9 @@ pub fn write(
         )?;
         for (n, b) in &deep.files {
             add(&mut tar, n, b)?;
+        }
+        if let Some(c) = pcap {
+            add(&mut tar, &c.summary.entry, &c.bytes)?;
         }
         let enc = tar.into_inner()?;
         let f = enc.finish()?;

@@ -22,7 +22,7 @@ pub mod trim;
 
 use serde::{Deserialize, Serialize};
 
-pub use thread::{CaptureHandle, Snapshot};
+pub use thread::{CaptureHandle, CaptureThread, Snapshot};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default)]

@@ -429,7 +429,7 @@ impl Worker {
                 }
                 let o = self.open.remove(i);
                 let name = o.want.name.clone();
-                if !iface_exists(&name) {
+                if !iface_exists(&name) && o.want.role != super::select::Role::Vnic {
                     let w = o.want.clone();
                     self.fail(&w, "the interface vanished".into(), Some(o));
                 } else {
@@ -442,9 +442,12 @@ impl Worker {
                     }
                 }
             }
+            // A failed uplink stays visible (as failed) until it is back; a
+            // vNIC that is no longer wanted is a guest gone: forget it.
             let names: Vec<String> = self.wanted.iter().map(|w| w.name.clone()).collect();
-            self.track
-                .retain(|n, t| names.contains(n) || t.status.state == "capturing");
+            self.track.retain(|n, t| {
+                names.contains(n) || (t.status.state == "failed" && t.status.role != "vnic")
+            });
         }
         let now = Instant::now();
         for w in self.wanted.clone() {
