@@ -584,3 +584,38 @@ fn an_uplink_that_vanishes_is_a_recorded_capture_failure_and_sampling_goes_on_ne
         .any(|l| l.contains("\"what\":\"failed\"") && l.contains("uplink0")));
     assert!(caps.iter().any(|l| l.contains("\"what\":\"recovered\"")));
 }
+
+#[test]
+fn an_uplink_set_down_then_up_is_captured_again_needs_root() {
+    let lab = Lab::start(LabConfig::default()).unwrap();
+    let (t, rx) = ring_on_uplink(
+        &lab,
+        CaptureConfig {
+            retry_ms: 300,
+            ..Default::default()
+        },
+    );
+    lab.set_link(&lab.hv_ns, "uplink0", false).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let down = t.handle().section();
+    lab.set_link(&lab.hv_ns, "uplink0", true).unwrap();
+    let h = t.handle();
+    wait_for(Duration::from_secs(15), "capturing again", || {
+        h.section()
+            .interfaces
+            .iter()
+            .any(|i| i.name == "uplink0" && i.state == "capturing")
+    });
+    let events: Vec<(String, String)> = rx
+        .try_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Capture { what, detail, .. } => Some((what, detail)),
+            _ => None,
+        })
+        .collect();
+    eprintln!("while down: {:?}\n{events:#?}", down.interfaces);
+    // Packets after the uplink came back reach the ring.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(lab.ping_from_guest(0, 2));
+    assert!(count(&all_packets(&t)).echo_reply >= 2);
+}
