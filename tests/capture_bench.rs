@@ -39,7 +39,9 @@ fn iperf_server(ns: &str, ip: &str) -> Killed {
 fn iperf(ns: &str, server: &str, secs: u32) -> f64 {
     for _ in 0..10 {
         let out = Command::new("ip")
-            .args(["netns", "exec", ns, "iperf3", "-J", "-c", server, "-p", "5201", "-t"])
+            .args([
+                "netns", "exec", ns, "iperf3", "-J", "-c", server, "-p", "5201", "-t",
+            ])
             .arg(secs.to_string())
             .output()
             .unwrap();
@@ -70,7 +72,10 @@ fn agent(lab: &Lab, capture: &str) -> common::RunningAgent {
         .as_array()
         .is_some_and(|v| v.iter().any(|i| i["state"] == "capturing"))
     {
-        assert!(t0.elapsed() < Duration::from_secs(20), "agent not capturing");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "agent not capturing"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     a
@@ -168,7 +173,9 @@ fn capture_cpu_at_idle_and_rss_with_a_full_ring_needs_root() {
 
     let a = agent(&lab, "");
     let idle = capture_cpu(&a, 10);
-    println!("\ncapture thread at idle (3 guests pinging the gateway once a second): {idle:.3} ms/s");
+    println!(
+        "\ncapture thread at idle (3 guests pinging the gateway once a second): {idle:.3} ms/s"
+    );
     drop(a);
 
     // Fill the default 32 MiB ring: a ping flood for the control lane and
@@ -201,7 +208,8 @@ fn capture_cpu_at_idle_and_rss_with_a_full_ring_needs_root() {
             let _ = f.0.wait();
         }
         last = a.status()["capture"].clone();
-        let full = last["ring_bytes"].as_u64().unwrap_or(0) >= last["ring_max_bytes"].as_u64().unwrap_or(1)
+        let full = last["ring_bytes"].as_u64().unwrap_or(0)
+            >= last["ring_max_bytes"].as_u64().unwrap_or(1)
             && last["evicted_packets_total"].as_u64().unwrap_or(0) > 0;
         if full {
             break;
@@ -231,7 +239,11 @@ fn capture_cpu_at_idle_and_rss_with_a_full_ring_needs_root() {
         .arg(a.socket())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = String::from_utf8(out.stdout).unwrap();
     let path = s.trim().split_once(' ').unwrap().1.to_string();
     let m = hvflight::bundle::verify::manifest(std::path::Path::new(&path)).unwrap();
