@@ -536,6 +536,23 @@ mod tests {
     }
 
     #[test]
+    fn capture_filter_and_share_are_checked_with_file_line_and_key() {
+        let e = parse("[capture]\nfilter = \"arp or bogus((\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("f.toml:2: key `capture.filter`: libpcap rejects it"),
+            "{e}"
+        );
+        let e = parse("[capture]\n\nsample_share = 1.5\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.toml:3: key `capture.sample_share`"), "{e}");
+        let (c, _) = parse("[capture]\nfilter = \"arp or icmp\"\n", "f.toml").unwrap();
+        assert_eq!(c.capture.control_expr(), "arp or icmp");
+    }
+
+    #[test]
     fn syntax_error_names_line() {
         let e = parse("[agent]\ninterval_ms = = 3\n", "f.toml")
             .unwrap_err()

@@ -129,7 +129,7 @@ fn iperf_server(lab: &Lab, port: u16) -> Killed {
     Killed(c)
 }
 
-fn iperf_client(lab: &Lab, guest: usize, port: u16, secs: u32) {
+fn iperf_client(lab: &Lab, guest: usize, port: u16, secs: u32, extra: &[&str]) {
     let ns = lab.guests[guest].ns.clone().unwrap();
     let mut last = String::new();
     for _ in 0..10 {
@@ -137,6 +137,7 @@ fn iperf_client(lab: &Lab, guest: usize, port: u16, secs: u32) {
             .args(["netns", "exec", &ns, "iperf3", "-c"])
             .arg(lab.gateway_ip.to_string())
             .args(["-p", &port.to_string(), "-t", &secs.to_string()])
+            .args(extra)
             .output()
             .unwrap();
         if out.status.success() {
@@ -230,7 +231,7 @@ fn filter_keeps_control_plane_and_only_the_sampled_share_of_bulk_tcp_needs_root(
     let (some, _r1) = ring_on_uplink(&lab, big(0.05));
     let (every, _r2) = ring_on_uplink(&lab, big(1.0));
     let _srv = iperf_server(&lab, 5201);
-    iperf_client(&lab, 0, 5201, 3);
+    iperf_client(&lab, 0, 5201, 3, &[]);
     assert!(lab.ping_from_guest(0, 2));
 
     let (c0, c1) = (count(&all_packets(&none)), count(&all_packets(&some)));
@@ -334,14 +335,15 @@ fn over_its_cpu_budget_it_sheds_the_sampled_share_and_takes_it_back_needs_root()
         &lab,
         CaptureConfig {
             sample_share: 1.0,
-            cpu_budget_ms_per_s: 2.0,
+            cpu_budget_ms_per_s: 4.0,
             shed_after_s: 1,
             restore_after_s: 2,
             ..Default::default()
         },
     );
     let _srv = iperf_server(&lab, 5201);
-    iperf_client(&lab, 0, 5201, 4);
+    // Small UDP datagrams as fast as they go: many frames, all "sampled".
+    iperf_client(&lab, 0, 5201, 4, &["-u", "-b", "0", "-l", "64"]);
     let h = t.handle();
     assert!(h.section().shed_total >= 1, "{:?}", h.section());
     let mut seen = Vec::new();
@@ -359,7 +361,7 @@ fn over_its_cpu_budget_it_sheds_the_sampled_share_and_takes_it_back_needs_root()
     );
     eprintln!("{seen:#?}");
     let shed = seen.iter().find(|(w, _)| w == "shed").unwrap();
-    assert!(shed.1.contains("budget 2 ms/s"), "{}", shed.1);
+    assert!(shed.1.contains("budget 4 ms/s"), "{}", shed.1);
     assert!(h.section().shed_seconds_total >= 1);
 }
 
