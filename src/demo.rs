@@ -187,6 +187,25 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
                             m.window_until,
                             m.complete
                         );
+                        if let Some(c) = &m.capture {
+                            println!(
+                                "demo:    packets: {} in {} ({} before the trigger, {} after) on {}{}",
+                                c.packets,
+                                c.entry,
+                                c.packets_before,
+                                c.packets_after,
+                                c.interfaces
+                                    .iter()
+                                    .map(|i| format!("{} ({})", i.name, i.role))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                if c.error.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" — {}", c.error)
+                                }
+                            );
+                        }
                         let failed: Vec<String> = m
                             .commands
                             .iter()
