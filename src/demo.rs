@@ -173,7 +173,15 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
         ) {
             Ok((id, path)) => {
                 println!("demo:    incident {id}: bundle {path}");
-                pause(after_s as f64 + 1.0, &stop);
+                pause(after_s as f64, &stop);
+                // The complete bundle comes a moment after the post-window
+                // (later on a busy machine): wait for it, up to 30 s.
+                let end = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < end
+                    && !crate::bundle::verify::manifest(std::path::Path::new(&path))
+                        .is_ok_and(|m| m.complete)
+                    && pause(0.25, &stop)
+                {}
                 lab.revert(&Fault::UplinkDown)?;
                 match crate::bundle::verify::verify(std::path::Path::new(&path)) {
                     Ok((m, problems)) => {
