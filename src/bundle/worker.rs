@@ -125,7 +125,7 @@ fn run(
             let now = crate::clock::now().unix_ns;
             let pcap = capture
                 .as_ref()
-                .map(|c| writer::capture_file(c, incident.ts_unix_ns, now));
+                .map(|c| writer::capture_file(&cfg, c, incident.ts_unix_ns, now));
             match writer::write(&cfg, &incident, &deep, pcap.as_ref(), now, false) {
                 Ok(p) => {
                     tracing::info!(bundle = %p.display(), "bundle written (incident start)");
@@ -154,7 +154,7 @@ fn run(
         }
         let pcap = capture
             .as_ref()
-            .map(|c| writer::capture_file(c, incident.ts_unix_ns, until));
+            .map(|c| writer::capture_file(&cfg, c, incident.ts_unix_ns, until));
         if let Some((c, id)) = hold {
             c.release(id);
         }

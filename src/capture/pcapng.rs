@@ -21,6 +21,7 @@ use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeade
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::{DataLink, Endianness};
 
+use super::ring::PacketRef;
 use super::Snapshot;
 use crate::clock::format_rfc3339;
 
@@ -28,6 +29,7 @@ use crate::clock::format_rfc3339;
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Summary {
     pub packets: u64,
+    pub packets_before: u64,
     pub interfaces: Vec<String>,
     pub first_unix_ns: i64,
     pub last_unix_ns: i64,
@@ -52,7 +54,33 @@ pub fn describe(s: &Snapshot) -> String {
     )
 }
 
+/// The snapshot's packets as pcapng bytes.
 pub fn write(s: &Snapshot) -> Result<(Vec<u8>, Summary), pcap_file::PcapError> {
+    let mut out = Vec::new();
+    let sum = write_to(
+        s,
+        s.packets.iter().map(|p| PacketRef {
+            ts_unix_ns: p.ts_unix_ns,
+            iface: p.iface,
+            orig_len: p.orig_len,
+            data: &p.data,
+        }),
+        &mut out,
+        i64::MAX,
+    )?;
+    Ok((out, sum))
+}
+
+/// Streams pcapng to `out`: `meta` says what the file describes (its
+/// `packets` are not used), `packets` come in time order. `split_ns`
+/// counts packets at or before it into `packets_before`.
+pub fn write_to<'a, W: std::io::Write>(
+    meta: &Snapshot,
+    packets: impl Iterator<Item = PacketRef<'a>>,
+    out: W,
+    split_ns: i64,
+) -> Result<Summary, pcap_file::PcapError> {
+    let s = meta;
     let shb = SectionHeaderBlock {
         endianness: Endianness::native(),
         options: vec![
@@ -65,11 +93,11 @@ pub fn write(s: &Snapshot) -> Result<(Vec<u8>, Summary), pcap_file::PcapError> {
         ],
         ..Default::default()
     };
-    let mut w = PcapNgWriter::with_section_header(Vec::new(), shb)?;
+    let mut w = PcapNgWriter::with_section_header(out, shb)?;
     // Ring ids → pcapng interface ids, in order of first use.
     let mut ids: BTreeMap<u16, u32> = BTreeMap::new();
     let mut summary = Summary::default();
-    for p in &s.packets {
+    for p in packets {
         let next = ids.len() as u32;
         if let std::collections::btree_map::Entry::Vacant(e) = ids.entry(p.iface) {
             let info = s.ifaces.get(p.iface as usize);
@@ -92,7 +120,7 @@ pub fn write(s: &Snapshot) -> Result<(Vec<u8>, Summary), pcap_file::PcapError> {
             interface_id: ids[&p.iface],
             timestamp: Duration::from_nanos(p.ts_unix_ns.max(0) as u64),
             original_len: p.orig_len,
-            data: Cow::Borrowed(&p.data),
+            data: Cow::Borrowed(p.data),
             options: vec![],
         })?;
         if summary.packets == 0 {
@@ -100,6 +128,9 @@ pub fn write(s: &Snapshot) -> Result<(Vec<u8>, Summary), pcap_file::PcapError> {
         }
         summary.last_unix_ns = p.ts_unix_ns;
         summary.packets += 1;
+        if p.ts_unix_ns <= split_ns {
+            summary.packets_before += 1;
+        }
     }
     for (ring_id, pid) in &ids {
         let Some(info) = s.ifaces.get(*ring_id as usize) else {
@@ -123,7 +154,10 @@ pub fn write(s: &Snapshot) -> Result<(Vec<u8>, Summary), pcap_file::PcapError> {
             ],
         })?;
     }
-    Ok((w.into_inner(), summary))
+    w.into_inner()
+        .flush()
+        .map_err(pcap_file::PcapError::IoError)?;
+    Ok(summary)
 }
 
 #[cfg(test)]

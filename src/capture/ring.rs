@@ -245,6 +245,78 @@ impl Lane {
     }
 }
 
+/// A packet inside a [`RawRange`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketRef<'a> {
+    pub ts_unix_ns: i64,
+    pub iface: u16,
+    pub orig_len: u32,
+    pub data: &'a [u8],
+}
+
+/// Raw chunks copied out of the ring (see [`Ring::raw_range`]).
+pub struct RawRange {
+    chunks: Vec<Vec<u8>>,
+    from_ns: i64,
+    to_ns: i64,
+    /// (ts, chunk, offset), sorted by time; built on first use.
+    index: Vec<(i64, u32, u32)>,
+}
+
+impl RawRange {
+    fn chunk_records(buf: &[u8]) -> impl Iterator<Item = (usize, PacketRef<'_>)> + '_ {
+        let mut off = 0;
+        std::iter::from_fn(move || {
+            if off + REC_HDR > buf.len() {
+                return None;
+            }
+            let b = &buf[off..];
+            let cap = u16::from_le_bytes([b[12], b[13]]) as usize;
+            let r = PacketRef {
+                ts_unix_ns: i64::from_le_bytes(b[0..8].try_into().ok()?),
+                orig_len: u32::from_le_bytes(b[8..12].try_into().ok()?),
+                iface: u16::from_le_bytes([b[14], b[15]]),
+                data: b.get(REC_HDR..REC_HDR + cap)?,
+            };
+            let at = off;
+            off += REC_HDR + cap;
+            Some((at, r))
+        })
+    }
+
+    /// Sorts the packets of the window by time (16 bytes per packet).
+    pub fn index(&mut self) {
+        let (from, to) = (self.from_ns, self.to_ns);
+        let mut ix = Vec::new();
+        for (ci, c) in self.chunks.iter().enumerate() {
+            for (off, p) in Self::chunk_records(c) {
+                if p.ts_unix_ns >= from && p.ts_unix_ns <= to {
+                    ix.push((p.ts_unix_ns, ci as u32, off as u32));
+                }
+            }
+        }
+        ix.sort_unstable();
+        self.index = ix;
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The packets in time order (after [`RawRange::index`]).
+    pub fn iter(&self) -> impl Iterator<Item = PacketRef<'_>> + '_ {
+        self.index.iter().filter_map(|&(_, ci, off)| {
+            Self::chunk_records(&self.chunks[ci as usize][off as usize..])
+                .next()
+                .map(|(_, p)| p)
+        })
+    }
+}
+
 /// How the ring is bounded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RingLimits {
@@ -335,6 +407,28 @@ impl Ring {
         v
     }
 
+    /// The packets with `from <= ts <= to` as raw records: the overlapping
+    /// chunks are copied whole (a few memcpy, so the capture thread waits
+    /// for the lock only briefly) and indexed by time outside the lock by
+    /// the caller ([`RawRange::iter`]).
+    pub fn raw_range(&self, from_ns: i64, to_ns: i64) -> RawRange {
+        let mut chunks = Vec::new();
+        for lane in [&self.control, &self.sampled] {
+            for c in &lane.chunks {
+                if c.packets == 0 || c.max_ts < from_ns || c.min_ts > to_ns {
+                    continue;
+                }
+                chunks.push(c.buf[c.head..].to_vec());
+            }
+        }
+        RawRange {
+            chunks,
+            from_ns,
+            to_ns,
+            index: Vec::new(),
+        }
+    }
+
     /// Interface ids referenced by packets in the ring.
     pub fn ifaces_in_use(&self) -> std::collections::BTreeSet<u16> {
         let mut s = std::collections::BTreeSet::new();
@@ -420,6 +514,42 @@ mod tests {
         assert_eq!(st.control.kept_packets + st.sampled.kept_packets, 100);
         assert_eq!(st.oldest_unix_ns, 0);
         assert_eq!(st.newest_unix_ns, 99 * S / 10);
+    }
+
+    #[test]
+    fn a_raw_range_holds_the_same_packets_as_a_copy() {
+        let mut r = ring(1 << 20, 60);
+        for i in 0..5000i64 {
+            let class = if i % 7 == 0 {
+                Class::Sampled
+            } else {
+                Class::Control
+            };
+            // Slightly out of order, as kernel timestamps are.
+            let ts = i * 1000 + if i % 5 == 0 { -1500 } else { 0 };
+            r.push(class, ts, (i % 4) as u16, 100, &(i as u32).to_le_bytes());
+        }
+        let (from, to) = (1_000_000, 3_000_000);
+        let copy = r.copy_range(from, to);
+        let mut raw = r.raw_range(from, to);
+        raw.index();
+        assert_eq!(raw.len(), copy.len());
+        let got: Vec<Packet> = raw
+            .iter()
+            .map(|p| Packet {
+                ts_unix_ns: p.ts_unix_ns,
+                iface: p.iface,
+                orig_len: p.orig_len,
+                data: p.data.to_vec(),
+            })
+            .collect();
+        let key = |p: &Packet| (p.ts_unix_ns, p.data.clone());
+        let mut a: Vec<_> = copy.iter().map(key).collect();
+        let mut b: Vec<_> = got.iter().map(key).collect();
+        assert!(got.windows(2).all(|w| w[0].ts_unix_ns <= w[1].ts_unix_ns));
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -160,17 +160,43 @@ impl CaptureHandle {
     /// kernel block timeout first when `to` is now or later, so that what
     /// arrived just before is in the ring.
     pub fn snapshot(&self, from_unix_ns: i64, to_unix_ns: i64) -> Snapshot {
+        let mut s = self.snapshot_meta(from_unix_ns, to_unix_ns);
+        s.packets = lock(&self.shared.ring).copy_range(from_unix_ns, to_unix_ns);
+        s
+    }
+}
+
+impl CaptureHandle {
+    /// Streams the packets with `from <= ts <= to` as pcapng into `out`
+    /// without copying them packet by packet: the ring's chunks are copied
+    /// raw under the lock, indexed by time and written outside it.
+    /// Returns what was written and the snapshot's description (no packets).
+    pub fn pcapng_to<W: std::io::Write>(
+        &self,
+        from_unix_ns: i64,
+        to_unix_ns: i64,
+        split_unix_ns: i64,
+        out: W,
+    ) -> Result<(super::pcapng::Summary, Snapshot), pcap_file::PcapError> {
+        let mut meta = self.snapshot_meta(from_unix_ns, to_unix_ns);
+        let mut raw = lock(&self.shared.ring).raw_range(from_unix_ns, to_unix_ns);
+        raw.index();
+        let sum = super::pcapng::write_to(&meta, raw.iter(), out, split_unix_ns)?;
+        meta.packets.clear();
+        Ok((sum, meta))
+    }
+
+    fn snapshot_meta(&self, from_unix_ns: i64, to_unix_ns: i64) -> Snapshot {
         let cfg = &self.shared.cfg;
         if to_unix_ns >= crate::clock::now().unix_ns - cfg.poll_ms as i64 * 1_000_000 {
             std::thread::sleep(Duration::from_millis(cfg.poll_ms * 2));
         }
-        let packets = lock(&self.shared.ring).copy_range(from_unix_ns, to_unix_ns);
         let section = self.section();
         Snapshot {
             from_unix_ns,
             to_unix_ns,
             ifaces: lock(&self.shared.ifaces).clone(),
-            packets,
+            packets: Vec::new(),
             sample_share: if section.shedding {
                 0.0
             } else {
