@@ -69,11 +69,14 @@ fn agent(lab: &Lab, capture: &str) -> common::RunningAgent {
     );
     let off = capture.contains("enabled = false");
     let t0 = Instant::now();
-    while !a.status()["capture"]["interfaces"]
-        .as_array()
-        .is_some_and(|v| v.iter().any(|i| i["state"] == "capturing"))
-        && !(off && !a.status().is_null())
-    {
+    loop {
+        let s = a.status();
+        let capturing = s["capture"]["interfaces"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|i| i["state"] == "capturing"));
+        if capturing || (off && !s.is_null()) {
+            break;
+        }
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "agent not capturing"
