@@ -44,7 +44,14 @@ fn agent(dir: &Path, config: &str, extra: &[&str], path_env: Option<&str>) -> Ag
         child: c.spawn().unwrap(),
         dir: dir.to_path_buf(),
     };
+    // Up when its control socket answers (1.5 s at least: history to bundle).
     std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(dir.join("s.sock")).is_err()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     a
 }
 

@@ -156,9 +156,8 @@ impl CaptureHandle {
         lock(&self.shared.ring).release(id);
     }
 
-    /// Packets with `from <= ts <= to` and their interfaces. Waits one
-    /// kernel block timeout first when `to` is now or later, so that what
-    /// arrived just before is in the ring.
+    /// Packets with `from <= ts <= to` and their interfaces (what arrived
+    /// in the last `poll_ms` may still sit in the kernel's block).
     pub fn snapshot(&self, from_unix_ns: i64, to_unix_ns: i64) -> Snapshot {
         let mut s = self.snapshot_meta(from_unix_ns, to_unix_ns);
         s.packets = lock(&self.shared.ring).copy_range(from_unix_ns, to_unix_ns);
@@ -187,10 +186,10 @@ impl CaptureHandle {
     }
 
     fn snapshot_meta(&self, from_unix_ns: i64, to_unix_ns: i64) -> Snapshot {
+        // No wait for the kernel's last block (up to poll_ms old): the
+        // bundle written at once must not be late; the completed one, made
+        // after the post-window, has those packets.
         let cfg = &self.shared.cfg;
-        if to_unix_ns >= crate::clock::now().unix_ns - cfg.poll_ms as i64 * 1_000_000 {
-            std::thread::sleep(Duration::from_millis(cfg.poll_ms * 2));
-        }
         let section = self.section();
         Snapshot {
             from_unix_ns,
