@@ -63,7 +63,10 @@ fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Everything in the ring, after the kernel handed over its last block
+/// (it does every `poll_ms`).
 fn all_packets(t: &CaptureThread) -> Vec<Packet> {
+    std::thread::sleep(Duration::from_millis(3 * t.handle().config().poll_ms));
     t.handle().snapshot(0, i64::MAX).packets
 }
 
@@ -175,12 +178,17 @@ fn guest_arp_and_ping_to_the_gateway_land_in_the_ring_needs_root() {
             g.mac
         );
     }
-    let s = t.handle().section();
+    // The counters follow within a second.
+    let h = t.handle();
+    wait_for(Duration::from_secs(5), "the counters", || {
+        h.section().ring_packets >= pkts.len() as u64
+    });
+    let s = h.section();
     let up = s.interfaces.iter().find(|i| i.name == "uplink0").unwrap();
     assert_eq!(up.role, "uplink");
     assert!(up.kernel_received_total >= pkts.len() as u64 - 2, "{up:?}");
     assert_eq!(up.kernel_dropped_total, 0);
-    assert_eq!(s.ring_packets, pkts.len() as u64);
+    assert!(s.ring_packets < pkts.len() as u64 + 10);
 }
 
 #[test]
@@ -324,8 +332,9 @@ fn the_ring_stays_within_its_byte_bound_under_a_flood_needs_root() {
     // in arrival order, so a few kept ones may be older).
     assert!(s.complete_since_unix_ns > flood_start);
     assert!((s.complete_since_unix_ns - s.oldest_unix_ns).abs() < 50_000_000);
+    // The counters are a second old at most; a stray packet may have come since.
     let kept = all_packets(&t);
-    assert_eq!(kept.len() as u64, s.ring_packets);
+    assert!((kept.len() as i64 - s.ring_packets as i64).abs() <= 10);
 }
 
 #[test]
