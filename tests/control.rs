@@ -466,8 +466,10 @@ fn tail_over_ssh_streams_line_by_line_and_ends_with_the_client_needs_root() {
                 let age_ms = (hvflight::clock::now().unix_ns - v["ts_unix_ns"].as_i64().unwrap())
                     / 1_000_000;
                 assert!(age_ms < 1000, "line {age_ms} ms old (tty={tty})");
+                // (From the second tick on: the first one also waits for
+                // the ssh login, which takes over a second on a busy machine.)
                 assert!(
-                    at - last < Duration::from_secs(1),
+                    ticks == 0 || at - last < Duration::from_secs(1),
                     "lines buffered (tty={tty})"
                 );
                 last = at;
