@@ -55,6 +55,9 @@ struct Shared {
     ifaces: Mutex<Vec<IfaceInfo>>,
     section: Mutex<Section>,
     wanted: Mutex<(u64, Vec<Want>)>,
+    /// Set by the first `set_wanted`: the thread starts its work then, so
+    /// that it does not compete with the agent's own start.
+    asked: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -101,6 +104,7 @@ impl CaptureThread {
                 ..Default::default()
             }),
             wanted: Mutex::new((0, Vec::new())),
+            asked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             cfg,
         });
@@ -135,6 +139,7 @@ impl CaptureHandle {
 
     /// The interfaces to capture on from now on.
     pub fn set_wanted(&self, w: Vec<Want>) {
+        self.shared.asked.store(true, Ordering::Relaxed);
         let mut cur = lock(&self.shared.wanted);
         if cur.1 != w {
             cur.0 += 1;
@@ -285,6 +290,12 @@ fn run(shared: Arc<Shared>, netns: Option<PathBuf>, events: Option<Sender<Event>
         control_total: 0,
         sampled_total: 0,
     };
+    while !w.shared.asked.load(Ordering::Relaxed) {
+        if w.shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     if let Some(ns) = &netns {
         if let Err(e) = crate::source::netns::enter_thread(&ns.display().to_string()) {
             w.event("", "unavailable", e.to_string());
