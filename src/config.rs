@@ -30,6 +30,7 @@ pub struct Config {
     pub blast_radius: crate::blast_radius::BlastRadiusConfig,
     pub upload: UploadConfig,
     pub analyze: AnalyzeConfig,
+    pub capture: crate::capture::CaptureConfig,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -575,6 +576,17 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
             );
         }
     }
+    if let Some((key, msg)) = c.capture.check() {
+        return bad(key, msg);
+    }
+    for (key, v) in [
+        ("capture.before_s", c.capture.before_s),
+        ("capture.retry_ms", c.capture.retry_ms),
+    ] {
+        if v == 0 {
+            return bad(key, "must be greater than 0".into());
+        }
+    }
     if c.store.max_bytes < c.store.segment_bytes {
         return bad(
             "store.max_bytes",
@@ -779,6 +791,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("f.toml:2") && e.contains("regex"), "{e}");
+    }
+
+    #[test]
+    fn capture_filter_and_share_are_checked_with_file_line_and_key() {
+        let e = parse("[capture]\nfilter = \"arp or bogus((\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("f.toml:2: key `capture.filter`: libpcap rejects it"),
+            "{e}"
+        );
+        let e = parse("[capture]\n\nsample_share = 1.5\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.toml:3: key `capture.sample_share`"), "{e}");
+        let (c, _) = parse("[capture]\nfilter = \"arp or icmp\"\n", "f.toml").unwrap();
+        assert_eq!(c.capture.control_expr(), "arp or icmp");
     }
 
     #[test]

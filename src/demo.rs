@@ -174,7 +174,15 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
         ) {
             Ok((id, path)) => {
                 println!("demo:    incident {id}: bundle {path}");
-                pause(after_s as f64 + 1.0, &stop);
+                pause(after_s as f64, &stop);
+                // The complete bundle comes a moment after the post-window
+                // (later on a busy machine): wait for it, up to 30 s.
+                let end = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < end
+                    && !crate::bundle::verify::manifest(std::path::Path::new(&path))
+                        .is_ok_and(|m| m.complete)
+                    && pause(0.25, &stop)
+                {}
                 lab.revert(&Fault::UplinkDown)?;
                 match crate::bundle::verify::verify(std::path::Path::new(&path)) {
                     Ok((m, problems)) => {
@@ -188,6 +196,25 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
                             m.window_until,
                             m.complete
                         );
+                        if let Some(c) = &m.capture {
+                            println!(
+                                "demo:    packets: {} in {} ({} before the trigger, {} after) on {}{}",
+                                c.packets,
+                                c.entry,
+                                c.packets_before,
+                                c.packets_after,
+                                c.interfaces
+                                    .iter()
+                                    .map(|i| format!("{} ({})", i.name, i.role))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                if c.error.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" — {}", c.error)
+                                }
+                            );
+                        }
                         let failed: Vec<String> = m
                             .commands
                             .iter()

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod analyze;
 pub mod blast_radius;
 pub mod bundle;
+pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod collect;

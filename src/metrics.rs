@@ -40,11 +40,12 @@ pub fn event_source(k: &EventKind) -> &'static str {
         EventKind::Detector { .. } => "detector",
         EventKind::GuestCutOff { .. } => "guest_cut_off",
         EventKind::Agent { .. } => "agent",
+        EventKind::Capture { .. } => "capture",
     }
 }
 
 /// Every value `event_source` returns (their counters start at 0).
-pub const EVENT_SOURCES: [&str; 11] = [
+pub const EVENT_SOURCES: [&str; 12] = [
     "link",
     "fdb",
     "neigh",
@@ -56,6 +57,7 @@ pub const EVENT_SOURCES: [&str; 11] = [
     "detector",
     "guest_cut_off",
     "agent",
+    "capture",
 ];
 
 /// Sources of `loss` events (events/rtnetlink.rs, events/kmsg.rs).
@@ -700,9 +702,99 @@ impl Collector for Exporter {
         Self::encode_detector(&st, &mut enc)?;
         if let Some(s) = &st.sample {
             self.encode_sample(s, &mut enc)?;
+            if let Some(c) = &s.capture {
+                capture_metrics(&mut enc, c)?;
+            }
         }
         Ok(())
     }
+}
+
+/// The packet ring (docs/capture.md); interfaces are the captured ones only
+/// (uplinks, and at most capture.max_vnics vNICs).
+fn capture_metrics(
+    enc: &mut DescriptorEncoder,
+    c: &crate::sample::capture::Capture,
+) -> Result<(), std::fmt::Error> {
+    let per = |f: &dyn Fn(&crate::sample::capture::CaptureIface) -> f64| -> Vec<(Labels, f64)> {
+        c.interfaces
+            .iter()
+            .map(|i| (l(&[("iface", &i.name), ("role", &i.role)]), f(i)))
+            .collect()
+    };
+    let none = Labels::new();
+    let one = |v: f64| vec![(none.clone(), v)];
+    gauge(
+        enc,
+        "hvflight_capture_up",
+        "1 while the interface is captured, 0 while its capture fails.",
+        &per(&|i| (i.state == "capturing") as u8 as f64),
+    )?;
+    counter(
+        enc,
+        "hvflight_capture_packets",
+        "Packets the kernel filter passed into the ring, per interface.",
+        &per(&|i| i.packets_total as f64),
+    )?;
+    counter(
+        enc,
+        "hvflight_capture_kernel_dropped_packets",
+        "Packets lost because the kernel capture ring was full (pcap ps_drop).",
+        &per(&|i| i.kernel_dropped_total as f64),
+    )?;
+    counter(
+        enc,
+        "hvflight_capture_interface_dropped_packets",
+        "Packets dropped by the interface while captured (pcap ps_ifdrop).",
+        &per(&|i| i.interface_dropped_total as f64),
+    )?;
+    gauge(
+        enc,
+        "hvflight_capture_ring_bytes",
+        "Memory of the packet ring in use.",
+        &one(c.ring_bytes as f64),
+    )?;
+    gauge(
+        enc,
+        "hvflight_capture_ring_max_bytes",
+        "Memory the packet ring may use.",
+        &one(c.ring_max_bytes as f64),
+    )?;
+    let span = if c.newest_unix_ns > 0 {
+        (c.newest_unix_ns - c.complete_since_unix_ns).max(0) as f64 / 1e9
+    } else {
+        0.0
+    };
+    gauge(
+        enc,
+        "hvflight_capture_ring_complete_seconds",
+        "How far back the ring holds every control-plane packet captured.",
+        &one(span),
+    )?;
+    counter(
+        enc,
+        "hvflight_capture_evicted_packets",
+        "Packets evicted before their time because the ring was full.",
+        &one(c.evicted_packets_total as f64),
+    )?;
+    gauge(
+        enc,
+        "hvflight_capture_cpu_seconds_per_second",
+        "CPU time of the capture thread in the last second.",
+        &one(c.cpu_ms_last_s / 1000.0),
+    )?;
+    gauge(
+        enc,
+        "hvflight_capture_shedding",
+        "1 while the sampled share is shed (CPU budget).",
+        &one(c.shedding as u8 as f64),
+    )?;
+    counter(
+        enc,
+        "hvflight_capture_sheds",
+        "Times the sampled share was shed.",
+        &one(c.shed_total as f64),
+    )
 }
 
 /// The text exposition of the exporter's current values.

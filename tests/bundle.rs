@@ -44,12 +44,14 @@ fn agent(dir: &Path, config: &str, extra: &[&str], path_env: Option<&str>) -> Ag
         child: c.spawn().unwrap(),
         dir: dir.to_path_buf(),
     };
-    // Up when its control socket is (a loaded machine took > 4 s once).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a.dir.join("s.sock").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    // Up when its control socket answers (1.5 s at least: history to bundle).
+    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(dir.join("s.sock")).is_err()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(1000));
     a
 }
 

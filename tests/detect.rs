@@ -86,7 +86,11 @@ fn scenario(fault: impl Fn(&Lab) -> Fault, expect: &str, cause: &str) -> f64 {
     assert!(m.incident.reason.contains(expect), "{}", m.incident.reason);
     let latency_ms = (m.incident.ts_unix_ns - t_inject) as f64 / 1e6;
     // Complete after the post-window: history from both sides of the injection.
-    std::thread::sleep(Duration::from_millis(1800));
+    // (written a moment after it: wait for it, generously on a busy machine)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !verify::manifest(&path).is_ok_and(|m| m.complete) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (m, problems) = verify::verify(&path).unwrap();
     assert!(problems.is_empty() && m.complete, "{problems:?}");
     let f = std::fs::File::open(&path).unwrap();

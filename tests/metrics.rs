@@ -100,6 +100,22 @@ fn metrics_follow_the_lab_needs_root() {
         text.contains("nova_name=\"tools-webproxy-01\"") && text.contains("nova_project=\"tools\""),
         "{text}"
     );
+    // The packet ring on the uplink (capture up, ring bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = scrape_in(&lab);
+        if value(&t, "hvflight_capture_up{iface=\"uplink0\",role=\"uplink\"}") == Some(1.0) {
+            assert_eq!(
+                value(&t, "hvflight_capture_ring_max_bytes "),
+                Some(33554432.0),
+                "{t}"
+            );
+            assert!(t.contains("hvflight_capture_kernel_dropped_packets_total{iface=\"uplink0\""));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no capture in /metrics:\n{t}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Bounded labels: no per-vNIC series.
     assert!(!text.contains("interface=\"vnet0\""), "{text}");
     // The uplink loses carrier: the next scrape says so.

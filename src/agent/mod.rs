@@ -98,6 +98,11 @@ impl Agent {
         }
     }
 
+    /// Adds a collector after the configured ones (e.g. the capture's).
+    pub fn add_collector(&mut self, c: Box<dyn Collector>) {
+        self.sampler.push(c);
+    }
+
     pub fn events_sender(&self) -> Sender<Event> {
         self.events_tx.clone()
     }

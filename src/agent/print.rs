@@ -345,6 +345,11 @@ pub fn event_line(e: &Event) -> String {
             format!("{t} LOSS {source}: {count} lost ({detail})")
         }
         EventKind::Agent { what, detail } => format!("{t} AGENT {what} {detail}"),
+        EventKind::Capture {
+            iface,
+            what,
+            detail,
+        } => format!("{t} CAPTURE {what} {iface} {detail}"),
         EventKind::Detector {
             from,
             to,

@@ -23,6 +23,8 @@ pub struct AgentStatus {
     pub detector: serde_json::Value,
     /// The uploader, when `[upload]` is enabled.
     pub upload: Option<crate::upload::uploader::Handle>,
+    /// The packet ring's section of the latest sample.
+    pub capture: serde_json::Value,
     last_seq: u64,
     last_ts_unix_ns: i64,
     last_duration_us: u64,
@@ -49,6 +51,7 @@ impl AgentStatus {
             tail_clients: 0,
             detector: serde_json::Value::Null,
             upload: None,
+            capture: serde_json::Value::Null,
             last_seq: 0,
             last_ts_unix_ns: 0,
             last_duration_us: 0,
@@ -70,6 +73,11 @@ impl AgentStatus {
         self.lags_us.push_back(s.lag_us);
         self.failing = s.failures.clone();
         self.libvirt_connected = Some(s.libvirt.is_some());
+        self.capture = s
+            .capture
+            .as_ref()
+            .and_then(|c| serde_json::to_value(c).ok())
+            .unwrap_or(serde_json::Value::Null);
         if let Some(l) = &s.libvirt {
             self.domains_total = l.domains.len();
             self.domains_running = l.domains.iter().filter(|d| d.state == "running").count();
@@ -155,6 +163,7 @@ impl AgentStatus {
                 "dropped_records": self.store_dropped,
             },
             "detector": self.detector,
+            "capture": self.capture,
             "bundles": self.bundles_json(),
             "upload": self.upload.as_ref().map(|u| u.to_json()).unwrap_or_else(|| json!({"enabled": false})),
             "tail_clients": self.tail_clients,

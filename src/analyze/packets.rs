@@ -114,22 +114,22 @@ pub fn classify(frame: &[u8]) -> Option<(String, String, PacketKind)> {
         Some(etherparse::LinkSlice::Ethernet2(e)) => e.ether_type().0,
         _ => return None,
     };
-    let ethertype = sliced
-        .vlan
+    let vlan = sliced.vlan();
+    let ethertype = vlan
         .as_ref()
         .map(|v| match v {
             etherparse::VlanSlice::SingleVlan(s) => s.ether_type().0,
-            etherparse::VlanSlice::DoubleVlan(d) => d.inner().ether_type().0,
+            etherparse::VlanSlice::DoubleVlan(d) => d.inner.ether_type().0,
         })
         .unwrap_or(ethertype);
     if ethertype == 0x8035 {
         return Some((src, dst, PacketKind::Rarp));
     }
     if ethertype == 0x0806 {
-        // etherparse 0.16 does not slice ARP; its fixed Ethernet/IPv4 layout
+        // The ARP payload is read by hand: its fixed Ethernet/IPv4 layout
         // (RFC 826: 8-byte header, then sender MAC/IP, target MAC/IP) is read here.
         let off = 14
-            + 4 * sliced.vlan.as_ref().map_or(0, |v| match v {
+            + 4 * vlan.as_ref().map_or(0, |v| match v {
                 etherparse::VlanSlice::SingleVlan(_) => 1,
                 etherparse::VlanSlice::DoubleVlan(_) => 2,
             });

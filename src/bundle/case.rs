@@ -88,7 +88,7 @@ mod tests {
             files: vec![("deep/x.txt".into(), b"some deep state".to_vec())],
             commands: Vec::new(),
         };
-        let p = writer::write(&cfg, &incident, &deep, incident.ts_unix_ns, true).unwrap();
+        let p = writer::write(&cfg, &incident, &deep, None, incident.ts_unix_ns, true).unwrap();
         set_case(&p, "SR-4711").unwrap();
         let (m, problems) = verify::verify(&p).unwrap();
         assert!(problems.is_empty(), "{problems:?}");

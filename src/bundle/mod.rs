@@ -9,6 +9,7 @@
 //! deep/<name>.txt          one-shot deep state: ip, bridge, tc, nft/iptables, ethtool,
 //!                          conntrack, /proc files, dmesg — each under its own timeout
 //! libvirt/<domain>.xml     domain XML, secrets redacted
+//! capture/packets.pcapng   the packet ring around the incident (one interface block per interface)
 //! ```
 //!
 //! Written to a temporary name in the bundles directory, fsynced, renamed:
@@ -71,6 +72,40 @@ pub struct CollectorFailureSummary {
     pub last_error: String,
 }
 
+/// What the packet ring put into the bundle (`capture/packets.pcapng`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct CaptureSummary {
+    /// The pcapng entry; empty when no file could be made (see `error`).
+    pub entry: String,
+    #[serde(default)]
+    pub error: String,
+    pub packets: u64,
+    /// Packets before and after the incident time.
+    pub packets_before: u64,
+    pub packets_after: u64,
+    /// The window asked for (capture.before_s before, capture.after_s after).
+    pub window_since_unix_ns: i64,
+    pub window_until_unix_ns: i64,
+    /// What the ring really covers of it: every control-plane packet since
+    /// `complete_since` (later than `window_since` when the ring had to
+    /// evict or capture started later), sampled ones since `sampled_complete_since`.
+    pub complete_since_unix_ns: i64,
+    pub sampled_complete_since_unix_ns: i64,
+    pub first_packet_unix_ns: i64,
+    pub last_packet_unix_ns: i64,
+    pub filter: String,
+    pub snaplen: u32,
+    pub sample_share: f64,
+    pub headers_only: bool,
+    /// The ring's counters when the file was made (see sample section `capture`).
+    pub evicted_packets_total: u64,
+    pub refused_packets_total: u64,
+    pub shedding: bool,
+    pub shed_total: u64,
+    /// Every interface captured or failing, with the kernel's counters.
+    pub interfaces: Vec<crate::sample::capture::CaptureIface>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct Manifest {
     pub format_version: u32,
@@ -95,6 +130,9 @@ pub struct Manifest {
     pub collector_failures: Vec<CollectorFailureSummary>,
     #[serde(default)]
     pub store_warnings: Vec<String>,
+    /// The packet ring's part; absent when capture is off.
+    #[serde(default)]
+    pub capture: Option<CaptureSummary>,
 }
 
 pub fn bundle_name(host: &str, ts_unix_ns: i64, id: &str) -> String {

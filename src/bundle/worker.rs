@@ -68,6 +68,14 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
 
 impl BundleWorker {
     pub fn start(cfg: BundleConfig) -> std::io::Result<BundleWorker> {
+        Self::start_with_capture(cfg, None)
+    }
+
+    /// With the packet ring: each bundle gets its packets as pcapng.
+    pub fn start_with_capture(
+        cfg: BundleConfig,
+        capture: Option<crate::capture::CaptureHandle>,
+    ) -> std::io::Result<BundleWorker> {
         let (tx, rx) = mpsc::channel::<TriggerRequest>();
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = Arc::clone(&stop);
@@ -75,7 +83,7 @@ impl BundleWorker {
         let st2 = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("hvflight-bundle".into())
-            .spawn(move || run(cfg, rx, s2, &st2))?;
+            .spawn(move || run(cfg, capture, rx, s2, &st2))?;
         Ok(BundleWorker {
             tx,
             stop,
@@ -104,6 +112,7 @@ impl Drop for BundleWorker {
 
 fn run(
     cfg: BundleConfig,
+    capture: Option<crate::capture::CaptureHandle>,
     rx: Receiver<TriggerRequest>,
     stop: Arc<AtomicBool>,
     stats: &BundleStats,
@@ -123,11 +132,25 @@ fn run(
         };
         tracing::warn!(id = %incident.id, trigger = %incident.trigger, reason = %incident.reason, "incident: writing bundle");
         stats.in_progress.store(1, Ordering::Relaxed);
+        // The ring keeps what this incident needs until its bundle is
+        // complete (the deadline covers a worker that never gets there).
+        let hold = capture.as_ref().map(|c| {
+            let before = c.config().before_s as i64 * 1_000_000_000;
+            let after = (cfg.after_s.max(c.config().after_s) + 120) as i64 * 1_000_000_000;
+            (
+                c,
+                c.hold(incident.ts_unix_ns - before, incident.ts_unix_ns + after),
+            )
+        });
         let deep = writer::capture_deep(&cfg);
         // First: at once, with what happened before (a reboot may follow).
         let mut reply = req.reply;
         loop {
-            match writer::write(&cfg, &incident, &deep, crate::clock::now().unix_ns, false) {
+            let now = crate::clock::now().unix_ns;
+            let pcap = capture
+                .as_ref()
+                .map(|c| writer::capture_file(&cfg, c, incident.ts_unix_ns, now));
+            match writer::write(&cfg, &incident, &deep, pcap.as_ref(), now, false) {
                 Ok(p) => {
                     stats.written.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(bundle = %p.display(), "bundle written (incident start)");
@@ -155,8 +178,14 @@ fn run(
         if !sleep_unless_stopped(wait, &stop) {
             return;
         }
+        let pcap = capture
+            .as_ref()
+            .map(|c| writer::capture_file(&cfg, c, incident.ts_unix_ns, until));
+        if let Some((c, id)) = hold {
+            c.release(id);
+        }
         loop {
-            match writer::write(&cfg, &incident, &deep, until, true) {
+            match writer::write(&cfg, &incident, &deep, pcap.as_ref(), until, true) {
                 Ok(p) => {
                     stats.written.fetch_add(1, Ordering::Relaxed);
                     stats.in_progress.store(0, Ordering::Relaxed);

@@ -251,10 +251,114 @@ fn prune(cfg: &BundleConfig, keep: &Path) {
 }
 
 /// Writes (or rewrites) the bundle of `incident` with history up to `until_ns`.
+/// Packets for the bundle: a pcapng file (a temporary file in the bundles
+/// directory, so a 32 MiB ring is never held twice in memory) and what the
+/// manifest says of it.
+#[derive(Debug, Default)]
+pub struct CaptureFile {
+    pub file: Option<tempfile::NamedTempFile>,
+    pub size: u64,
+    pub sha256: String,
+    pub summary: super::CaptureSummary,
+}
+
+pub const CAPTURE_ENTRY: &str = "capture/packets.pcapng";
+
+/// Counts and hashes what passes through.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hasher.update(&b[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The packet ring's part of a bundle: packets from `incident - before`
+/// to `until` (at most `after` past the incident; the ring holds them from
+/// the incident on, see worker.rs).
+pub fn capture_file(
+    cfg: &BundleConfig,
+    cap: &crate::capture::CaptureHandle,
+    incident_ns: i64,
+    until_ns: i64,
+) -> CaptureFile {
+    let c = cap.config();
+    let from = incident_ns - c.before_s as i64 * 1_000_000_000;
+    let to = until_ns.min(incident_ns + c.after_s as i64 * 1_000_000_000);
+    let mut out = CaptureFile {
+        summary: super::CaptureSummary {
+            entry: CAPTURE_ENTRY.into(),
+            window_since_unix_ns: from,
+            window_until_unix_ns: to,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let written = (|| -> Result<_, String> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| e.to_string())?;
+        let f = tempfile::Builder::new()
+            .prefix(".hvflight-capture-")
+            .tempfile_in(&cfg.dir)
+            .map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+        let mut w = Hashing {
+            inner: std::io::BufWriter::new(f.reopen().map_err(|e| e.to_string())?),
+            hasher: Sha256::new(),
+            size: 0,
+        };
+        let (sum, meta) = cap
+            .pcapng_to(from, to, incident_ns, &mut w)
+            .map_err(|e| e.to_string())?;
+        w.flush().map_err(|e| e.to_string())?;
+        let Hashing { size, hasher, .. } = w;
+        Ok((f, size, hasher.finalize(), sum, meta))
+    })();
+    match written {
+        Ok((f, size, sha, sum, meta)) => {
+            let m = &mut out.summary;
+            m.packets = sum.packets;
+            m.packets_before = sum.packets_before;
+            m.packets_after = sum.packets - sum.packets_before;
+            m.first_packet_unix_ns = sum.first_unix_ns;
+            m.last_packet_unix_ns = sum.last_unix_ns;
+            m.complete_since_unix_ns = meta.section.complete_since_unix_ns.max(from);
+            m.sampled_complete_since_unix_ns =
+                meta.section.sampled_complete_since_unix_ns.max(from);
+            m.filter = meta.filter;
+            m.snaplen = meta.snaplen;
+            m.sample_share = meta.sample_share;
+            m.headers_only = meta.headers_only;
+            m.evicted_packets_total = meta.section.evicted_packets_total;
+            m.refused_packets_total = meta.section.refused_packets_total;
+            m.shedding = meta.section.shedding;
+            m.shed_total = meta.section.shed_total;
+            m.interfaces = meta.section.interfaces;
+            out.file = Some(f);
+            out.size = size;
+            out.sha256 = sha.iter().map(|x| format!("{x:02x}")).collect();
+        }
+        Err(e) => {
+            out.summary.entry.clear();
+            out.summary.error = format!("pcapng not written: {e}");
+        }
+    }
+    out
+}
+
 pub fn write(
     cfg: &BundleConfig,
     incident: &Incident,
     deep: &DeepState,
+    capture: Option<&CaptureFile>,
     until_ns: i64,
     complete: bool,
 ) -> Result<PathBuf, BundleError> {
@@ -335,6 +439,14 @@ pub fn write(
             sha256: sha256_hex(b),
         });
     }
+    let pcap = capture.filter(|c| c.file.is_some() && !c.summary.entry.is_empty());
+    if let Some(c) = pcap {
+        entries.push(Entry {
+            name: c.summary.entry.clone(),
+            size: c.size,
+            sha256: c.sha256.clone(),
+        });
+    }
     let manifest = Manifest {
         format_version: BUNDLE_FORMAT_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -351,12 +463,15 @@ pub fn write(
         commands: deep.commands.clone(),
         collector_failures: failures.into_values().collect(),
         store_warnings,
+        capture: capture.map(|c| c.summary.clone()),
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
 
     // Room for it? Estimate: the history compresses ~10x, deep state ~4x.
-    let need =
-        hist_size / 8 + deep.files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() / 3 + 65536;
+    let need = hist_size / 8
+        + deep.files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() / 3
+        + pcap.map_or(0, |c| c.size / 2)
+        + 65536;
     if let Some(free) = crate::store::writer::free_bytes(&cfg.dir) {
         if free < cfg.min_free_bytes + need {
             prune(cfg, &final_path);
@@ -401,6 +516,14 @@ pub fn write(
         )?;
         for (n, b) in &deep.files {
             add(&mut tar, n, b)?;
+        }
+        if let Some((c, f)) = pcap.and_then(|c| Some((c, c.file.as_ref()?))) {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(c.size);
+            h.set_mode(0o600);
+            h.set_mtime((incident.ts_unix_ns / 1_000_000_000).max(0) as u64);
+            h.set_cksum();
+            tar.append_data(&mut h, &c.summary.entry, f.reopen()?)?;
         }
         let enc = tar.into_inner()?;
         let f = enc.finish()?;

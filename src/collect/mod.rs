@@ -93,6 +93,12 @@ impl Sampler {
         }
     }
 
+    /// Adds a collector that runs after the others (the capture collector
+    /// reads the links and bridges they filled).
+    pub fn push(&mut self, c: Box<dyn Collector>) {
+        self.collectors.push(c);
+    }
+
     pub fn collector_names(&self) -> Vec<&'static str> {
         self.collectors.iter().map(|c| c.name()).collect()
     }
@@ -127,24 +133,34 @@ impl Sampler {
 /// else all bridges (a host whose libvirt is down still gets sampled).
 /// Links stay complete: an uplink may sit under a bond or VLAN.
 pub fn scope_to_libvirt_bridges(sample: &mut Sample) {
-    let Some(lv) = &sample.libvirt else { return };
-    let used: Vec<&str> = lv
-        .domains
-        .iter()
-        .flat_map(|d| &d.vnics)
-        .map(|v| v.bridge.as_str())
-        .collect();
+    let Some(used) = libvirt_bridges(sample) else {
+        return;
+    };
     let Some(bridges) = &mut sample.bridges else {
         return;
     };
-    if !bridges.iter().any(|b| used.contains(&b.name.as_str())) {
-        return;
-    }
-    bridges.retain(|b| used.contains(&b.name.as_str()));
+    bridges.retain(|b| used.contains(&b.name));
     let kept: Vec<u32> = bridges.iter().map(|b| b.ifindex).collect();
     if let Some(fdb) = &mut sample.fdb {
         fdb.retain(|e| e.master.is_none_or(|m| kept.contains(&m)));
     }
+}
+
+/// The bridges libvirt's domains use, when at least one of them is in the
+/// sample's bridges section; None = watch all bridges of the section.
+pub fn libvirt_bridges(sample: &Sample) -> Option<Vec<String>> {
+    let used: Vec<String> = sample
+        .libvirt
+        .iter()
+        .flat_map(|l| &l.domains)
+        .flat_map(|d| &d.vnics)
+        .map(|v| v.bridge.clone())
+        .collect();
+    let bridges = sample.bridges.as_ref()?;
+    if !bridges.iter().any(|b| used.contains(&b.name)) {
+        return None;
+    }
+    Some(used)
 }
 
 /// The enabled collectors, in sampling order (links first: later ones name

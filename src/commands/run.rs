@@ -37,6 +37,7 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
     let shutdown = shutdown_flag()?;
     let mut agent = Agent::new(resolved.config);
     agent.start_event_sources();
+    let capture = start_capture(&mut agent);
     tracing::info!(
         host = %agent::hostname(&agent.config),
         interval_ms = agent.config.agent.interval_ms,
@@ -89,7 +90,10 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
         &agent::hostname(&agent.config),
     );
     bundle_cfg.announce = uploader.as_ref().map(|u| u.sender());
-    let bundles = match crate::bundle::worker::BundleWorker::start(bundle_cfg) {
+    let bundles = match crate::bundle::worker::BundleWorker::start_with_capture(
+        bundle_cfg,
+        capture.as_ref().map(|c| c.handle()),
+    ) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::error!(error = %e, "bundle worker not started: no bundles can be taken");
@@ -336,7 +340,32 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
     drop(control);
     drop(bundles);
     drop(uploader);
+    drop(capture);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The packet ring (docs/capture.md): a thread in the agent's namespace and
+/// a collector that tells it what to capture and reports its counters.
+fn start_capture(agent: &mut Agent) -> Option<crate::capture::CaptureThread> {
+    if !agent.config.capture.enabled {
+        return None;
+    }
+    match crate::capture::CaptureThread::start(
+        agent.config.capture.clone(),
+        None,
+        Some(agent.events_sender()),
+    ) {
+        Ok(t) => {
+            agent.add_collector(Box::new(crate::capture::collector::CaptureCollector::new(
+                t.handle(),
+            )));
+            Some(t)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "packet capture not started: bundles will have no packets");
+            None
+        }
+    }
 }
 
 pub fn open_store(cfg: &config::Config) -> Option<crate::store::StoreWriter> {

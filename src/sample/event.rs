@@ -123,6 +123,15 @@ pub enum EventKind {
         #[serde(default)]
         domain: String,
     },
+    /// The packet capture: an interface started, failed, recovered or
+    /// stopped; the sampled share shed or restored (CPU budget).
+    Capture {
+        #[serde(default)]
+        iface: String,
+        what: String,
+        #[serde(default)]
+        detail: String,
+    },
     /// Something the agent itself noticed (start, stop, clock jump, own stall).
     Agent {
         what: String,

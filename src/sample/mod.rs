@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod bridge;
+pub mod capture;
 pub mod event;
 pub mod index;
 pub mod libvirt;
@@ -69,6 +70,9 @@ pub struct Sample {
     pub netfilter: Option<Netfilter>,
     #[serde(default)]
     pub libvirt: Option<Libvirt>,
+    /// The packet ring's health (filled by the capture collector when capture runs).
+    #[serde(default)]
+    pub capture: Option<capture::Capture>,
 
     /// Collectors that failed (or timed out) in this sample, with why.
     #[serde(default)]

@@ -345,7 +345,7 @@ pub fn big_bundle(bundles: &Path, host: &str, mib: usize) -> PathBuf {
         files: vec![("deep/proc/random.bin".into(), data)],
         commands: Vec::new(),
     };
-    hvflight::bundle::writer::write(&cfg, &incident, &deep, now, true).unwrap()
+    hvflight::bundle::writer::write(&cfg, &incident, &deep, None, now, true).unwrap()
 }
 
 impl Drop for Swift {
