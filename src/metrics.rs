@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub detector_state: String,
     pub eligible_guests: u64,
     pub guests: u64,
+    /// Per bridge: (bridge, eligible guests, guests).
+    pub detector_bridges: Vec<(String, u64, u64)>,
+    /// Degradations in progress (what).
+    pub degraded: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +198,30 @@ impl Collector for Exporter {
                 "Guests (vNIC ports) on watched bridges.",
                 &[(none.clone(), st.guests as f64)],
             )?;
+            let per = |f: &dyn Fn(&(String, u64, u64)) -> u64| -> Vec<(Labels, f64)> {
+                st.detector_bridges
+                    .iter()
+                    .map(|b| (l(&[("bridge", &b.0)]), f(b) as f64))
+                    .collect()
+            };
+            gauge(
+                &mut enc,
+                "hvflight_detector_bridge_eligible_guests",
+                "Guests of this bridge whose traffic can judge its uplink now.",
+                &per(&|b| b.1),
+            )?;
+            gauge(
+                &mut enc,
+                "hvflight_detector_bridge_guests",
+                "Guests (vNIC ports) on this bridge.",
+                &per(&|b| b.2),
+            )?;
+            gauge(
+                &mut enc,
+                "hvflight_detector_degraded",
+                "Degradations in progress (full-size frames failing, conntrack or neighbour table full).",
+                &[(none.clone(), st.degraded.len() as f64)],
+            )?;
         }
         let Some(s) = &st.sample else { return Ok(()) };
         gauge(
@@ -245,6 +273,45 @@ impl Collector for Exporter {
                 }
             }
         }
+        // Gateway probes, per bridge/VLAN (bounded: one series per bridge VLAN).
+        let (mut sent, mut answered, mut rtt, mut miss) = (vec![], vec![], vec![], vec![]);
+        for g in s.probes.iter().flat_map(|p| &p.bridges) {
+            let vlan = g.vlan.map(|v| v.to_string()).unwrap_or_default();
+            let lb = l(&[("bridge", &g.bridge), ("vlan", &vlan)]);
+            sent.push((lb.clone(), (g.arp_sent + g.icmp_sent + g.large_sent) as f64));
+            answered.push((
+                lb.clone(),
+                (g.arp_answered + g.icmp_answered + g.large_answered) as f64,
+            ));
+            miss.push((lb.clone(), g.consecutive_unanswered as f64));
+            if let Some(us) = g.last_rtt_us {
+                rtt.push((lb, us as f64 / 1e6));
+            }
+        }
+        counter(
+            &mut enc,
+            "hvflight_gateway_probes_sent",
+            "Gateway probes sent out through the uplink (ARP, ICMP, full-MTU).",
+            &sent,
+        )?;
+        counter(
+            &mut enc,
+            "hvflight_gateway_probes_answered",
+            "Gateway probes answered.",
+            &answered,
+        )?;
+        gauge(
+            &mut enc,
+            "hvflight_gateway_probes_unanswered_in_a_row",
+            "Small gateway probes unanswered in a row.",
+            &miss,
+        )?;
+        gauge(
+            &mut enc,
+            "hvflight_gateway_probe_rtt_seconds",
+            "Round-trip time of the last answered gateway probe.",
+            &rtt,
+        )?;
         counter(
             &mut enc,
             "hvflight_link_receive_packets",

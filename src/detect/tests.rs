@@ -138,15 +138,28 @@ fn uplink_loss_collapses_after_two_samples_and_recovers_with_hysteresis() {
 
 #[test]
 fn guests_sending_with_nothing_leaving_is_a_collapse_but_idle_guests_prove_nothing() {
-    let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+    let (mut h, mut d, mut prev) = (
+        Host::new(),
+        Detector::new(DetectConfig {
+            responsive_s: 5,
+            ..cfg()
+        }),
+        None,
+    );
     for _ in 0..3 {
         run(&mut d, &mut prev, h.step(2, 4, 4, 2));
     }
-    // Idle host: nothing moves anywhere. Not evidence, not a collapse.
+    // Idle host: nothing moves anywhere. Not evidence, not a collapse; once
+    // the guests were silent longer than responsive_s nothing can be judged.
     for _ in 0..10 {
         assert!(run(&mut d, &mut prev, h.step(0, 0, 0, 0)).is_empty());
     }
     assert_eq!((d.state, d.eligible()), (State::Healthy, 0));
+    // They come back (two-way traffic): eligible again.
+    for _ in 0..3 {
+        run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    }
+    assert_eq!(d.eligible(), 2);
     // Guests send, the uplink stays silent (a FORWARD drop, say): once the
     // window no longer holds traffic from before, it is a collapse.
     let mut all = Vec::new();
@@ -225,7 +238,9 @@ fn booting_guests_are_not_evidence() {
 #[test]
 fn one_guest_cut_off_is_reported_alone() {
     let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
-    run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    for _ in 0..3 {
+        run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    }
     let mut all = Vec::new();
     for _ in 0..4 {
         let s = {

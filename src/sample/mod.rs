@@ -13,12 +13,14 @@ pub mod bridge;
 pub mod event;
 pub mod libvirt;
 pub mod link;
+pub mod probes;
 pub mod proc;
 
 pub use bridge::{Bridge, BridgePort, FdbEntry};
 pub use event::{Event, EventKind};
 pub use libvirt::{Domain, Libvirt, Vnic};
 pub use link::{Link, LinkStats, Qdisc};
+pub use probes::{GatewayProbe, GuestProbe, Probes};
 pub use proc::{Conntrack, Neighbours, Netfilter, Snmp, SoftnetCpu, System};
 
 /// Version of the `Sample` layout. Bump when a field changes meaning; adding
@@ -68,6 +70,9 @@ pub struct Sample {
     pub netfilter: Option<Netfilter>,
     #[serde(default)]
     pub libvirt: Option<Libvirt>,
+    /// The detector's gateway and guest probes (collect::probes).
+    #[serde(default)]
+    pub probes: Option<Probes>,
 
     /// Collectors that failed (or timed out) in this sample, with why.
     #[serde(default)]

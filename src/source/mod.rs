@@ -3,4 +3,5 @@ pub mod libvirt;
 pub mod netlink;
 pub mod netns;
 pub mod nfgen;
+pub mod packet;
 pub mod procfs;
