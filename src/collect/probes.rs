@@ -138,7 +138,7 @@ impl Collector for ProbesCollector {
             .handle
             .get_or_insert_with(|| ProbeHandle::start(self.cfg.prober()));
         handle.set_topology(topology(sample, &self.cfg));
-        sample.probes = Some(handle.snapshot());
+        sample.probes = Some(handle.snapshot(sample.mono_ns));
         Ok(())
     }
 }

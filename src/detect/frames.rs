@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::{
     EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, IpNumber, Ipv4Header,
-    SingleVlanHeader, SlicedPacket, TransportSlice, VlanId, VlanPcp,
+    LaxNetSlice, LaxSlicedPacket, SingleVlanHeader, TransportSlice, VlanId, VlanPcp,
 };
 
 pub type Mac = [u8; 6];
@@ -256,9 +256,11 @@ pub struct Frame {
     pub payload: Payload,
 }
 
-/// Parses what the prober cares about; None for anything else.
+/// Parses what the prober cares about; None for anything else. Lax: the
+/// captures keep the first bytes of a frame only, so a full-MTU echo reply
+/// arrives truncated.
 pub fn parse(data: &[u8]) -> Option<Frame> {
-    let p = SlicedPacket::from_ethernet(data).ok()?;
+    let p = LaxSlicedPacket::from_ethernet(data).ok()?;
     let eth = match &p.link {
         Some(etherparse::LinkSlice::Ethernet2(e)) => e,
         _ => return None,
@@ -277,7 +279,7 @@ pub fn parse(data: &[u8]) -> Option<Frame> {
             payload,
         })
     };
-    if let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net {
+    if let Some(LaxNetSlice::Ipv4(ip)) = &p.net {
         let h = ip.header();
         match &p.transport {
             Some(TransportSlice::Icmpv4(icmp)) => {
@@ -358,7 +360,7 @@ mod tests {
             1500,
         );
         assert_eq!(f.len(), 14 + 1500);
-        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        let p = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
         let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
             panic!()
         };
@@ -384,7 +386,8 @@ mod tests {
         reply[ipo + 12..ipo + 16].copy_from_slice(&d);
         reply[ipo + 16..ipo + 20].copy_from_slice(&s);
         reply[ipo + 20] = 0; // echo reply
-        let p = parse(&reply).unwrap();
+                             // As the capture keeps it: the first 700 bytes.
+        let p = parse(&reply[..700]).unwrap();
         assert_eq!(
             p.payload,
             Payload::EchoReply {

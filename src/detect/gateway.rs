@@ -71,6 +71,16 @@ struct PendingArp {
 pub struct Send {
     pub ifindex: u32,
     pub frame: Vec<u8>,
+    /// Which counter the send went into.
+    pub kind: ProbeKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    Arp,
+    Icmp,
+    Large,
+    Guest,
 }
 
 #[derive(Clone, Debug)]
@@ -233,6 +243,7 @@ impl Target {
             out.push(Send {
                 ifindex,
                 frame: frames::arp_request(self.bridge_mac, dst, vlan, self.source_ip(), gw, 0),
+                kind: ProbeKind::Arp,
             });
             self.pending_arp = Some(PendingArp {
                 large: false,
@@ -266,6 +277,7 @@ impl Target {
                             gw,
                             mtu,
                         ),
+                        kind: ProbeKind::Large,
                     });
                     self.pending_arp = Some(PendingArp {
                         large: true,
@@ -312,6 +324,11 @@ impl Target {
                 self.icmp_seq,
                 len,
             ),
+            kind: if large {
+                ProbeKind::Large
+            } else {
+                ProbeKind::Icmp
+            },
         }
     }
 

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::frames::{self, Frame, Mac, Payload};
-use super::gateway::Send;
+use super::gateway::{ProbeKind, Send};
 use crate::sample::GuestProbe;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -271,6 +271,7 @@ impl Guests {
             out.push(Send {
                 ifindex: g.topo.ifindex,
                 frame: frames::arp_request(g.topo.bridge_mac, mac, None, src, ip, 0),
+                kind: ProbeKind::Guest,
             });
             self.tokens -= 1.0;
             g.pending_ns = Some(now_ns);

@@ -39,7 +39,14 @@ pub(super) fn record(d: &mut Detector, s: &Sample) {
             l.stats.tx_dropped as f64,
         );
     }
+    for p in s.probes.iter().flat_map(|p| &p.guests) {
+        d.win
+            .record(&format!("probe:{}:sent", p.iface), t, p.sent as f64);
+    }
     for g in s.probes.iter().flat_map(|p| &p.bridges) {
+        let sent = (g.arp_sent + g.icmp_sent + g.large_sent).saturating_sub(g.send_errors);
+        d.win
+            .record(&gw_key(&g.bridge, g.vlan, "sent"), t, sent as f64);
         d.win.record(
             &gw_key(&g.bridge, g.vlan, "arp_unanswered"),
             t,
@@ -108,6 +115,7 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
         .collect();
     v.uplinks = ups.clone();
     let (mut guests_tx, mut receiving_senders, mut traffic_cut) = (0.0, 0usize, 0usize);
+    let mut toward_senders = 0.0;
     for p in &br.ports {
         let Some(link) = s.link(&p.name) else {
             continue;
@@ -146,13 +154,25 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
         let Some((rx, tx, txdrop)) = sums(d, &p.name, p.ifindex) else {
             continue;
         };
+        // Our own guest probes are not traffic toward the guest.
+        let ours = d
+            .win
+            .delta(&format!("probe:{}:sent", p.name))
+            .unwrap_or(0.0);
+        let tx = (tx - ours).max(0.0);
         // Host side rx = what the guest sends; tx = what reaches it.
         let memo = d
             .guests
             .get_mut(&format!("{}/{}", p.name, p.ifindex))
             .expect("inserted above");
-        if rx >= cfg.min_guest_packets && tx >= cfg.min_guest_packets {
-            memo.last_two_way_ns = Some(now);
+        // Traffic while booting (link-up chatter: IPv6 RS/MLD/DAD flooded
+        // between guests) says nothing about the guest's network.
+        let past_grace = now.saturating_sub(memo.grace_from_ns) >= cfg.boot_grace_s * NS;
+        // A conversation: a few packets each way in one window. Not a probe
+        // and its answer, not one router solicitation met by the others'
+        // (Linux repeats them with backoff for as long as no router answers).
+        if past_grace && rx >= cfg.cut_off_min_packets && tx >= cfg.cut_off_min_packets {
+            memo.last_conversation_ns = Some(now);
         }
         if !full_window {
             continue;
@@ -166,7 +186,7 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
             .and_then(|g| g.last_answer_mono_ns)
             .is_some_and(|t| now.saturating_sub(t) <= cfg.responsive_s * NS);
         let two_way_recently = memo
-            .last_two_way_ns
+            .last_conversation_ns
             .is_some_and(|t| now.saturating_sub(t) <= cfg.responsive_s * NS);
         let running = match dom {
             Some(dm) => dm.state == "running",
@@ -179,25 +199,51 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
                     .is_some_and(|t| *t > now)
                     || (dm.state == "paused" && dm.reason.contains("migrat"))
             });
-        let past_grace = now.saturating_sub(memo.grace_from_ns) >= cfg.boot_grace_s * NS;
         let eligible = running
             && past_grace
             && !migrating
             && (two_way_recently || probe_answered_recently)
             && link.operstate != "down";
         if !eligible {
+            memo.cut_off = false;
             continue;
         }
         v.eligible_guests += 1;
+        // Cut off: a guest whose conversation just broke off (or toward which
+        // frames are dropped) keeps sending and receives nothing; it stays
+        // cut off while that lasts.
+        let recent_ns = (cfg.window_s * 3.0).max(5.0) as u64 * NS;
+        let conversing = memo
+            .last_conversation_ns
+            .is_some_and(|t| now.saturating_sub(t) <= recent_ns);
+        memo.cut_off = if memo.cut_off {
+            rx >= cfg.min_guest_packets && tx == 0.0
+        } else {
+            tx == 0.0 && rx >= cfg.cut_off_min_packets && (txdrop > 0.0 || conversing)
+        };
         if rx >= cfg.min_guest_packets {
             v.sending_guests += 1;
             guests_tx += rx;
-            if tx == 0.0 && two_way_recently && (txdrop > 0.0 || rx >= cfg.cut_off_min_packets) {
+            toward_senders += tx;
+            // Broadcasts still reach a guest whose unicast cannot: the FDB
+            // says where unicast toward it goes.
+            let undeliverable = if rx >= cfg.cut_off_min_packets {
+                unicast_undeliverable(s, br, p, dom)
+            } else {
+                None
+            };
+            if memo.cut_off || undeliverable.is_some() {
                 let w = cfg.window_s;
-                let mut why = format!("sent {rx:.0} packets in {w} s, none reached it");
-                if txdrop > 0.0 {
-                    why.push_str(&format!(", {txdrop:.0} dropped toward it"));
-                }
+                let why = match undeliverable {
+                    Some(u) => format!("sent {rx:.0} packets in {w} s; {u}"),
+                    None => {
+                        let mut why = format!("sent {rx:.0} packets in {w} s, none reached it");
+                        if txdrop > 0.0 {
+                            why.push_str(&format!(", {txdrop:.0} dropped toward it"));
+                        }
+                        why
+                    }
+                };
                 v.cut_off.push((p.name.clone(), why));
                 traffic_cut += 1;
             } else {
@@ -265,20 +311,33 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
         return v;
     }
     let w = cfg.window_s;
-    let up_tx: f64 = usable
+    // What left through the uplinks, less our own gateway probes (the
+    // prober's counters are taken as of the moment the links were read).
+    let probes_sent: f64 = probes
+        .iter()
+        .filter_map(|g| d.win.delta(&gw_key(&g.bridge, g.vlan, "sent")))
+        .sum();
+    let up_tx: f64 = (usable
         .iter()
         .filter_map(|u| sums(d, &u.port, u.ifindex))
         .map(|x| x.1)
-        .sum();
-    if guests_tx > 0.0 && up_tx == 0.0 {
+        .sum::<f64>()
+        - probes_sent)
+        .max(0.0);
+    // Nothing left: at most one packet (the host's own chatter), and the
+    // guests' traffic did not
+    // stay on the bridge either (guests talking to each other need no uplink).
+    if guests_tx >= 3.0 && up_tx <= (0.05 * guests_tx).max(1.0) && toward_senders < 0.5 * guests_tx
+    {
         v.bad.push(format!(
             "{} guest(s) sent {guests_tx:.0} packets in {w} s, nothing left through the uplink",
             v.sending_guests
         ));
     }
     if traffic_cut >= cfg.min_cut_off_guests as usize && receiving_senders == 0 {
+        let (first, why) = &v.cut_off[0];
         v.bad.push(format!(
-            "{traffic_cut} guests keep sending, nothing reaches any of them ({})",
+            "{traffic_cut} guests keep sending and are cut off ({}; {first}: {why})",
             v.cut_off
                 .iter()
                 .map(|(c, _)| c.as_str())
@@ -331,6 +390,48 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
         }
     }
     v
+}
+
+/// Why unicast toward the guest on port `p` cannot reach it, from the FDB:
+/// its MAC is learned on another port (catalogue F6), or not learned and
+/// unknown unicast is not flooded to its port (F7). None when it can (or
+/// when the FDB or the guest's MAC are not known).
+fn unicast_undeliverable(
+    s: &Sample,
+    br: &Bridge,
+    p: &crate::sample::BridgePort,
+    dom: Option<&Domain>,
+) -> Option<String> {
+    let fdb = s.fdb.as_ref()?;
+    let mac = dom?
+        .vnics
+        .iter()
+        .find(|v| v.host_ifname.as_deref() == Some(&p.name))?
+        .mac
+        .to_ascii_lowercase();
+    let entry = fdb.iter().find(|e| {
+        e.mac.eq_ignore_ascii_case(&mac) && !e.is_self && e.master.is_none_or(|m| m == br.ifindex)
+    });
+    match entry {
+        Some(e) if e.ifindex != p.ifindex => Some(format!(
+            "the bridge forwards its MAC {mac} to {} ({} FDB entry), not to its port",
+            if e.port.is_empty() {
+                e.ifindex.to_string()
+            } else {
+                e.port.clone()
+            },
+            e.state
+        )),
+        None if p.unicast_flood == Some(false) => Some(format!(
+            "its MAC {mac} is not in the FDB (learning {}) and unicast flooding is off on its port",
+            match p.learning {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "?",
+            }
+        )),
+        _ => None,
+    }
 }
 
 /// Host-wide degradations: conntrack or the neighbour table full.

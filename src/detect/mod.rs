@@ -242,7 +242,9 @@ struct GuestMemo {
     grace_from_ns: u64,
     operstate: String,
     bridge: String,
-    last_two_way_ns: Option<u64>,
+    last_conversation_ns: Option<u64>,
+    /// In the cut-off condition (entered on a broken-off conversation).
+    cut_off: bool,
     migrating_until_ns: u64,
 }
 

@@ -13,7 +13,7 @@
 //! bridge's own MAC as source, so the answer is delivered to the host and
 //! never flooded to guests; guest probes straight onto the guest's port.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::frames::{self, Mac};
-use super::gateway::{Target, Timing};
+use super::gateway::{ProbeKind, Target, Timing};
 use super::guests::{GuestTiming, GuestTopo, Guests};
 use crate::sample::Probes;
 use crate::source::packet::{self, RawSender};
@@ -66,11 +66,28 @@ const HOSTNET_EVERY_NS: u64 = 10_000_000_000;
 const REOPEN_EVERY_NS: u64 = 10_000_000_000;
 const PUBLISH_EVERY_NS: u64 = 50_000_000;
 
+/// A probe that went out, kept for a few seconds so a snapshot can be
+/// taken as of the moment the sampler read the link counters.
+#[derive(Clone, Debug)]
+enum Sent {
+    Gateway {
+        bridge: String,
+        vlan: Option<u16>,
+        kind: ProbeKind,
+    },
+    Guest {
+        iface: String,
+    },
+}
+
 struct Shared {
     topology: Mutex<Option<Topology>>,
-    out: Mutex<Probes>,
+    /// The latest results, and the sends of the last seconds (oldest first).
+    out: Mutex<(Probes, VecDeque<(u64, Sent)>)>,
     stop: AtomicBool,
 }
+
+const RECENT_NS: u64 = 5_000_000_000;
 
 pub struct ProbeHandle {
     shared: Arc<Shared>,
@@ -81,7 +98,7 @@ impl ProbeHandle {
     pub fn start(cfg: ProberConfig) -> ProbeHandle {
         let shared = Arc::new(Shared {
             topology: Mutex::new(None),
-            out: Mutex::new(Probes::default()),
+            out: Mutex::new((Probes::default(), VecDeque::new())),
             stop: AtomicBool::new(false),
         });
         let s = Arc::clone(&shared);
@@ -94,6 +111,7 @@ impl ProbeHandle {
                 .out
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .0
                 .errors
                 .push("prober thread could not be started".into());
         }
@@ -108,12 +126,39 @@ impl ProbeHandle {
             .unwrap_or_else(|e| e.into_inner()) = Some(t);
     }
 
-    pub fn snapshot(&self) -> Probes {
-        self.shared
-            .out
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The results as of `at_mono_ns` (the sample's start, when its link
+    /// counters were read): probes sent after it are not counted yet, so
+    /// the detector can take our own probes out of the link counters exactly.
+    pub fn snapshot(&self, at_mono_ns: u64) -> Probes {
+        let out = self.shared.out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = out.0.clone();
+        for (t, sent) in out.1.iter().rev() {
+            if *t <= at_mono_ns {
+                break;
+            }
+            match sent {
+                Sent::Gateway { bridge, vlan, kind } => {
+                    if let Some(g) = p
+                        .bridges
+                        .iter_mut()
+                        .find(|g| &g.bridge == bridge && g.vlan == *vlan)
+                    {
+                        let c = match kind {
+                            ProbeKind::Icmp => &mut g.icmp_sent,
+                            ProbeKind::Large => &mut g.large_sent,
+                            _ => &mut g.arp_sent,
+                        };
+                        *c = c.saturating_sub(1);
+                    }
+                }
+                Sent::Guest { iface } => {
+                    if let Some(g) = p.guests.iter_mut().find(|g| &g.iface == iface) {
+                        g.sent = g.sent.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        p
     }
 }
 
@@ -155,6 +200,8 @@ struct Prober {
     errors: Vec<String>,
     published_at: u64,
     icmp_id: u16,
+    /// Sends of the last seconds (see `Sent`).
+    sent: VecDeque<(u64, Sent)>,
 }
 
 fn mono_ns() -> u64 {
@@ -178,6 +225,7 @@ impl Prober {
             hostnet_at: None,
             errors: Vec::new(),
             published_at: 0,
+            sent: VecDeque::new(),
             // Echo ids of this agent: tell our replies from other pingers'.
             icmp_id: (std::process::id() & 0xffff) as u16,
         }
@@ -453,17 +501,32 @@ impl Prober {
             return;
         };
         let mut errs = Vec::new();
+        let mut sent_any = false;
         if self.cfg.gateway_probes {
             for ((bridge, vlan), tg) in self.targets.iter_mut() {
                 tg.expire(now, &self.cfg.gateway);
                 // Spread bridges over the interval.
-                let phase = bridge.bytes().fold(vlan.unwrap_or(0) as u64, |h, b| {
-                    h.wrapping_mul(31).wrapping_add(b as u64)
-                }) * 7_919_000;
+                let phase = bridge
+                    .bytes()
+                    .fold(vlan.unwrap_or(0) as u64, |h, b| {
+                        h.wrapping_mul(31).wrapping_add(b as u64)
+                    })
+                    .wrapping_mul(7_919_000);
                 for s in tg.due(now, phase, &self.cfg.gateway) {
-                    if let Err(e) = sender.send(s.ifindex, &s.frame) {
-                        tg.rec.send_errors += 1;
-                        errs.push(format!("send on ifindex {}: {e}", s.ifindex));
+                    sent_any = true;
+                    match sender.send(s.ifindex, &s.frame) {
+                        Ok(()) => self.sent.push_back((
+                            mono_ns(),
+                            Sent::Gateway {
+                                bridge: bridge.clone(),
+                                vlan: *vlan,
+                                kind: s.kind,
+                            },
+                        )),
+                        Err(e) => {
+                            tg.rec.send_errors += 1;
+                            errs.push(format!("send on ifindex {}: {e}", s.ifindex));
+                        }
                     }
                 }
             }
@@ -471,8 +534,20 @@ impl Prober {
         if self.cfg.guest_probes {
             self.guests.expire(now, &self.cfg.guest);
             for s in self.guests.due(now, &self.cfg.guest) {
-                if let Err(e) = sender.send(s.ifindex, &s.frame) {
-                    errs.push(format!("send on ifindex {}: {e}", s.ifindex));
+                sent_any = true;
+                match sender.send(s.ifindex, &s.frame) {
+                    Ok(()) => {
+                        let iface = self
+                            .topo
+                            .bridges
+                            .iter()
+                            .flat_map(|b| &b.guests)
+                            .find(|g| g.ifindex == s.ifindex)
+                            .map(|g| g.iface.clone())
+                            .unwrap_or_default();
+                        self.sent.push_back((mono_ns(), Sent::Guest { iface }));
+                    }
+                    Err(e) => errs.push(format!("send on ifindex {}: {e}", s.ifindex)),
                 }
             }
         }
@@ -481,6 +556,12 @@ impl Prober {
             if !e.contains("No buffer space") {
                 self.note(e);
             }
+        }
+        // Published at once, so a sample never counts a probe in the link
+        // counters that its probe counters do not have yet.
+        if sent_any {
+            self.publish();
+            self.published_at = now;
         }
     }
 
@@ -499,6 +580,10 @@ impl Prober {
                 .iter()
                 .map(|(d, (_, e))| format!("capture on {d}: {e}")),
         );
-        *self.shared.out.lock().unwrap_or_else(|e| e.into_inner()) = p;
+        let horizon = mono_ns().saturating_sub(RECENT_NS);
+        while self.sent.front().is_some_and(|(t, _)| *t < horizon) {
+            self.sent.pop_front();
+        }
+        *self.shared.out.lock().unwrap_or_else(|e| e.into_inner()) = (p, self.sent.clone());
     }
 }

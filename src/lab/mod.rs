@@ -426,7 +426,7 @@ impl Lab {
     }
 
     /// Guest `i` pings the gateway once a second (veth guests only).
-    fn start_traffic(&self, i: usize) -> Result<(), LabError> {
+    pub fn start_traffic(&self, i: usize) -> Result<(), LabError> {
         let Some(ns) = self.guests.get(i).and_then(|g| g.ns.clone()) else {
             return Ok(());
         };
@@ -458,6 +458,19 @@ impl Lab {
             let _ = old.wait();
         }
         Ok(())
+    }
+
+    /// Guest `i` goes quiet (an idle guest).
+    pub fn stop_traffic(&self, i: usize) {
+        if let Some(mut c) = self
+            .guest_traffic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&i)
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Starts the first spare veth guest (its domain is in the node XML
