@@ -562,6 +562,30 @@ mod tests {
     }
 
     #[test]
+    fn detect_gateways_and_uplinks_are_maps_by_bridge() {
+        let text = "[detect.gateways]\nbr0 = \"192.0.2.1\"\n\"br0/100\" = \"198.51.100.1\"\n[detect.uplinks]\nbr0 = [\"bond0\"]\n";
+        let (c, unknown) = parse(text, "f.toml").unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(c.detect.uplinks["br0"], vec!["bond0".to_string()]);
+        let g = c.detect.gateways_for("br0");
+        assert_eq!(g[&None].to_string(), "192.0.2.1");
+        assert_eq!(g[&Some(100)].to_string(), "198.51.100.1");
+        let e = parse("[detect.gateways]\nbr0 = \"gw.example\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "f.toml:2: key `detect.gateways.br0`: \"gw.example\" is not an IPv4 address"
+            ),
+            "{e}"
+        );
+        let e = parse("[detect.gateways]\n\"br0/5000\" = \"10.0.0.1\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("VLAN 1-4094"), "{e}");
+    }
+
+    #[test]
     fn invalid_value_names_file_line_and_key() {
         let text = "\n[agent]\ninterval_ms = 0\n";
         let e = parse(text, "f.toml").unwrap_err().to_string();

@@ -142,3 +142,82 @@ impl Collector for ProbesCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::bridge::PortVlan;
+    use crate::sample::{Bridge, BridgePort, Domain, Libvirt, Link, Vnic};
+
+    #[test]
+    fn vlans_of_the_guests_become_targets_tagged_as_the_uplink_carries_them() {
+        let link = |i: u32, name: &str, mac: &str| Link {
+            ifindex: i,
+            name: name.into(),
+            mac: mac.into(),
+            mtu: 9000,
+            operstate: "up".into(),
+            carrier: Some(true),
+            ..Default::default()
+        };
+        let vl = |vid: u16, untagged: bool| PortVlan {
+            vid,
+            pvid: untagged,
+            untagged,
+        };
+        let port = |i: u32, name: &str, vlans: Vec<PortVlan>| BridgePort {
+            ifindex: i,
+            name: name.into(),
+            state: 3,
+            vlans,
+            ..Default::default()
+        };
+        let s = Sample {
+            links: Some(vec![
+                link(1, "br0", "02:00:00:00:00:01"),
+                link(2, "bond0", "02:00:00:00:00:02"),
+                link(3, "vnet0", "fe:54:00:00:00:01"),
+                Link {
+                    kind: "tun".into(),
+                    ..link(4, "vnet1", "fe:54:00:00:00:02")
+                },
+            ]),
+            bridges: Some(vec![Bridge {
+                ifindex: 1,
+                name: "br0".into(),
+                vlan_filtering: Some(true),
+                ports: vec![
+                    port(2, "bond0", vec![vl(100, true), vl(200, false)]),
+                    port(3, "vnet0", vec![vl(100, true)]),
+                    port(4, "vnet1", vec![vl(200, true)]),
+                ],
+                ..Default::default()
+            }]),
+            libvirt: Some(Libvirt {
+                uri: "x".into(),
+                domains: vec![Domain {
+                    name: "a".into(),
+                    state: "running".into(),
+                    vnics: vec![Vnic {
+                        mac: "52:54:00:00:00:01".into(),
+                        host_ifname: Some("vnet0".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                xml_fetches: 0,
+            }),
+            ..Default::default()
+        };
+        let t = topology(&s, &DetectConfig::default());
+        let b = &t.bridges[0];
+        assert_eq!(b.vlans, vec![None, Some(200)]);
+        assert_eq!(b.mtu, 9000);
+        assert_eq!(b.uplinks, vec![("bond0".to_string(), 2, true)]);
+        // vnet1 is a tap libvirt does not know: a guest, never probed.
+        assert_eq!(b.guests.len(), 2, "{:?}", b.guests);
+        assert_eq!(b.guests[0].mac, frames::parse_mac("52:54:00:00:00:01"));
+        assert!(b.guests[0].running);
+        assert!(!b.guests[1].running);
+    }
+}

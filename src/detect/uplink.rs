@@ -22,9 +22,13 @@ pub struct Uplink {
 
 /// A port that belongs to a guest: libvirt maps a vNIC to it (or, without
 /// libvirt, it has libvirt's fe: host MAC), or it is a tap — physical
-/// uplinks are never taps.
+/// uplinks are never taps — or a veth/macvtap with libvirt's fe: prefix
+/// that libvirt does not (or no longer) know. NICs, bonds and VLANs never
+/// carry fe: (the locally administered bit is not in vendor MACs).
 pub fn is_guest_port(s: &Sample, link: &Link) -> bool {
-    link.kind == "tun" || crate::agent::print::is_vnic(s, &link.name, &link.mac)
+    link.kind == "tun"
+        || crate::agent::print::is_vnic(s, &link.name, &link.mac)
+        || (link.mac.starts_with("fe:") && matches!(link.kind.as_str(), "veth" | "macvtap"))
 }
 
 /// The uplinks of `br`: the ports `overrides[br]` names when set, else every
