@@ -28,19 +28,46 @@ fn config(gateway: bool, boot_grace_s: u64) -> String {
     c
 }
 
-fn agent_with(lab: &Lab, cfg: &str, extra: &[&str]) -> RunningAgent {
-    let mut args = vec![
-        "--interval-ms",
-        "200",
-        "--netns",
-        &lab.hv_ns,
-        "--libvirt-uri",
-    ];
+fn agent_with(lab: &Lab, cfg: &str, interval_ms: u64) -> RunningAgent {
+    let interval = interval_ms.to_string();
     let uri = lab.libvirt_uri();
-    args.push(&uri);
-    args.extend_from_slice(extra);
-    RunningAgent::start(cfg, &args)
+    RunningAgent::start(
+        cfg,
+        &[
+            "--interval-ms",
+            &interval,
+            "--netns",
+            &lab.hv_ns,
+            "--libvirt-uri",
+            &uri,
+        ],
+    )
 }
+
+/// How fast the agent runs: 5 Hz with short windows for the tests, or the
+/// defaults (1 Hz, 2 s window, probes once a second) for the benchmark.
+struct Cadence {
+    interval_ms: u64,
+    config: fn(bool) -> String,
+}
+
+const FAST: Cadence = Cadence {
+    interval_ms: 200,
+    config: |gw| config(gw, 0),
+};
+
+/// The default detector at 1 Hz; only the boot grace is 0 (the lab's guests
+/// are seconds old) and the bundle's post-window short.
+const DEFAULT_1HZ: Cadence = Cadence {
+    interval_ms: 1000,
+    config: |gw| {
+        let mut c = String::from("[detect]\nboot_grace_s = 0\n[bundle]\nbefore_s = 60\nafter_s = 1\ncommand_timeout_ms = 3000\n");
+        if gw {
+            c.push_str("[detect.gateways]\nbr0 = \"10.77.0.1\"\n");
+        }
+        c
+    },
+};
 
 /// Waits until the detector is healthy with `min_eligible` guests (and, if
 /// asked, the gateway answered its probes).
@@ -147,8 +174,16 @@ fn lab(guests: usize) -> LabConfig {
 
 /// Runs a scenario; returns the detection latency (ms): injection to the incident.
 fn scenario(sc: Scenario) -> f64 {
+    scenario_at(sc, &FAST, true)
+}
+
+fn scenario_at(sc: Scenario, cadence: &Cadence, analyze: bool) -> f64 {
     let lab = Lab::start(sc.lab).unwrap();
-    let a = agent_with(&lab, &config(sc.gateway_config, 0), &[]);
+    let a = agent_with(
+        &lab,
+        &(cadence.config)(sc.gateway_config),
+        cadence.interval_ms,
+    );
     wait_ready(&a, sc.min_eligible, true);
     random_pause();
     let faults = (sc.faults)(&lab);
@@ -249,7 +284,7 @@ fn scenario(sc: Scenario) -> f64 {
         "{}: one incident, one bundle",
         sc.name
     );
-    if let Some(cause) = sc.cause {
+    if let Some(cause) = sc.cause.filter(|_| analyze) {
         let out = Command::new(common::bin())
             .args(["bundle", "analyze", "--format", "json"])
             .arg(&path)
@@ -275,108 +310,121 @@ fn scenario(sc: Scenario) -> f64 {
     latency_ms
 }
 
-#[test]
-fn uplink_peer_down_is_detected_f2_needs_root() {
-    scenario(Scenario {
-        name: "F2",
+/// The fault scenarios by name (the tests below and the 1 Hz benchmark).
+fn catalogue(name: &str) -> Scenario {
+    let sc = |name, faults, expect, cause| Scenario {
+        name,
         lab: lab(3),
-        faults: |_| vec![Fault::UplinkDown],
-        expect: &["no usable uplink"],
-        cause: Some("F2"),
+        faults,
+        expect,
+        cause,
         gateway_config: true,
         min_eligible: 3,
-    });
+    };
+    match name {
+        "F2" => sc(
+            "F2",
+            |_| vec![Fault::UplinkDown],
+            &["no usable uplink"],
+            Some("F2"),
+        ),
+        "F8" => sc(
+            "F8",
+            |lab| {
+                vec![Fault::PortDisabled {
+                    port: lab.uplink.clone(),
+                }]
+            },
+            &["port state 0"],
+            Some("F8"),
+        ),
+        "F11" => sc(
+            "F11",
+            |_| vec![Fault::NftBridgeDrop],
+            &["nothing left through the uplink", "are cut off"],
+            Some("F11"),
+        ),
+        "F6" => sc(
+            "F6",
+            |_| vec![Fault::FdbHijackAll],
+            &["are cut off"],
+            Some("F6"),
+        ),
+        "F7" => sc(
+            "F7",
+            |_| vec![Fault::LearningFloodOffGuests],
+            &["are cut off"],
+            Some("F7"),
+        ),
+        "upstream" => sc(
+            "upstream drop",
+            |_| vec![Fault::UpstreamDrop],
+            &["stopped answering probes through uplink0"],
+            None,
+        ),
+        // The bridge has an address here, so the gateway is learned from
+        // the default route and echo probes go beside ARP.
+        "F17" => Scenario {
+            lab: LabConfig {
+                host_ip: true,
+                ..lab(3)
+            },
+            gateway_config: false,
+            ..sc(
+                "F17",
+                |_| vec![Fault::MtuMismatch { mtu: 1400 }],
+                &["degradation: br0: full-size frames fail"],
+                None,
+            )
+        },
+        "F3" => sc(
+            "F3",
+            |_| vec![Fault::ConntrackFull { max: 256 }],
+            &["degradation: conntrack table full"],
+            None,
+        ),
+        other => panic!("no scenario {other}"),
+    }
+}
+
+#[test]
+fn uplink_peer_down_is_detected_f2_needs_root() {
+    scenario(catalogue("F2"));
 }
 
 #[test]
 fn uplink_port_leaving_forwarding_is_detected_f8_needs_root() {
-    scenario(Scenario {
-        name: "F8",
-        lab: lab(3),
-        faults: |lab| {
-            vec![Fault::PortDisabled {
-                port: lab.uplink.clone(),
-            }]
-        },
-        expect: &["port state 0"],
-        cause: Some("F8"),
-        gateway_config: true,
-        min_eligible: 3,
-    });
+    scenario(catalogue("F8"));
 }
 
 #[test]
 fn bridge_forward_drop_is_detected_f11_needs_root() {
-    scenario(Scenario {
-        name: "F11",
-        lab: lab(3),
-        faults: |_| vec![Fault::NftBridgeDrop],
-        expect: &["nothing left through the uplink", "are cut off"],
-        cause: Some("F11"),
-        gateway_config: true,
-        min_eligible: 3,
-    });
+    scenario(catalogue("F11"));
 }
 
+/// F6 host-wide: a loop teaches the bridge every guest MAC on the uplink.
 #[test]
 fn guest_macs_learned_on_the_uplink_are_detected_f6_needs_root() {
-    scenario(Scenario {
-        name: "F6",
-        lab: lab(3),
-        faults: |_| vec![Fault::FdbHijackAll],
-        expect: &["are cut off"],
-        cause: Some("F6"),
-        gateway_config: true,
-        min_eligible: 3,
-    });
+    scenario(catalogue("F6"));
 }
 
 #[test]
 fn learning_and_flooding_off_on_guest_ports_is_detected_f7_needs_root() {
-    scenario(Scenario {
-        name: "F7",
-        lab: lab(3),
-        faults: |_| vec![Fault::LearningFloodOffGuests],
-        expect: &["are cut off"],
-        cause: Some("F7"),
-        gateway_config: true,
-        min_eligible: 3,
-    });
+    scenario(catalogue("F7"));
 }
 
 /// Only what comes back through the uplink tells: carrier and port state
 /// are fine and guests' frames still leave. The gateway probes notice.
 #[test]
 fn an_upstream_that_drops_everything_is_found_by_the_gateway_probes_needs_root() {
-    scenario(Scenario {
-        name: "upstream drop",
-        lab: lab(3),
-        faults: |_| vec![Fault::UpstreamDrop],
-        expect: &["stopped answering probes through uplink0"],
-        cause: None,
-        gateway_config: true,
-        min_eligible: 3,
-    });
+    scenario(catalogue("upstream"));
 }
 
 /// F17: the switch side's MTU drops below the bridge's. Pings pass; the
-/// full-size DF echo through the uplink does not: degradation, with a
-/// bundle. The bridge has an address here, so the gateway is learned from
-/// the default route and echo probes go beside ARP.
+/// full-size DF echo through the uplink does not: degradation, with a bundle.
 #[test]
 fn an_mtu_below_the_bridge_mtu_is_reported_as_degradation_f17_needs_root() {
-    scenario(Scenario {
-        name: "F17",
-        lab: LabConfig {
-            host_ip: true,
-            ..lab(3)
-        },
-        faults: |_| vec![Fault::MtuMismatch { mtu: 1400 }],
-        expect: &["degradation: br0: full-size frames fail"],
-        cause: None,
-        gateway_config: false,
-        min_eligible: 3,
-    });
+    scenario(catalogue("F17"));
 }
 
 /// F3: nf_conntrack_max is global (root namespace only), so the fault lowers
@@ -385,15 +433,7 @@ fn an_mtu_below_the_bridge_mtu_is_reported_as_degradation_f17_needs_root() {
 #[test]
 fn a_full_conntrack_table_is_reported_as_degradation_f3_needs_root() {
     let before = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap();
-    scenario(Scenario {
-        name: "F3",
-        lab: lab(3),
-        faults: |_| vec![Fault::ConntrackFull { max: 256 }],
-        expect: &["degradation: conntrack table full"],
-        cause: None,
-        gateway_config: true,
-        min_eligible: 3,
-    });
+    scenario(catalogue("F3"));
     assert_eq!(
         std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap(),
         before,
@@ -401,10 +441,8 @@ fn a_full_conntrack_table_is_reported_as_degradation_f3_needs_root() {
     );
 }
 
-/// F14: one tap not drained is that guest's problem: a per-guest "cut off"
-/// event naming it, no host-wide incident, no bundle.
-#[test]
-fn one_tap_not_drained_is_a_per_guest_event_not_an_incident_f14_needs_root() {
+/// F14: one tap not drained; returns the latency of the per-guest event (ms).
+fn f14(cadence: &Cadence) -> f64 {
     let lab = Lab::start(LabConfig {
         guests: 3,
         tap_guests: 1,
@@ -412,7 +450,7 @@ fn one_tap_not_drained_is_a_per_guest_event_not_an_incident_f14_needs_root() {
         ..Default::default()
     })
     .unwrap();
-    let a = agent_with(&lab, &config(true, 0), &[]);
+    let a = agent_with(&lab, &(cadence.config)(true), cadence.interval_ms);
     wait_ready(&a, 4, true);
     random_pause();
     let t_inject = hvflight::clock::now().unix_ns;
@@ -437,12 +475,11 @@ fn one_tap_not_drained_is_a_per_guest_event_not_an_incident_f14_needs_root() {
     };
     assert_eq!(domain, "guest3");
     assert!(reason.contains("dropped toward it"), "{reason}");
-    eprintln!(
-        "F14 detection latency: {:.0} ms (guest cut off: {reason})",
-        (ev.ts_unix_ns - t_inject) as f64 / 1e6
-    );
+    let ms = (ev.ts_unix_ns - t_inject) as f64 / 1e6;
+    assert!(ms > 0.0, "the event predates the injection: {reason}");
+    eprintln!("F14 detection latency: {ms:.0} ms (guest cut off: {reason})");
     // It stays a per-guest matter.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(3 * cadence.interval_ms.max(1000)));
     assert!(
         bundles(a.dir.path()).is_empty(),
         "a host-wide incident for one tap"
@@ -451,6 +488,54 @@ fn one_tap_not_drained_is_a_per_guest_event_not_an_incident_f14_needs_root() {
     assert!(!events(a.dir.path())
         .iter()
         .any(|e| matches!(&e.kind, EventKind::Detector { to, .. } if to == "collapsed")));
+    ms
+}
+
+/// F14: one tap not drained is that guest's problem: a per-guest "cut off"
+/// event naming it, no host-wide incident, no bundle.
+#[test]
+fn one_tap_not_drained_is_a_per_guest_event_not_an_incident_f14_needs_root() {
+    f14(&FAST);
+}
+
+/// Detection latency at the default 1 Hz, p50/p95 per scenario:
+/// `tests/tools/detect-bench.sh` (RUNS=5 by default, SCENARIOS to pick).
+#[test]
+#[ignore]
+fn detection_latency_at_1hz_bench_needs_root() {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let names: Vec<String> = std::env::var("SCENARIOS")
+        .unwrap_or_else(|_| "F2,F6,F7,F8,F11,F14,F17,F3,upstream".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let mut table = Vec::new();
+    for name in &names {
+        let mut ms: Vec<f64> = (0..runs)
+            .map(|_| {
+                if name == "F14" {
+                    f14(&DEFAULT_1HZ)
+                } else {
+                    scenario_at(catalogue(name), &DEFAULT_1HZ, false)
+                }
+            })
+            .collect();
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
+        table.push(format!(
+            "{name:<10} runs {runs:>2}  p50 {:>6.0} ms  p95 {:>6.0} ms  max {:>6.0} ms",
+            pct(0.5),
+            pct(0.95),
+            ms[ms.len() - 1]
+        ));
+    }
+    println!("detection latency at 1 Hz (default detector; injection to incident):");
+    for l in table {
+        println!("{l}");
+    }
 }
 
 /// Guest churn without a fault: guests started and stopped, a guest going
@@ -465,7 +550,7 @@ fn churn(rounds: usize) {
     })
     .unwrap();
     // A short boot grace, so new and flapped guests go through it.
-    let a = agent_with(&lab, &config(false, 2), &[]);
+    let a = agent_with(&lab, &config(false, 2), 200);
     wait_ready(&a, 3, false);
     lab.add_bridge("br1").unwrap();
     for round in 0..rounds {
@@ -546,7 +631,7 @@ fn an_idle_lab_is_visible_as_unjudgeable_needs_root() {
         "{}[agent]\nmetrics_listen = \"{addr}\"\n",
         config(true, 9).replace("[detect]\n", "[detect]\nguest_probes = false\n")
     );
-    let a = agent_with(&idle, &cfg, &[]);
+    let a = agent_with(&idle, &cfg, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let st = a.status();
@@ -606,7 +691,7 @@ fn guest_probes_reach_running_guests_with_known_addresses_needs_root() {
         ..Default::default()
     })
     .unwrap();
-    let a = agent_with(&lab, &config(true, 0), &[]);
+    let a = agent_with(&lab, &config(true, 0), 200);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let st = a.status();
