@@ -147,7 +147,7 @@ fn random_pause() {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0) as u64;
     std::thread::sleep(Duration::from_millis(
-        200 + (nanos ^ std::process::id() as u64 * 7919) % 1000,
+        200 + (nanos ^ (std::process::id() as u64 * 7919)) % 1000,
     ));
 }
 

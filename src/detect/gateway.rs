@@ -552,7 +552,7 @@ mod tests {
         );
         assert!(t.due(100 * MS, 0, &T).is_empty());
         // Answered: the MAC is learned, the next probe is unicast.
-        t.on_host_frame(&arp(2, GWM, BR, gw(), Ipv4Addr::UNSPECIFIED), 1 * MS);
+        t.on_host_frame(&arp(2, GWM, BR, gw(), Ipv4Addr::UNSPECIFIED), MS);
         assert_eq!((t.rec.arp_answered, t.rec.last_rtt_us), (1, Some(1000)));
         let second = t.due(1000 * MS, 0, &T);
         assert_eq!(frames::parse(&second[0].frame).unwrap().dst, GWM);
@@ -587,7 +587,7 @@ mod tests {
         assert_eq!(t.rec.source_ip.as_deref(), Some("10.0.0.2"));
         let a = t.due(0, 0, &T);
         assert_eq!(a.len(), 1, "no echo before the gateway's MAC is known");
-        t.on_host_frame(&arp(2, GWM, BR, gw(), Ipv4Addr::new(10, 0, 0, 2)), 1 * MS);
+        t.on_host_frame(&arp(2, GWM, BR, gw(), Ipv4Addr::new(10, 0, 0, 2)), MS);
         let b = t.due(1000 * MS, 0, &T);
         assert_eq!(b.len(), 2);
         let Payload::Arp(x) = frames::parse(&b[0].frame).unwrap().payload else {

@@ -180,12 +180,11 @@ impl Guests {
                 if a.op == 2
                     && f.dst == g.topo.bridge_mac
                     && g.rec.ip.as_deref() == Some(&a.spa.to_string())
+                    && g.pending_ns.take().is_some()
                 {
-                    if g.pending_ns.take().is_some() {
-                        g.rec.answered += 1;
-                        g.rec.consecutive_unanswered = 0;
-                        g.rec.last_answer_mono_ns = Some(now_ns);
-                    }
+                    g.rec.answered += 1;
+                    g.rec.consecutive_unanswered = 0;
+                    g.rec.last_answer_mono_ns = Some(now_ns);
                 }
             }
             Payload::Dhcp(d) => {

@@ -483,7 +483,7 @@ impl Lab {
             .ok_or_else(|| LabError::Invalid("no spare guest left".into()))?;
         let g = self.guests[i].clone();
         let ns = g.ns.clone().unwrap_or_default();
-        netns_batch("add", &[ns.clone()], false)?;
+        netns_batch("add", std::slice::from_ref(&ns), false)?;
         self.guests[i].present = true;
         ip_batch(
             Some(&self.hv_ns),
