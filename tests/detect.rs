@@ -514,19 +514,31 @@ fn detection_latency_at_1hz_bench_needs_root() {
         .collect();
     let mut table = Vec::new();
     for name in &names {
+        let mut missed = 0;
         let mut ms: Vec<f64> = (0..runs)
-            .map(|_| {
-                if name == "F14" {
-                    f14(&DEFAULT_1HZ)
-                } else {
-                    scenario_at(catalogue(name), &DEFAULT_1HZ, false)
+            .filter_map(|_| {
+                let n = name.clone();
+                let r = std::panic::catch_unwind(move || {
+                    if n == "F14" {
+                        f14(&DEFAULT_1HZ)
+                    } else {
+                        scenario_at(catalogue(&n), &DEFAULT_1HZ, false)
+                    }
+                });
+                if r.is_err() {
+                    missed += 1;
                 }
+                r.ok()
             })
             .collect();
+        if ms.is_empty() {
+            table.push(format!("{name:<10} runs {runs:>2}  all missed"));
+            continue;
+        }
         ms.sort_by(|a, b| a.total_cmp(b));
         let pct = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
         table.push(format!(
-            "{name:<10} runs {runs:>2}  p50 {:>6.0} ms  p95 {:>6.0} ms  max {:>6.0} ms",
+            "{name:<10} runs {runs:>2}  missed {missed}  p50 {:>6.0} ms  p95 {:>6.0} ms  max {:>6.0} ms",
             pct(0.5),
             pct(0.95),
             ms[ms.len() - 1]

@@ -440,7 +440,8 @@ pub(super) fn host_degraded(d: &Detector, s: &Sample) -> Vec<String> {
     if let Some(ct) = &s.conntrack {
         if let (Some(c), Some(m)) = (ct.count, ct.max) {
             let drops = d.win.delta("conntrack:drops").unwrap_or(0.0);
-            if m > 0 && c >= m && drops > 0.0 {
+            // Evictions keep the count a hair under the limit while it is full.
+            if m > 0 && c + 2 >= m && drops > 0.0 {
                 out.push(format!(
                     "conntrack table full: {c} of {m} entries, {drops:.0} packets dropped or not inserted in {} s — new flows fail",
                     d.cfg.window_s

@@ -112,7 +112,7 @@ impl Default for DetectConfig {
             probe_interval_ms: 1000,
             probe_timeout_ms: 500,
             probe_fail_after: 3,
-            mtu_probe_every: 2,
+            mtu_probe_every: 1,
             guest_arp_unanswered_min: 2,
             guest_probes: true,
             guest_probe_interval_s: 10,
