@@ -17,10 +17,11 @@ use hvflight::sample::{Event, EventKind};
 mod common;
 use common::RunningAgent;
 
-/// 5 Hz, 2 s windows, probes 5 per second: short scenarios.
+/// 5 Hz, 2 s windows, gateway probes 2.5 per second: short scenarios (the
+/// probe timeout leaves room for a loaded test machine's softirq delays).
 fn config(gateway: bool, boot_grace_s: u64) -> String {
     let mut c = format!(
-        "[detect]\nboot_grace_s = {boot_grace_s}\nwindow_s = 2.0\ncollapse_after = 2\nrecover_after = 3\nprobe_interval_ms = 200\nprobe_timeout_ms = 100\nguest_probe_interval_s = 2\nmigration_grace_s = 30\n[bundle]\nbefore_s = 60\nafter_s = 1\ncommand_timeout_ms = 3000\n"
+        "[detect]\nboot_grace_s = {boot_grace_s}\nwindow_s = 2.0\ncollapse_after = 2\nrecover_after = 3\nprobe_interval_ms = 400\nprobe_timeout_ms = 200\nguest_probe_interval_s = 2\nmigration_grace_s = 30\n[bundle]\nbefore_s = 60\nafter_s = 1\ncommand_timeout_ms = 3000\n"
     );
     if gateway {
         c.push_str("[detect.gateways]\nbr0 = \"10.77.0.1\"\n");
@@ -109,6 +110,16 @@ fn events(dir: &Path) -> Vec<Event> {
             _ => Vec::new(),
         })
         .collect()
+}
+
+/// No bundle was taken; if one was, say why.
+fn assert_no_incident(dir: &Path) {
+    let reasons: Vec<String> = bundles(dir)
+        .iter()
+        .filter_map(|p| verify::manifest(p).ok())
+        .map(|m| m.incident.reason)
+        .collect();
+    assert!(reasons.is_empty(), "incidents without a fault: {reasons:?}");
 }
 
 /// On a missed detection: what the store saw around the injection.
@@ -657,7 +668,7 @@ fn an_idle_lab_is_visible_as_unjudgeable_needs_root() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let st = a.status();
-    assert!(bundles(a.dir.path()).is_empty());
+    assert_no_incident(a.dir.path());
     assert_eq!(st["detector"]["eligible_guests"], 0, "{st}");
     let b = &st["detector"]["bridges"][0];
     assert_eq!(b["uplinks"][0]["port"], "uplink0", "{st}");
@@ -736,5 +747,5 @@ fn guest_probes_reach_running_guests_with_known_addresses_needs_root() {
             "at most one probe per guest per 2 s: {g:?}"
         );
     }
-    assert!(bundles(a.dir.path()).is_empty());
+    assert_no_incident(a.dir.path());
 }
