@@ -250,7 +250,8 @@ impl Prober {
             {
                 self.refresh_hostnet(now);
             }
-            self.wait_and_read(Duration::from_millis(10));
+            // Answers wake the poll at once; 25 ms is the schedule's granularity.
+            self.wait_and_read(Duration::from_millis(25));
             let now = mono_ns();
             self.send_due(now);
             if now.saturating_sub(self.published_at) >= PUBLISH_EVERY_NS {
