@@ -312,6 +312,7 @@ pub const COLLECTOR_NAMES: &[&str] = &[
     "system",
     "netfilter",
     "libvirt",
+    "probes",
 ];
 
 /// Where in which file something is.
@@ -481,7 +482,16 @@ fn walk(t: &toml::de::DeTable<'_>, prefix: &str, text: &str, out: &mut Vec<KeySp
     }
 }
 
+/// Tables whose keys are the user's (bridge names), not a schema.
+const FREE_MAPS: &[&str] = &["detect.gateways", "detect.uplinks"];
+
 fn schema_has(schema: &toml::Table, path: &str) -> bool {
+    if FREE_MAPS.iter().any(|m| {
+        path.strip_prefix(m)
+            .is_some_and(|rest| rest.starts_with('.'))
+    }) {
+        return true;
+    }
     let mut cur = schema;
     let parts: Vec<&str> = path.split('.').collect();
     for (i, p) in parts.iter().enumerate() {
@@ -560,9 +570,54 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
         ("bundle.max_count", c.bundle.max_count),
         ("detect.collapse_after", c.detect.collapse_after as u64),
         ("detect.recover_after", c.detect.recover_after as u64),
+        ("detect.probe_interval_ms", c.detect.probe_interval_ms),
+        ("detect.probe_timeout_ms", c.detect.probe_timeout_ms),
+        ("detect.probe_fail_after", c.detect.probe_fail_after as u64),
+        (
+            "detect.guest_probe_interval_s",
+            c.detect.guest_probe_interval_s,
+        ),
+        (
+            "detect.guest_probe_max_per_s",
+            c.detect.guest_probe_max_per_s as u64,
+        ),
+        (
+            "detect.min_cut_off_guests",
+            c.detect.min_cut_off_guests as u64,
+        ),
     ] {
         if v == 0 {
             return bad(key, "must be greater than 0".into());
+        }
+    }
+    if !(c.detect.window_s > 0.0 && c.detect.window_s <= 3600.0) {
+        return bad(
+            "detect.window_s",
+            format!(
+                "must be above 0 and at most 3600, got {}",
+                c.detect.window_s
+            ),
+        );
+    }
+    for (k, v) in &c.detect.gateways {
+        let (b, vid) = match k.split_once('/') {
+            Some((b, vid)) => (b, Some(vid)),
+            None => (k.as_str(), None),
+        };
+        if b.is_empty()
+            || b.len() > 15
+            || vid.is_some_and(|v| !v.parse::<u16>().is_ok_and(|n| (1..4095).contains(&n)))
+        {
+            return bad(
+                &format!("detect.gateways.{k}"),
+                format!("{k:?}: expected a bridge name or BRIDGE/VLAN (VLAN 1-4094)"),
+            );
+        }
+        if v.parse::<std::net::Ipv4Addr>().is_err() {
+            return bad(
+                &format!("detect.gateways.{k}"),
+                format!("{v:?} is not an IPv4 address"),
+            );
         }
     }
     for d in &c.collect.disabled {
@@ -748,6 +803,30 @@ mod tests {
         let text = "[agent]\nlibvirt_uri = \"test:///default\"\ninterval_ms = \"fast\"\n";
         let e = parse(text, "f.toml").unwrap_err().to_string();
         assert!(e.starts_with("f.toml:3: key `agent.interval_ms`"), "{e}");
+    }
+
+    #[test]
+    fn detect_gateways_and_uplinks_are_maps_by_bridge() {
+        let text = "[detect.gateways]\nbr0 = \"192.0.2.1\"\n\"br0/100\" = \"198.51.100.1\"\n[detect.uplinks]\nbr0 = [\"bond0\"]\n";
+        let (c, unknown) = parse(text, "f.toml").unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(c.detect.uplinks["br0"], vec!["bond0".to_string()]);
+        let g = c.detect.gateways_for("br0");
+        assert_eq!(g[&None].to_string(), "192.0.2.1");
+        assert_eq!(g[&Some(100)].to_string(), "198.51.100.1");
+        let e = parse("[detect.gateways]\nbr0 = \"gw.example\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "f.toml:2: key `detect.gateways.br0`: \"gw.example\" is not an IPv4 address"
+            ),
+            "{e}"
+        );
+        let e = parse("[detect.gateways]\n\"br0/5000\" = \"10.0.0.1\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("VLAN 1-4094"), "{e}");
     }
 
     #[test]

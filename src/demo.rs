@@ -90,10 +90,15 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
     // Short bundle windows so the demo's bundle completes within the demo.
     let after_s = if short { 2 } else { 5 };
     let cfg_path = state_dir.path().join("hvflight.toml");
-    // Guests in a demo are seconds old: a short boot grace lets the detector judge them.
+    // Guests in a demo are seconds old: a short boot grace lets the detector
+    // judge them. The gateway is configured, as an operator would (else it is
+    // learned from the guests' own ARP, which takes a while on a new lab).
     std::fs::write(
         &cfg_path,
-        format!("[bundle]\nbefore_s = 300\nafter_s = {after_s}\ncommand_timeout_ms = 5000\n[detect]\nboot_grace_s = 2\n"),
+        format!(
+            "[bundle]\nbefore_s = 300\nafter_s = {after_s}\ncommand_timeout_ms = 5000\n[detect]\nboot_grace_s = 2\n[detect.gateways]\n{} = \"{}\"\n",
+            lab.bridge, lab.gateway_ip
+        ),
     )?;
     let socket = state_dir.path().join("hvflight.sock");
     let mut child = Command::new(&exe)

@@ -39,13 +39,14 @@ pub fn event_source(k: &EventKind) -> &'static str {
         EventKind::Loss { .. } => "loss",
         EventKind::Detector { .. } => "detector",
         EventKind::GuestCutOff { .. } => "guest_cut_off",
+        EventKind::Degradation { .. } => "degradation",
         EventKind::Agent { .. } => "agent",
         EventKind::Capture { .. } => "capture",
     }
 }
 
 /// Every value `event_source` returns (their counters start at 0).
-pub const EVENT_SOURCES: [&str; 12] = [
+pub const EVENT_SOURCES: [&str; 13] = [
     "link",
     "fdb",
     "neigh",
@@ -56,6 +57,7 @@ pub const EVENT_SOURCES: [&str; 12] = [
     "loss",
     "detector",
     "guest_cut_off",
+    "degradation",
     "agent",
     "capture",
 ];
@@ -90,6 +92,10 @@ pub struct Snapshot {
     pub kmsg_signature_lines_total: BTreeMap<String, u64>,
     /// The uploader's numbers, when `[upload]` is enabled.
     pub upload: Option<UploadMetrics>,
+    /// Per bridge: (bridge, eligible guests, guests).
+    pub detector_bridges: Vec<(String, u64, u64)>,
+    /// Degradations in progress (what).
+    pub degraded: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -454,7 +460,32 @@ impl Exporter {
             "hvflight_detector_guests",
             "Guests (vNIC ports) on watched bridges.",
             &one(st.guests as f64),
-        )
+        )?;
+        let per = |f: &dyn Fn(&(String, u64, u64)) -> u64| -> Vec<(Labels, f64)> {
+            st.detector_bridges
+                .iter()
+                .map(|b| (l(&[("bridge", &b.0)]), f(b) as f64))
+                .collect()
+        };
+        gauge(
+            enc,
+            "hvflight_detector_bridge_eligible_guests",
+            "Guests of this bridge whose traffic can judge its uplink now.",
+            &per(&|b| b.1),
+        )?;
+        gauge(
+            enc,
+            "hvflight_detector_bridge_guests",
+            "Guests (vNIC ports) on this bridge.",
+            &per(&|b| b.2),
+        )?;
+        gauge(
+            enc,
+            "hvflight_detector_degraded",
+            "Degradations in progress (full-size frames failing, conntrack or neighbour table full).",
+            &one(st.degraded.len() as f64),
+        )?;
+        Ok(())
     }
 
     fn encode_sample(&self, s: &Sample, enc: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -539,6 +570,45 @@ impl Exporter {
         for ((name, help, _), series) in counters.iter().zip(&values) {
             counter(enc, name, &format!("{help}, bridges and uplinks."), series)?;
         }
+        // Gateway probes, per bridge/VLAN (bounded: one series per bridge VLAN).
+        let (mut sent, mut answered, mut rtt, mut miss) = (vec![], vec![], vec![], vec![]);
+        for g in s.probes.iter().flat_map(|p| &p.bridges) {
+            let vlan = g.vlan.map(|v| v.to_string()).unwrap_or_default();
+            let lb = l(&[("bridge", &g.bridge), ("vlan", &vlan)]);
+            sent.push((lb.clone(), (g.arp_sent + g.icmp_sent + g.large_sent) as f64));
+            answered.push((
+                lb.clone(),
+                (g.arp_answered + g.icmp_answered + g.large_answered) as f64,
+            ));
+            miss.push((lb.clone(), g.consecutive_unanswered as f64));
+            if let Some(us) = g.last_rtt_us {
+                rtt.push((lb, us as f64 / 1e6));
+            }
+        }
+        counter(
+            enc,
+            "hvflight_gateway_probes_sent",
+            "Gateway probes sent out through the uplink (ARP, ICMP, full-MTU).",
+            &sent,
+        )?;
+        counter(
+            enc,
+            "hvflight_gateway_probes_answered",
+            "Gateway probes answered.",
+            &answered,
+        )?;
+        gauge(
+            enc,
+            "hvflight_gateway_probes_unanswered_in_a_row",
+            "Small gateway probes unanswered in a row.",
+            &miss,
+        )?;
+        gauge(
+            enc,
+            "hvflight_gateway_probe_rtt_seconds",
+            "Round-trip time of the last answered gateway probe.",
+            &rtt,
+        )?;
         gauge(
             enc,
             "hvflight_link_carrier",

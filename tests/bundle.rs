@@ -425,3 +425,89 @@ fn disk_full_leaves_no_bundle_under_its_name_and_retries_when_space_returns_need
     assert!(verify::verify(b).unwrap().1.is_empty());
     drop(a);
 }
+
+/// A deep-state tool missing (conntrack not installed) and one wedged
+/// (nft): both recorded as failed, the bundle still on time; and a second
+/// trigger that arrives while the first bundle is still being written
+/// (its post-window open) is queued, not lost: both bundles complete.
+#[test]
+fn a_missing_tool_is_recorded_and_a_trigger_during_a_write_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(fake.join("nft"), "#!/bin/sh\nsleep 60\n").unwrap();
+    std::fs::set_permissions(
+        fake.join("nft"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // Only these tools exist on this "host"; conntrack and ethtool do not.
+    for tool in ["ip", "bridge", "tc", "dmesg", "sh", "sleep"] {
+        let real = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} not installed"));
+        std::os::unix::fs::symlink(real, fake.join(tool)).unwrap();
+    }
+    let a = agent(
+        &dir.path().join("state"),
+        "[bundle]\nbefore_s = 10\nafter_s = 3\ncommand_timeout_ms = 1000\n",
+        &["--libvirt-uri", "test:///default"],
+        Some(&fake.display().to_string()),
+    );
+    let first = trigger(&a, "first");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let path1 = PathBuf::from(
+        String::from_utf8(first.stdout)
+            .unwrap()
+            .trim()
+            .split_once(' ')
+            .unwrap()
+            .1,
+    );
+    let m = verify::manifest(&path1).unwrap();
+    assert!(!m.complete, "the first bundle's post-window is still open");
+    let ct = m
+        .commands
+        .iter()
+        .find(|c| c.name == "conntrack-stats")
+        .unwrap();
+    assert!(
+        !ct.timed_out && ct.exit_status.is_none() && ct.error.contains("cannot start conntrack"),
+        "{ct:?}"
+    );
+    let nft = m.commands.iter().find(|c| c.name == "nft-ruleset").unwrap();
+    assert!(nft.timed_out, "{nft:?}");
+    // The second trigger, while the first bundle is still being written.
+    let second = trigger(&a, "second");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = hvflight::bundle::writer::list(&dir.path().join("state").join("bundles"));
+        let done: Vec<bool> = all
+            .iter()
+            .map(|p| verify::manifest(p).is_ok_and(|m| m.complete))
+            .collect();
+        if all.len() == 2 && done.iter().all(|d| *d) {
+            let reasons: Vec<String> = all
+                .iter()
+                .map(|p| verify::manifest(p).unwrap().incident.reason)
+                .collect();
+            assert!(
+                reasons.contains(&"first".to_string()) && reasons.contains(&"second".to_string())
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{all:?} complete: {done:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -374,9 +374,11 @@ fn scrape_here(addr: &str) -> String {
 /// incident families exist), and one on this host's own namespace (the
 /// neighbour limits are global sysctls that only the root namespace has).
 fn live_scrape() -> (Scrape, Lab) {
+    // The gateway is configured, so its probes are answered (and have an RTT).
     let lab = Lab::start(LabConfig {
         guests: 3,
         nova_metadata: true,
+        traffic: true,
         ..Default::default()
     })
     .unwrap();
@@ -392,9 +394,11 @@ fn live_scrape() -> (Scrape, Lab) {
             "[agent]\nmetrics_listen = \"{addr}\"\n[bundle]\nbefore_s = 5\nafter_s = 1\ncommand_timeout_ms = 5000\n\
              [blast_radius]\ncritical_groups = [{{ name = \"webproxy\", pattern = \"^tools-webproxy-\" }}, \
              {{ name = \"inst\", pattern = \"^instance-\" }}]\n\
+             [detect]\ngateways = {{ br0 = \"{gw}\" }}\n\
              [upload]\nenabled = true\nendpoint = \"http://127.0.0.1:1\"\nallow_http = true\nbucket = \"hvflight\"\n\
              credentials_file = \"{}\"\n",
-            creds.display()
+            creds.display(),
+            gw = lab.gateway_ip
         ),
         &[
             "--interval-ms",
@@ -421,6 +425,7 @@ fn live_scrape() -> (Scrape, Lab) {
         let t = scrape_in_ns(&lab.hv_ns, &addr);
         if t.contains("hvflight_last_incident_timestamp_seconds ")
             && t.contains("hvflight_domain_info{")
+            && t.contains("hvflight_gateway_probe_rtt_seconds{")
         {
             break t;
         }

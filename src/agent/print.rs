@@ -361,7 +361,22 @@ pub fn event_line(e: &Event) -> String {
                 to.to_uppercase()
             )
         }
-        EventKind::GuestCutOff { iface, domain } => format!("{t} GUEST CUT OFF {iface} ({domain})"),
+        EventKind::GuestCutOff {
+            iface,
+            domain,
+            reason,
+        } => format!("{t} GUEST CUT OFF {iface} ({domain}): {reason}"),
+        EventKind::Degradation {
+            what,
+            reason,
+            active,
+        } => {
+            if *active {
+                format!("{t} DEGRADED {what}: {reason}")
+            } else {
+                format!("{t} degradation over: {what}")
+            }
+        }
     }
 }
 

@@ -135,7 +135,7 @@ pub fn build(view: &View, before_s: f64) -> Vec<Change> {
             } => {
                 push(&mut out, t, "detector", format!("{from} → {to}: {reason}"));
             }
-            EventKind::GuestCutOff { iface, domain } => {
+            EventKind::GuestCutOff { iface, domain, .. } => {
                 push(
                     &mut out,
                     t,

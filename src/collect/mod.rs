@@ -203,6 +203,11 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
             )),
         ));
     }
+    // Last: it reads the links, bridges, FDB and libvirt sections.
+    if on("probes") && cfg.detect.enabled && (cfg.detect.gateway_probes || cfg.detect.guest_probes)
+    {
+        v.push(Box::new(probes::ProbesCollector::new(cfg.detect.clone())));
+    }
     v
 }
 
@@ -213,6 +218,7 @@ pub mod links;
 pub mod neigh;
 pub mod neigh_limits;
 pub mod netfilter;
+pub mod probes;
 pub mod proc_all;
 pub mod qdisc;
 pub mod snmp;

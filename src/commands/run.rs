@@ -168,6 +168,9 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
         // The detector judges every sample; what it decides becomes events
         // (stored, tailed) and, for a collapse, an incident with a bundle.
         let mut detector_events: Vec<crate::sample::Event> = Vec::new();
+        if let (Output::Event(e), true) = (&o, detect_on) {
+            detector.on_event(e);
+        }
         if let (Output::Sample { sample, model }, true) = (&o, detect_on) {
             for a in detector.observe(sample, model) {
                 use crate::detect::Action;
@@ -204,9 +207,33 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
                         }
                         continue;
                     }
-                    Action::GuestCutOff { iface, domain } => {
-                        tracing::warn!(%iface, %domain, "guest cut off");
-                        crate::sample::EventKind::GuestCutOff { iface, domain }
+                    Action::GuestCutOff {
+                        iface,
+                        domain,
+                        reason,
+                    } => {
+                        tracing::warn!(%iface, %domain, %reason, "guest cut off");
+                        crate::sample::EventKind::GuestCutOff {
+                            iface,
+                            domain,
+                            reason,
+                        }
+                    }
+                    Action::Degradation {
+                        what,
+                        reason,
+                        active,
+                    } => {
+                        if active {
+                            tracing::warn!(%what, %reason, "degraded");
+                        } else {
+                            tracing::info!(%what, "degradation over");
+                        }
+                        crate::sample::EventKind::Degradation {
+                            what,
+                            reason,
+                            active,
+                        }
                     }
                 };
                 detector_events.push(crate::sample::Event {
@@ -215,12 +242,7 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
                     kind,
                 });
             }
-            let det = serde_json::json!({
-                "state": detector.state.name(),
-                "eligible_guests": detector.eligible(),
-                "total_guests": detector.total(),
-                "reason": detector_reason,
-            });
+            let det = detector.status_json(&detector_reason);
             status.lock().unwrap_or_else(|e| e.into_inner()).detector = det;
         }
         if let Output::Event(e) = &o {
@@ -254,6 +276,18 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
                 };
                 ex.eligible_guests = detector.eligible() as u64;
                 ex.guests = detector.total() as u64;
+                ex.detector_bridges = detector
+                    .last
+                    .iter()
+                    .map(|v| {
+                        (
+                            v.bridge.clone(),
+                            v.eligible_guests as u64,
+                            v.total_guests as u64,
+                        )
+                    })
+                    .collect();
+                ex.degraded = detector.degraded().into_iter().map(|(w, _)| w).collect();
             }
             // Directory sizes: every tenth sample is enough for a scrape.
             if sample.seq % 10 == 1 {

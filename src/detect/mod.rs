@@ -1,27 +1,45 @@
-//! The collapse detector (passive part): decides "the VMs' network has
-//! collapsed" from signals that cross the uplink, never from host-to-guest
-//! traffic alone (most faults leave bridge-to-guest ARP working).
+//! The collapse detector: decides "the VMs' network has collapsed" from
+//! signals that cross the uplink, never from host-to-guest traffic alone
+//! (most faults leave bridge-to-guest ARP working). docs/detection.md
+//! describes the signals, probes, eligibility and states for operators.
 //!
-//! Per watched bridge, from each sample and its rates:
-//! - the uplink is unusable: no uplink port has carrier and is forwarding;
-//! - guests keep sending but nothing leaves through the uplink.
+//! Per watched bridge, over a short window (`judge.rs`):
+//! - no usable uplink (carrier, port state, the NICs below a bond or VLAN);
+//! - eligible guests keep sending while nothing leaves through the uplink;
+//! - the gateway, answering before, stops answering probes sent out
+//!   through the uplink (`gateway.rs`, `prober.rs`);
+//! - guests' ARP requests for the gateway leave through the uplink and no
+//!   reply comes back;
+//! - every sending eligible guest (at least `min_cut_off_guests`) stops
+//!   receiving anything.
 //!
-//! Evidence needs eligible guests: vNIC ports seen for longer than the boot
-//! grace that are sending right now — idle guests are not evidence, and a
-//! node with no eligible guest is "unknown", never silently "healthy".
+//! Eligible guests: libvirt says running, past the boot grace (since the
+//! port appeared, flapped or the domain restarted), not migrating (a
+//! migration event, a port moved to another bridge), and recently
+//! responsive (two-way traffic, or answering the gentle guest probes of
+//! `guests.rs`). Idle guests are not evidence; a node with no eligible guest
+//! is "unknown", never silently "healthy" (status shows eligible of total).
+//!
 //! States move healthy → suspect → collapsed → recovering → healthy with
-//! hysteresis (consecutive samples); flaps within the merge window belong to
-//! one incident. A vNIC whose guest sends while nothing reaches it any more
-//! is reported on its own ("guest cut off"), not as a host-wide collapse.
-//! Gateway probes and the packet ring join this in the detector issue.
+//! hysteresis; collapses within the merge window are one incident. One guest
+//! cut off while the host is fine is a per-guest event, not a collapse.
+//! A degraded network (full-size probes fail while small ones pass; conntrack
+//! or neighbour table full) is reported as degradation, with its own bundle.
+
+pub mod frames;
+pub mod gateway;
+pub mod guests;
+mod judge;
+pub mod prober;
+pub mod uplink;
+mod window;
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::print::is_vnic;
 use crate::model::Model;
-use crate::sample::Sample;
+use crate::sample::{Event, EventKind, Sample};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default)]
@@ -31,15 +49,49 @@ pub struct DetectConfig {
     pub collapse_after: u32,
     /// Consecutive good samples before "healthy" again.
     pub recover_after: u32,
-    /// Signals are packet counts over this window, seconds (a guest that
-    /// pings once a second is "sending" in every window).
+    /// Signals are packet counts over this window, seconds.
     pub window_s: f64,
     /// A guest is sending when its vNIC received at least this many packets in the window.
     pub min_guest_packets: f64,
-    /// vNIC ports younger than this are booting guests: not evidence.
+    /// A sending guest that receives nothing is cut off when it sent at least
+    /// this many packets in the window (or frames toward it were dropped).
+    pub cut_off_min_packets: f64,
+    /// This many sending guests of one bridge all cut off at once is a host-wide collapse.
+    pub min_cut_off_guests: u32,
+    /// Guests younger than this (port new, flapped, domain restarted) are booting: not evidence.
     pub boot_grace_s: u64,
+    /// A guest stays out of judgement this long after a migration event or a
+    /// move to another bridge.
+    pub migration_grace_s: u64,
+    /// A guest is eligible only when it had two-way traffic or answered a
+    /// probe within this many seconds.
+    pub responsive_s: u64,
     /// Collapses this close to the last one are the same incident.
     pub merge_window_s: u64,
+    /// Gateway probes per bridge/VLAN through the uplink.
+    pub gateway_probes: bool,
+    /// Gateway probe interval per bridge/VLAN.
+    pub probe_interval_ms: u64,
+    /// A probe not answered within this long is unanswered (at most half the interval).
+    pub probe_timeout_ms: u64,
+    /// This many gateway probes unanswered in a row (after it answered) is a signal.
+    pub probe_fail_after: u32,
+    /// Every Nth probe round also sends a full-MTU probe (0 = off).
+    pub mtu_probe_every: u32,
+    /// Guests' ARP requests for the gateway unanswered in the window that make a signal.
+    pub guest_arp_unanswered_min: u32,
+    /// Gentle unicast ARP probes to guests.
+    pub guest_probes: bool,
+    /// Each guest is probed at most once per this many seconds.
+    pub guest_probe_interval_s: u64,
+    /// All guest probes together at most this many per second.
+    pub guest_probe_max_per_s: u32,
+    /// Guests are not probed for this long after their DHCP, address probing or a lifecycle change.
+    pub guest_probe_pause_s: u64,
+    /// Gateway per bridge ("br0") or bridge VLAN ("br0/100"); else learned.
+    pub gateways: BTreeMap<String, String>,
+    /// Uplink ports per bridge; else the bridge's non-vNIC ports.
+    pub uplinks: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for DetectConfig {
@@ -50,9 +102,63 @@ impl Default for DetectConfig {
             recover_after: 5,
             window_s: 2.0,
             min_guest_packets: 1.0,
+            cut_off_min_packets: 2.0,
+            min_cut_off_guests: 2,
             boot_grace_s: 60,
+            migration_grace_s: 60,
+            responsive_s: 120,
             merge_window_s: 300,
+            gateway_probes: true,
+            probe_interval_ms: 1000,
+            probe_timeout_ms: 500,
+            probe_fail_after: 3,
+            mtu_probe_every: 1,
+            guest_arp_unanswered_min: 2,
+            guest_probes: true,
+            guest_probe_interval_s: 10,
+            guest_probe_max_per_s: 20,
+            guest_probe_pause_s: 60,
+            gateways: BTreeMap::new(),
+            uplinks: BTreeMap::new(),
         }
+    }
+}
+
+impl DetectConfig {
+    pub fn prober(&self) -> prober::ProberConfig {
+        let interval_ns = self.probe_interval_ms.max(10) * 1_000_000;
+        prober::ProberConfig {
+            gateway: gateway::Timing {
+                interval_ns,
+                timeout_ns: (self.probe_timeout_ms * 1_000_000)
+                    .min(interval_ns / 2)
+                    .max(1),
+                mtu_probe_every: self.mtu_probe_every,
+            },
+            guest: guests::GuestTiming {
+                interval_ns: self.guest_probe_interval_s.max(1) * 1_000_000_000,
+                timeout_ns: 1_000_000_000,
+                max_per_s: self.guest_probe_max_per_s.max(1),
+                pause_ns: self.guest_probe_pause_s * 1_000_000_000,
+            },
+            gateway_probes: self.gateway_probes,
+            guest_probes: self.guest_probes,
+        }
+    }
+
+    /// `gateways` as (bridge, VLAN) → address; entries that do not parse are skipped
+    /// (config validation rejects them before the agent starts).
+    pub fn gateways_for(&self, bridge: &str) -> BTreeMap<Option<u16>, std::net::Ipv4Addr> {
+        self.gateways
+            .iter()
+            .filter_map(|(k, v)| {
+                let (b, vlan) = match k.split_once('/') {
+                    Some((b, vid)) => (b, Some(vid.parse::<u16>().ok()?)),
+                    None => (k.as_str(), None),
+                };
+                (b == bridge).then_some((vlan, v.parse().ok()?))
+            })
+            .collect()
     }
 }
 
@@ -76,16 +182,33 @@ impl State {
     }
 }
 
+/// The gateway probe of one bridge/VLAN as status shows it.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct GatewayView {
+    pub vlan: Option<u16>,
+    pub gateway: Option<String>,
+    pub source: String,
+    pub answered: bool,
+    pub consecutive_unanswered: u32,
+    pub last_rtt_ms: Option<f64>,
+}
+
 /// What one sample says about one bridge.
 #[derive(Serialize, Clone, Debug, Default, PartialEq)]
 pub struct Verdict {
     pub bridge: String,
     pub eligible_guests: usize,
     pub total_guests: usize,
+    /// Eligible guests that sent in the window.
+    pub sending_guests: usize,
+    pub uplinks: Vec<uplink::Uplink>,
+    pub gateways: Vec<GatewayView>,
     /// Why the uplink crossing looks broken (empty: it looks fine).
     pub bad: Vec<String>,
-    /// vNICs whose guest sends while nothing reaches it.
-    pub cut_off: Vec<String>,
+    /// Degradations seen on this bridge (the network works, not fully).
+    pub degraded: Vec<String>,
+    /// Guests cut off on their own: (port, why).
+    pub cut_off: Vec<(String, String)>,
 }
 
 /// Something the agent should act on.
@@ -99,7 +222,38 @@ pub enum Action {
     /// A new incident starts (take a bundle).
     Incident { reason: String },
     /// One guest cut off (not a host-wide collapse).
-    GuestCutOff { iface: String, domain: String },
+    GuestCutOff {
+        iface: String,
+        domain: String,
+        reason: String,
+    },
+    /// A degradation starts (active) or ends.
+    Degradation {
+        what: String,
+        reason: String,
+        active: bool,
+    },
+}
+
+/// Per guest port, what eligibility needs to remember.
+#[derive(Clone, Debug, Default)]
+struct GuestMemo {
+    /// Restart of the boot grace (port flapped, domain restarted).
+    grace_from_ns: u64,
+    operstate: String,
+    bridge: String,
+    last_conversation_ns: Option<u64>,
+    /// In the cut-off condition (entered on a broken-off conversation).
+    cut_off: bool,
+    migrating_until_ns: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Episode {
+    run: u32,
+    clear_run: u32,
+    active: bool,
+    reason: String,
 }
 
 pub struct Detector {
@@ -108,13 +262,21 @@ pub struct Detector {
     bad_run: u32,
     good_run: u32,
     last_collapse_unix_ns: Option<i64>,
-    first_seen_mono_ns: HashMap<String, u64>,
+    last_degradation_incident_unix_ns: Option<i64>,
+    guests: HashMap<String, GuestMemo>,
+    /// Port name → bridge it was last seen on (a move is a migration).
+    port_bridge: HashMap<String, String>,
+    /// Domain → until when it is migrating / when it last (re)started (mono ns).
+    domain_migrating_until: HashMap<String, u64>,
+    domain_started_ns: HashMap<String, u64>,
     cut_off_run: HashMap<String, u32>,
-    reported_cut_off: BTreeMap<String, bool>,
-    /// Per interface: (monotonic ns, rx packets, tx packets) of each interval in the window.
-    window: HashMap<String, std::collections::VecDeque<(u64, f64, f64)>>,
+    reported_cut_off: HashMap<String, bool>,
+    degradations: BTreeMap<String, Episode>,
+    win: window::Windows,
     first_mono_ns: Option<u64>,
     pub last: Vec<Verdict>,
+    /// Host-wide degradations of the last sample (conntrack, neighbours).
+    pub last_host_degraded: Vec<String>,
 }
 
 impl Detector {
@@ -125,12 +287,18 @@ impl Detector {
             bad_run: 0,
             good_run: 0,
             last_collapse_unix_ns: None,
-            first_seen_mono_ns: HashMap::new(),
+            last_degradation_incident_unix_ns: None,
+            guests: HashMap::new(),
+            port_bridge: HashMap::new(),
+            domain_migrating_until: HashMap::new(),
+            domain_started_ns: HashMap::new(),
             cut_off_run: HashMap::new(),
-            reported_cut_off: BTreeMap::new(),
-            window: HashMap::new(),
+            reported_cut_off: HashMap::new(),
+            degradations: BTreeMap::new(),
+            win: window::Windows::default(),
             first_mono_ns: None,
             last: Vec::new(),
+            last_host_degraded: Vec::new(),
         }
     }
 
@@ -142,134 +310,49 @@ impl Detector {
         self.last.iter().map(|v| v.total_guests).sum()
     }
 
-    /// Packets received and sent by `iface` over the window.
-    fn sums(&self, iface: &str) -> Option<(f64, f64)> {
-        let w = self.window.get(iface)?;
-        Some(w.iter().fold((0.0, 0.0), |a, x| (a.0 + x.1, a.1 + x.2)))
+    /// Degradations in progress (what → why).
+    pub fn degraded(&self) -> Vec<(String, String)> {
+        self.degradations
+            .iter()
+            .filter(|(_, e)| e.active)
+            .map(|(k, e)| (k.clone(), e.reason.clone()))
+            .collect()
     }
 
-    fn update_window(&mut self, s: &Sample, m: &Model) {
-        let horizon = s.mono_ns.saturating_sub((self.cfg.window_s * 1e9) as u64);
-        for (name, r) in &m.links {
-            let w = self.window.entry(name.clone()).or_default();
-            w.push_back((
-                s.mono_ns,
-                r.rx_packets_per_s * m.interval_s,
-                r.tx_packets_per_s * m.interval_s,
-            ));
-        }
-        for w in self.window.values_mut() {
-            while w.front().is_some_and(|x| x.0 <= horizon) {
-                w.pop_front();
-            }
-        }
-        self.window.retain(|_, w| !w.is_empty());
+    /// The detector's part of `hvflight status --json`.
+    pub fn status_json(&self, reason: &str) -> serde_json::Value {
+        serde_json::json!({
+            "state": self.state.name(),
+            "eligible_guests": self.eligible(),
+            "total_guests": self.total(),
+            "reason": reason,
+            "bridges": self.last,
+            "degraded": self.degraded().into_iter().map(|(w, r)| serde_json::json!({"what": w, "reason": r})).collect::<Vec<_>>(),
+        })
     }
 
-    /// Judges one bridge over the window.
-    fn judge(&mut self, s: &Sample, br: &crate::sample::Bridge) -> Verdict {
-        let mut v = Verdict {
-            bridge: br.name.clone(),
-            ..Default::default()
-        };
-        let grace_ns = self.cfg.boot_grace_s * 1_000_000_000;
-        let (mut guests_tx, mut toward_guests) = (0.0, 0.0);
-        // Judge only over a full window.
-        if self
-            .first_mono_ns
-            .is_none_or(|f| (s.mono_ns - f) as f64 / 1e9 < self.cfg.window_s)
+    /// Events the detector learns from: libvirt migration and (re)start events.
+    pub fn on_event(&mut self, e: &Event) {
+        if let EventKind::Libvirt {
+            domain,
+            event,
+            detail,
+            ..
+        } = &e.kind
         {
-            for p in &br.ports {
-                if let Some(link) = s.link(&p.name) {
-                    if is_vnic(s, &p.name, &link.mac) {
-                        v.total_guests += 1;
-                        self.first_seen_mono_ns
-                            .entry(format!("{}/{}", p.name, p.ifindex))
-                            .or_insert(s.mono_ns);
-                    }
-                }
+            if detail.contains("migrat") || event.contains("migrat") {
+                self.domain_migrating_until.insert(
+                    domain.clone(),
+                    e.mono_ns + self.cfg.migration_grace_s * 1_000_000_000,
+                );
             }
-            return v;
-        }
-        let mut uplinks = Vec::new();
-        for p in &br.ports {
-            let Some(link) = s.link(&p.name) else {
-                continue;
-            };
-            if is_vnic(s, &p.name, &link.mac) {
-                v.total_guests += 1;
-                let first = *self
-                    .first_seen_mono_ns
-                    .entry(format!("{}/{}", p.name, p.ifindex))
-                    .or_insert(s.mono_ns);
-                let Some((rx, tx)) = self.sums(&p.name) else {
-                    continue;
-                };
-                // Host side rx = what the guest sends; tx = what reaches it.
-                if s.mono_ns.saturating_sub(first) >= grace_ns
-                    && rx >= self.cfg.min_guest_packets
-                    && link.operstate != "down"
-                {
-                    v.eligible_guests += 1;
-                    guests_tx += rx;
-                    toward_guests += tx;
-                    if tx == 0.0 {
-                        v.cut_off.push(p.name.clone());
-                    }
-                }
-            } else {
-                uplinks.push((p, link));
+            if matches!(
+                event.as_str(),
+                "started" | "resumed" | "rebooted" | "reboot" | "defined"
+            ) {
+                self.domain_started_ns.insert(domain.clone(), e.mono_ns);
             }
         }
-        if v.eligible_guests == 0 || uplinks.is_empty() {
-            return v; // nothing to judge with
-        }
-        let usable: Vec<_> = uplinks
-            .iter()
-            .filter(|(p, l)| p.state == 3 && l.carrier != Some(false) && l.operstate != "down")
-            .collect();
-        if usable.is_empty() {
-            let why: Vec<String> = uplinks
-                .iter()
-                .map(|(p, l)| {
-                    format!(
-                        "{} carrier {} port state {}",
-                        p.name,
-                        if l.carrier == Some(false) {
-                            "off"
-                        } else {
-                            "on"
-                        },
-                        p.state
-                    )
-                })
-                .collect();
-            v.bad.push(format!("no usable uplink ({})", why.join(", ")));
-            return v;
-        }
-        let w = self.cfg.window_s;
-        let up_tx: f64 = usable
-            .iter()
-            .filter_map(|(p, _)| self.sums(&p.name))
-            .map(|x| x.1)
-            .sum();
-        let up_rx: f64 = usable
-            .iter()
-            .filter_map(|(p, _)| self.sums(&p.name))
-            .map(|x| x.0)
-            .sum();
-        // Only signals that idle networks cannot fake: "the uplink sent
-        // and nothing came back" or "nothing reaches the guests" happen on
-        // quiet hosts too (multicast chatter, one-way traffic) — those need
-        // the gateway probes and the packet ring of the detector issue.
-        let _ = (up_rx, toward_guests);
-        if guests_tx > 0.0 && up_tx == 0.0 {
-            v.bad.push(format!(
-                "{} guest(s) sent {guests_tx:.0} packets in {w} s, nothing left through the uplink",
-                v.eligible_guests
-            ));
-        }
-        v
     }
 
     /// Observes one sample; returns what to act on.
@@ -279,40 +362,116 @@ impl Detector {
             return actions;
         }
         self.first_mono_ns.get_or_insert(s.mono_ns);
-        self.update_window(s, m);
+        judge::record(self, s);
         let bridges: Vec<crate::sample::Bridge> = s.bridges.clone().unwrap_or_default();
-        self.last = bridges.iter().map(|b| self.judge(s, b)).collect();
+        self.last = bridges.iter().map(|b| judge::judge(self, s, b)).collect();
+        self.last_host_degraded = judge::host_degraded(self, s);
+        // Ports gone from every bridge are forgotten (their memos and moves).
+        let live: std::collections::HashSet<String> = bridges
+            .iter()
+            .flat_map(|b| b.ports.iter().map(|p| format!("{}/{}", p.name, p.ifindex)))
+            .collect();
+        self.guests.retain(|k, _| live.contains(k));
         let bad: Vec<String> = self
             .last
             .iter()
             .flat_map(|v| v.bad.iter().map(move |b| format!("{}: {b}", v.bridge)))
             .collect();
-        // Per-guest: cut off for `collapse_after` samples while the host is fine.
-        let cut: Vec<String> = self.last.iter().flat_map(|v| v.cut_off.clone()).collect();
-        self.cut_off_run.retain(|k, _| cut.contains(k));
-        for c in &cut {
+        self.per_guest(s, &bad, &mut actions);
+        self.degradation(s, &bad, &mut actions);
+        self.transitions(s, &bad, &mut actions);
+        actions
+    }
+
+    /// Per-guest: cut off for `collapse_after` samples while the host is fine.
+    fn per_guest(&mut self, s: &Sample, bad: &[String], actions: &mut Vec<Action>) {
+        let cut: Vec<(String, String)> = self.last.iter().flat_map(|v| v.cut_off.clone()).collect();
+        self.cut_off_run
+            .retain(|k, _| cut.iter().any(|(c, _)| c == k));
+        for (c, why) in &cut {
             let n = self.cut_off_run.entry(c.clone()).or_default();
             *n += 1;
-            if *n == self.cfg.collapse_after
+            if *n >= self.cfg.collapse_after
                 && bad.is_empty()
                 && !self.reported_cut_off.contains_key(c)
             {
                 self.reported_cut_off.insert(c.clone(), true);
-                let domain = s
-                    .libvirt
-                    .iter()
-                    .flat_map(|l| &l.domains)
-                    .find(|d| d.vnics.iter().any(|v| v.host_ifname.as_deref() == Some(c)))
-                    .map(|d| d.name.clone())
-                    .unwrap_or_default();
                 actions.push(Action::GuestCutOff {
                     iface: c.clone(),
-                    domain,
+                    domain: judge::domain_of(s, c)
+                        .map(|d| d.name.clone())
+                        .unwrap_or_default(),
+                    reason: why.clone(),
                 });
             }
         }
-        self.reported_cut_off.retain(|k, _| cut.contains(k));
+        self.reported_cut_off
+            .retain(|k, _| cut.iter().any(|(c, _)| c == k));
+    }
 
+    fn degradation(&mut self, s: &Sample, bad: &[String], actions: &mut Vec<Action>) {
+        let mut now: BTreeMap<String, String> = BTreeMap::new();
+        for v in &self.last {
+            for d in &v.degraded {
+                now.insert(
+                    format!("{}: {}", v.bridge, d.split(':').next().unwrap_or(d)),
+                    d.clone(),
+                );
+            }
+        }
+        for d in &self.last_host_degraded {
+            now.insert(d.split(':').next().unwrap_or(d).to_string(), d.clone());
+        }
+        let keys: Vec<String> = self
+            .degradations
+            .keys()
+            .chain(now.keys())
+            .cloned()
+            .collect();
+        for k in keys {
+            let e = self.degradations.entry(k.clone()).or_default();
+            match now.get(&k) {
+                Some(reason) => {
+                    e.run += 1;
+                    e.clear_run = 0;
+                    e.reason = reason.clone();
+                    if !e.active && e.run >= self.cfg.collapse_after {
+                        e.active = true;
+                        actions.push(Action::Degradation {
+                            what: k.clone(),
+                            reason: reason.clone(),
+                            active: true,
+                        });
+                        let merged = self.last_degradation_incident_unix_ns.is_some_and(|t| {
+                            s.ts_unix_ns - t < self.cfg.merge_window_s as i64 * 1_000_000_000
+                        });
+                        // A collapse in progress has its own bundle.
+                        if !merged && bad.is_empty() && self.state == State::Healthy {
+                            actions.push(Action::Incident {
+                                reason: format!("degradation: {k}: {reason}"),
+                            });
+                            self.last_degradation_incident_unix_ns = Some(s.ts_unix_ns);
+                        }
+                    }
+                }
+                None => {
+                    e.run = 0;
+                    e.clear_run += 1;
+                    if e.active && e.clear_run >= self.cfg.recover_after {
+                        e.active = false;
+                        actions.push(Action::Degradation {
+                            what: k.clone(),
+                            reason: String::new(),
+                            active: false,
+                        });
+                    }
+                }
+            }
+        }
+        self.degradations.retain(|_, e| e.active || e.run > 0);
+    }
+
+    fn transitions(&mut self, s: &Sample, bad: &[String], actions: &mut Vec<Action>) {
         let from = self.state;
         if bad.is_empty() {
             self.bad_run = 0;
@@ -361,7 +520,6 @@ impl Detector {
         if self.state == State::Collapsed {
             self.last_collapse_unix_ns = Some(s.ts_unix_ns);
         }
-        actions
     }
 }
 

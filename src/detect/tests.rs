@@ -2,7 +2,7 @@
 //! are end-to-end tests in tests/detect.rs).
 
 use super::*;
-use crate::sample::{Bridge, BridgePort, Link, LinkStats};
+use crate::sample::{Bridge, BridgePort, Event, EventKind, Link, LinkStats};
 
 /// A host: br0 with uplink0 and two guests; counters advance per `step`.
 struct Host {
@@ -138,15 +138,28 @@ fn uplink_loss_collapses_after_two_samples_and_recovers_with_hysteresis() {
 
 #[test]
 fn guests_sending_with_nothing_leaving_is_a_collapse_but_idle_guests_prove_nothing() {
-    let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+    let (mut h, mut d, mut prev) = (
+        Host::new(),
+        Detector::new(DetectConfig {
+            responsive_s: 5,
+            ..cfg()
+        }),
+        None,
+    );
     for _ in 0..3 {
         run(&mut d, &mut prev, h.step(2, 4, 4, 2));
     }
-    // Idle host: nothing moves anywhere. Not evidence, not a collapse.
+    // Idle host: nothing moves anywhere. Not evidence, not a collapse; once
+    // the guests were silent longer than responsive_s nothing can be judged.
     for _ in 0..10 {
         assert!(run(&mut d, &mut prev, h.step(0, 0, 0, 0)).is_empty());
     }
     assert_eq!((d.state, d.eligible()), (State::Healthy, 0));
+    // They come back (two-way traffic): eligible again.
+    for _ in 0..3 {
+        run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    }
+    assert_eq!(d.eligible(), 2);
     // Guests send, the uplink stays silent (a FORWARD drop, say): once the
     // window no longer holds traffic from before, it is a collapse.
     let mut all = Vec::new();
@@ -225,7 +238,9 @@ fn booting_guests_are_not_evidence() {
 #[test]
 fn one_guest_cut_off_is_reported_alone() {
     let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
-    run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    for _ in 0..3 {
+        run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    }
     let mut all = Vec::new();
     for _ in 0..4 {
         let s = {
@@ -248,4 +263,288 @@ fn one_guest_cut_off_is_reported_alone() {
             .count(),
         1
     );
+}
+
+use crate::sample::{Domain, FdbEntry, GatewayProbe, Libvirt, Probes, Vnic};
+
+/// libvirt's view: two running domains whose vNICs are vnet0 and vnet1.
+fn with_libvirt(mut s: Sample) -> Sample {
+    let dom = |i: u32| Domain {
+        name: format!("guest{i}"),
+        uuid: format!("u{i}"),
+        id: Some(i + 1),
+        state: "running".into(),
+        reason: "booted".into(),
+        vnics: vec![Vnic {
+            mac: format!("52:54:00:00:00:0{}", i + 1),
+            bridge: "br0".into(),
+            host_ifindex: Some(3 + i),
+            host_ifname: Some(format!("vnet{i}")),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    s.libvirt = Some(Libvirt {
+        uri: "test:///x".into(),
+        domains: vec![dom(0), dom(1)],
+        xml_fetches: 0,
+        age_ms: 0,
+    });
+    s
+}
+
+/// The gateway probe of br0 as the prober reports it.
+fn probe(sent: u64, answered: u64, miss: u32, large_sent: u64, large_miss: u32) -> Probes {
+    Probes {
+        bridges: vec![GatewayProbe {
+            bridge: "br0".into(),
+            uplinks: vec!["uplink0".into()],
+            gateway: Some("10.0.0.1".into()),
+            gateway_source: "config".into(),
+            arp_sent: sent,
+            arp_answered: answered,
+            arp_unanswered: sent - answered,
+            consecutive_unanswered: miss,
+            large_sent,
+            large_consecutive_unanswered: large_miss,
+            large_bytes: 1500,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn reasons(a: &[Action]) -> String {
+    format!("{a:?}")
+}
+
+#[test]
+fn a_gateway_that_stops_answering_is_a_collapse_one_that_never_answered_is_not() {
+    let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+    let mut all = Vec::new();
+    // Never answered (a wrong gateway in the config): no signal.
+    for i in 0..6 {
+        let mut s = h.step(2, 4, 4, 2);
+        s.probes = Some(probe(i, 0, i as u32, 0, 0));
+        all.extend(run(&mut d, &mut prev, s));
+    }
+    assert_eq!(incidents(&all), 0, "{all:?}");
+    // Answering, then not: the uplink crossing broke beyond the counters
+    // (guests' frames still leave; carrier and port state are fine).
+    let mut answered = 0;
+    for i in 6..20u64 {
+        let broken = i >= 12;
+        if !broken {
+            answered = i;
+        }
+        let mut s = h.step(
+            2,
+            4 + 1,
+            if broken { 0 } else { 4 },
+            if broken { 0 } else { 2 },
+        );
+        s.probes = Some(probe(
+            i,
+            answered,
+            if broken { (i - 11) as u32 } else { 0 },
+            0,
+            0,
+        ));
+        all.extend(run(&mut d, &mut prev, s));
+    }
+    assert_eq!(incidents(&all), 1, "{all:?}");
+    assert!(reasons(&all)
+        .contains("gateway 10.0.0.1 (config) stopped answering probes through uplink0"));
+}
+
+#[test]
+fn full_size_probes_failing_while_small_ones_pass_is_degradation_with_its_own_bundle() {
+    let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+    let mut all = Vec::new();
+    for i in 1..12u64 {
+        let large_miss = if i > 4 { (i - 4) as u32 } else { 0 };
+        let mut s = h.step(2, 4, 4, 2);
+        s.probes = Some(probe(i, i, 0, i, large_miss));
+        all.extend(run(&mut d, &mut prev, s));
+    }
+    assert_eq!(d.state, State::Healthy, "degradation is not a collapse");
+    assert_eq!(incidents(&all), 1);
+    assert!(
+        reasons(&all).contains("degradation: br0: full-size frames fail"),
+        "{all:?}"
+    );
+    assert_eq!(d.degraded().len(), 1);
+    // It passes: cleared after recover_after good samples.
+    for i in 12..20u64 {
+        let mut s = h.step(2, 4, 4, 2);
+        s.probes = Some(probe(i, i, 0, i, 0));
+        all.extend(run(&mut d, &mut prev, s));
+    }
+    assert!(d.degraded().is_empty());
+    assert!(all
+        .iter()
+        .any(|a| matches!(a, Action::Degradation { active: false, .. })));
+}
+
+#[test]
+fn our_own_probes_are_not_traffic_leaving_the_uplink() {
+    let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+    for i in 0..4 {
+        let mut s = h.step(2, 4, 4, 2);
+        s.probes = Some(probe(i, i, 0, 0, 0));
+        run(&mut d, &mut prev, s);
+    }
+    // A FORWARD drop: the guests' frames stop; only the probes leave (and are answered).
+    let mut all = Vec::new();
+    for i in 4..10 {
+        let mut s = h.step(2, 1, 1, 0);
+        s.probes = Some(probe(i, i, 0, 0, 0));
+        all.extend(run(&mut d, &mut prev, s));
+    }
+    assert_eq!(incidents(&all), 1, "{all:?}");
+    assert!(reasons(&all).contains("nothing left through the uplink"));
+}
+
+#[test]
+fn guests_whose_mac_the_fdb_sends_to_the_uplink_are_cut_off_host_wide() {
+    let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+    for _ in 0..3 {
+        run(&mut d, &mut prev, with_libvirt(h.step(2, 4, 4, 2)));
+    }
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        // Broadcasts still reach the guests (tx > 0), unicast cannot.
+        let mut s = with_libvirt(h.step(2, 4, 4, 1));
+        s.fdb = Some(
+            (1..=2)
+                .map(|i| FdbEntry {
+                    mac: format!("52:54:00:00:00:0{i}"),
+                    ifindex: 2,
+                    port: "uplink0".into(),
+                    master: Some(1),
+                    state: "static".into(),
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        all.extend(run(&mut d, &mut prev, s));
+    }
+    assert_eq!(incidents(&all), 1, "{all:?}");
+    assert!(
+        reasons(&all).contains("forwards its MAC 52:54:00:00:00:01 to uplink0"),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn a_tap_not_drained_is_one_guest_cut_off_not_a_collapse() {
+    let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+    for _ in 0..3 {
+        run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    }
+    let mut all = Vec::new();
+    for _ in 0..4 {
+        let mut s = h.step(2, 4, 4, 2);
+        // vnet1: nothing delivered, 30 frames dropped toward it each second.
+        let before = prev.as_ref().unwrap().links.as_ref().unwrap()[3]
+            .stats
+            .clone();
+        let l = &mut s.links.as_mut().unwrap()[3];
+        l.stats.tx_packets = before.tx_packets;
+        l.stats.tx_dropped = before.tx_dropped + 30;
+        h.links[3].stats = l.stats.clone();
+        all.extend(run(&mut d, &mut prev, s));
+    }
+    assert_eq!(incidents(&all), 0, "{all:?}");
+    let cut: Vec<&Action> = all
+        .iter()
+        .filter(|a| matches!(a, Action::GuestCutOff { .. }))
+        .collect();
+    assert_eq!(cut.len(), 1, "{all:?}");
+    assert!(reasons(&all).contains("dropped toward it"));
+}
+
+#[test]
+fn a_port_moved_to_another_bridge_or_a_migration_event_takes_the_guest_out_of_judgement() {
+    let (mut h, mut d, mut prev) = (
+        Host::new(),
+        Detector::new(DetectConfig {
+            migration_grace_s: 30,
+            ..cfg()
+        }),
+        None,
+    );
+    for _ in 0..5 {
+        run(&mut d, &mut prev, with_libvirt(h.step(2, 4, 4, 2)));
+    }
+    assert_eq!(d.eligible(), 2);
+    // vnet1 shows up on br1 (moved): not eligible there for the grace.
+    let mut s = with_libvirt(h.step(2, 4, 4, 2));
+    let bridges = s.bridges.as_mut().unwrap();
+    let port = bridges[0].ports.remove(2);
+    bridges.push(crate::sample::Bridge {
+        ifindex: 9,
+        name: "br1".into(),
+        ports: vec![port],
+        ..Default::default()
+    });
+    run(&mut d, &mut prev, s);
+    assert_eq!(d.eligible(), 1, "{:?}", d.last);
+    // A libvirt migration event for guest0: out of judgement too.
+    let t = prev.as_ref().unwrap().mono_ns;
+    d.on_event(&Event {
+        ts_unix_ns: 0,
+        mono_ns: t,
+        kind: EventKind::Libvirt {
+            domain: "guest0".into(),
+            uuid: String::new(),
+            event: "suspended".into(),
+            detail: "migrated".into(),
+        },
+    });
+    run(&mut d, &mut prev, with_libvirt(h.step(2, 4, 4, 2)));
+    assert_eq!(d.eligible(), 0, "{:?}", d.last);
+}
+
+#[test]
+fn a_port_flap_restarts_the_boot_grace() {
+    let (mut h, mut d, mut prev) = (
+        Host::new(),
+        Detector::new(DetectConfig {
+            boot_grace_s: 3,
+            ..cfg()
+        }),
+        None,
+    );
+    for _ in 0..6 {
+        run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    }
+    assert_eq!(d.eligible(), 2);
+    h.links[3].operstate = "down".into();
+    run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    h.links[3].operstate = "up".into();
+    run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    assert_eq!(d.eligible(), 1, "vnet1 is booting again");
+    for _ in 0..4 {
+        run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    }
+    assert_eq!(d.eligible(), 2);
+}
+
+#[test]
+fn guests_arp_for_the_gateway_left_unanswered_is_a_signal() {
+    let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+    let mut all = Vec::new();
+    for i in 0..10u64 {
+        let mut s = h.step(2, 4, 4, 2);
+        let mut p = probe(i, i, 0, 0, 0);
+        let broken = i >= 4;
+        p.bridges[0].guest_arp_requests = i * 2;
+        p.bridges[0].guest_arp_replies = if broken { 8 } else { i * 2 };
+        p.bridges[0].guest_arp_unanswered = if broken { (i - 4) * 2 } else { 0 };
+        s.probes = Some(p);
+        all.extend(run(&mut d, &mut prev, s));
+    }
+    assert_eq!(incidents(&all), 1, "{all:?}");
+    assert!(reasons(&all).contains("guests' ARP for gateway 10.0.0.1"));
 }

@@ -100,6 +100,15 @@ fn nova(inst: roxmltree::Node) -> Nova {
         project_name: text("project"),
         user_name: text("user"),
         flavor: attr("flavor", "name"),
+        // <nova:ports><nova:port><nova:ip type="fixed" address=… ipVersion="4"/>
+        // (nova ≥ 22): the guest's fixed addresses, which the detector's
+        // guest probes may use.
+        ips: inst
+            .descendants()
+            .filter(is_nova("ip"))
+            .filter_map(|n| n.attribute("address"))
+            .map(str::to_string)
+            .collect(),
     }
 }
 

@@ -33,7 +33,26 @@ pub enum Fault {
     /// it continues (a 100 pps unicast flood from the switch side, started on
     /// the first inject). Revert resumes reading and leaves the traffic
     /// flowing, so the tap's tx_dropped stops rising while tx_packets rises.
+    /// The guest keeps sending meanwhile (vhost stops draining toward the
+    /// guest; its own transmit path still works).
     TapNotDrained { guest: usize },
+    /// F6, host-wide: every guest's MAC pinned on the uplink (a loop
+    /// reflecting the guests' frames back teaches the bridge that).
+    FdbHijackAll,
+    /// F7, host-wide: learning and unicast flooding off on every guest port
+    /// (a configuration push), learned entries flushed.
+    LearningFloodOffGuests,
+    /// F3: the conntrack table full. Bridged IPv4 is tracked in the
+    /// hypervisor namespace (an nft `ct` rule; br_netfilter is on), the
+    /// global `nf_conntrack_max` is lowered to `max` (root namespace only:
+    /// restored on revert, on drop and by the next lab if this process is
+    /// killed), and guest 0 opens new UDP flows until the table is full.
+    ConntrackFull { max: u64 },
+    /// F9's end state without the carrier loss: the switch port drops
+    /// everything from the host (err-disabled by BPDU guard on a switch that
+    /// keeps the link up, or an upstream ACL). Carrier and port state stay
+    /// fine and frames still leave the uplink: only what comes back tells.
+    UpstreamDrop,
 }
 
 impl Fault {
@@ -47,35 +66,73 @@ impl Fault {
             Fault::LearningFloodOff { .. } => "F7",
             Fault::MtuMismatch { .. } => "F17",
             Fault::TapNotDrained { .. } => "F14",
+            Fault::FdbHijackAll => "F6",
+            Fault::LearningFloodOffGuests => "F7",
+            Fault::ConntrackFull { .. } => "F3",
+            Fault::UpstreamDrop => "F9",
         }
     }
 }
 
 const NFT_TABLE: &str = "hvflight_lab";
+const NFT_CT_TABLE: &str = "hvflight_lab_ct";
+const NFT_UP_TABLE: &str = "hvflight_lab_up";
 
-/// The holder of a tap guest: opens the tap (TUNSETIFF) and reads it until
-/// SIGUSR1 (then stops reading: the fault), SIGUSR2 resumes. Python because
-/// it is a separate process by nature and Debian ships python3.
+/// The holder of a tap guest, which plays the guest: opens the tap
+/// (TUNSETIFF), reads it, answers ARP for its address, and ARPs for its
+/// gateway once a second (its own traffic, two-way). SIGUSR1 stops reading
+/// (the fault: frames toward the guest pile up and drop) while it keeps
+/// sending; SIGUSR2 resumes. Python because it is a separate process by
+/// nature and Debian ships python3.
 const TAP_HOLDER: &str = r#"
-import fcntl, os, select, signal, struct, sys, time
+import fcntl, os, select, signal, socket, struct, sys, time
 fd = os.open('/dev/net/tun', os.O_RDWR)
 fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', sys.argv[1].encode(), 0x0002 | 0x1000))
+mac = bytes.fromhex(sys.argv[2].replace(':', ''))
+ip = socket.inet_aton(sys.argv[3])
+gw = socket.inet_aton(sys.argv[4])
+def arp(op, dst, tha, tpa):
+    body = struct.pack('!HHBBH6s4s6s4s', 1, 0x0800, 6, 4, op, mac, ip, tha, tpa)
+    return dst + mac + b'\x08\x06' + body + bytes(18)
+def send(frame):
+    try:
+        os.write(fd, frame)
+    except OSError:
+        pass
 reading = [True]
 signal.signal(signal.SIGUSR1, lambda *a: reading.__setitem__(0, False))
 signal.signal(signal.SIGUSR2, lambda *a: reading.__setitem__(0, True))
 print('ready', flush=True)
+next_arp = time.time() + 0.5
 while True:
+    if time.time() >= next_arp:
+        send(arp(1, b'\xff' * 6, bytes(6), gw))
+        next_arp = time.time() + 1.0
     if not reading[0]:
-        time.sleep(0.1)
+        time.sleep(0.05)
         continue
-    r, _, _ = select.select([fd], [], [], 0.1)
+    r, _, _ = select.select([fd], [], [], 0.05)
     if r:
-        os.read(fd, 65536)
+        f = os.read(fd, 65536)
+        if len(f) >= 42 and f[12:14] == b'\x08\x06' and f[20:22] == b'\x00\x01' and f[38:42] == ip:
+            send(arp(2, f[6:12], f[22:28], f[28:32]))
 "#;
 
-pub(crate) fn hold_tap(ns: &str, tap: &str) -> Result<Child, LabError> {
+pub(crate) fn hold_tap(lab: &Lab, g: &super::Guest) -> Result<Child, LabError> {
+    let tap = g.host_port.as_str();
     let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "python3", "-c", TAP_HOLDER, tap])
+        .args([
+            "netns",
+            "exec",
+            &lab.hv_ns,
+            "python3",
+            "-c",
+            TAP_HOLDER,
+            tap,
+            &g.mac,
+            &g.ip.to_string(),
+            &lab.gateway_ip.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -236,6 +293,77 @@ pub fn inject(lab: &Lab, f: &Fault) -> Result<(), LabError> {
             lab.spawned(child);
             Ok(())
         }
+        Fault::FdbHijackAll => {
+            for i in 0..lab.guests.len() {
+                if lab.guests[i].present {
+                    inject(lab, &Fault::FdbHijack { guest: i })?;
+                }
+            }
+            Ok(())
+        }
+        Fault::LearningFloodOffGuests => {
+            for g in lab.guests.iter().filter(|g| g.present) {
+                inject(
+                    lab,
+                    &Fault::LearningFloodOff {
+                        port: g.host_port.clone(),
+                    },
+                )?;
+            }
+            Ok(())
+        }
+        Fault::ConntrackFull { max } => {
+            let rules = format!(
+                "table ip {NFT_CT_TABLE} {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ct state new counter\n }}\n}}\n"
+            );
+            run_input(&["ip", "netns", "exec", hv, "nft", "-f", "-"], Some(&rules))?;
+            let guard = super::sysctl::GlobalSysctl::set(
+                "/proc/sys/net/netfilter/nf_conntrack_max",
+                &max.to_string(),
+            )?;
+            lab.sysctls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(guard);
+            let g = lab
+                .guests
+                .iter()
+                .find(|g| g.present && g.ns.is_some())
+                .ok_or_else(|| LabError::Invalid("no veth guest to open flows from".into()))?;
+            let flows = format!(
+                "import socket, time\nwhile True:\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    s.sendto(b'x', ('{}', 9))\n    s.close()\n    time.sleep(0.002)\n",
+                lab.gateway_ip
+            );
+            let child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    g.ns.as_deref().unwrap_or_default(),
+                    "python3",
+                    "-c",
+                    &flows,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|source| LabError::Spawn {
+                    cmd: "python3 flows".into(),
+                    source,
+                })?;
+            lab.fault_child("conntrack", child);
+            Ok(())
+        }
+        Fault::UpstreamDrop => {
+            let rules = format!(
+                "table netdev {NFT_UP_TABLE} {{\n chain ingress {{\n  type filter hook ingress device {} priority 0; policy drop;\n }}\n}}\n",
+                lab.switch_port
+            );
+            run_input(
+                &["ip", "netns", "exec", &lab.switch_ns, "nft", "-f", "-"],
+                Some(&rules),
+            )
+            .map(|_| ())
+        }
     }
 }
 
@@ -287,5 +415,55 @@ pub fn revert(lab: &Lab, f: &Fault) -> Result<(), LabError> {
             }
             Ok(())
         }
+        Fault::FdbHijackAll => {
+            for i in 0..lab.guests.len() {
+                if lab.guests[i].present {
+                    revert(lab, &Fault::FdbHijack { guest: i })?;
+                }
+            }
+            Ok(())
+        }
+        Fault::LearningFloodOffGuests => {
+            for g in lab.guests.iter().filter(|g| g.present) {
+                revert(
+                    lab,
+                    &Fault::LearningFloodOff {
+                        port: g.host_port.clone(),
+                    },
+                )?;
+            }
+            Ok(())
+        }
+        Fault::ConntrackFull { .. } => {
+            lab.stop_fault_child("conntrack");
+            lab.sysctls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                hv,
+                "nft",
+                "delete",
+                "table",
+                "ip",
+                NFT_CT_TABLE,
+            ])
+            .map(|_| ())
+        }
+        Fault::UpstreamDrop => run(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.switch_ns,
+            "nft",
+            "delete",
+            "table",
+            "netdev",
+            NFT_UP_TABLE,
+        ])
+        .map(|_| ()),
     }
 }

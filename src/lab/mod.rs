@@ -15,6 +15,7 @@
 
 pub mod faults;
 pub mod node_xml;
+pub mod sysctl;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -59,6 +60,12 @@ pub struct LabConfig {
     pub vnics_per_domain: usize,
     /// Put nova metadata into the libvirt node XML.
     pub nova_metadata: bool,
+    /// Give the bridge an address (10.77.0.2/16) and a default route via
+    /// the gateway, as a host managed through its guest bridge has.
+    pub host_ip: bool,
+    /// Guests declared in the libvirt node XML but not created: `add_guest`
+    /// starts them later (guest churn: libvirt knows them, ports come and go).
+    pub spare_guests: usize,
 }
 
 impl Default for LabConfig {
@@ -71,6 +78,8 @@ impl Default for LabConfig {
             traffic_every: 1,
             vnics_per_domain: 1,
             nova_metadata: false,
+            host_ip: false,
+            spare_guests: 0,
         }
     }
 }
@@ -89,6 +98,8 @@ pub struct Guest {
     pub host_mac: String,
     pub ip: Ipv4Addr,
     pub tap: bool,
+    /// Its port exists now (spare guests start absent, `remove_guest` ends one).
+    pub present: bool,
 }
 
 pub struct Lab {
@@ -109,6 +120,13 @@ pub struct Lab {
     tap_holders: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Taps toward which a TapNotDrained flood already runs (one per tap).
     tap_floods: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Guest index → its traffic (ping) process.
+    guest_traffic: std::sync::Mutex<std::collections::HashMap<usize, Child>>,
+    /// Processes a fault runs until it is reverted, by name.
+    fault_children: std::sync::Mutex<std::collections::HashMap<String, Child>>,
+    traffic: bool,
+    /// Global sysctls a fault changed, restored when reverted or on drop.
+    pub(crate) sysctls: std::sync::Mutex<Vec<sysctl::GlobalSysctl>>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -244,8 +262,10 @@ impl Lab {
         if total > 4000 {
             return Err(LabError::Invalid("at most 4000 guests".into()));
         }
-        // Leftovers of crashed runs would otherwise pile up on a test machine.
+        // Leftovers of crashed runs would otherwise pile up on a test machine
+        // (and a global sysctl a killed run lowered is put back).
         cleanup_stale();
+        sysctl::restore_stale();
         let pid = std::process::id();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{PREFIX}{pid}x{n}");
@@ -264,6 +284,10 @@ impl Lab {
             children: Default::default(),
             tap_holders: Default::default(),
             tap_floods: Default::default(),
+            guest_traffic: Default::default(),
+            fault_children: Default::default(),
+            traffic: cfg.traffic,
+            sysctls: Default::default(),
         };
         // From here on, Drop cleans up whatever was built if a step fails.
         lab.build(&cfg)?;
@@ -298,6 +322,15 @@ impl Lab {
                 format!("link set {} up", self.switch_port),
             ],
         )?;
+        if cfg.host_ip {
+            ip_batch(
+                Some(&hv),
+                &[
+                    format!("addr add {}/16 dev {br}", self.host_ip()),
+                    format!("route add default via {}", self.gateway_ip),
+                ],
+            )?;
+        }
 
         let pid = std::process::id();
         let lab_n: u32 = self
@@ -306,10 +339,11 @@ impl Lab {
             .next()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let total = cfg.guests + cfg.tap_guests;
+        let total = cfg.guests + cfg.tap_guests + cfg.spare_guests;
         let mut hv_lines = Vec::new();
         for i in 0..total {
-            let tap = i >= cfg.guests;
+            let tap = i >= cfg.guests && i < cfg.guests + cfg.tap_guests;
+            let spare = i >= cfg.guests + cfg.tap_guests;
             let host_port = if tap {
                 format!("tap{}", i - cfg.guests)
             } else {
@@ -329,7 +363,12 @@ impl Lab {
                 host_mac: mac("fe:54:00", i),
                 ip,
                 tap,
+                present: !spare,
             };
+            if spare {
+                self.guests.push(g);
+                continue;
+            }
             if let Some(ns) = &g.ns {
                 hv_lines.push(format!(
                     "link add {host_port} address {} type veth peer name eth0 address {} netns {ns}",
@@ -347,10 +386,15 @@ impl Lab {
         }
         // Pushed before they exist: if this fails half-way, Drop still
         // deletes whichever of them were created.
-        let guest_ns: Vec<String> = self.guests.iter().filter_map(|g| g.ns.clone()).collect();
+        let guest_ns: Vec<String> = self
+            .guests
+            .iter()
+            .filter(|g| g.present)
+            .filter_map(|g| g.ns.clone())
+            .collect();
         netns_batch("add", &guest_ns, false)?;
         ip_batch(Some(&hv), &hv_lines)?;
-        for g in &self.guests {
+        for g in self.guests.iter().filter(|g| g.present) {
             if let Some(ns) = &g.ns {
                 ip_batch(
                     Some(ns),
@@ -365,7 +409,7 @@ impl Lab {
         }
         for g in self.guests.clone() {
             if g.tap {
-                let child = faults::hold_tap(&self.hv_ns, &g.host_port)?;
+                let child = faults::hold_tap(self, &g)?;
                 self.tap_holders
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -374,28 +418,9 @@ impl Lab {
             }
         }
         if cfg.traffic {
-            let every = cfg.traffic_every.max(1);
-            for g in self.guests.iter().step_by(every) {
-                if let Some(ns) = &g.ns {
-                    let child = Command::new("ip")
-                        .args([
-                            "netns",
-                            "exec",
-                            ns,
-                            "ping",
-                            "-q",
-                            "-i",
-                            "1",
-                            &self.gateway_ip.to_string(),
-                        ])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .map_err(|source| LabError::Spawn {
-                            cmd: "ping".into(),
-                            source,
-                        })?;
-                    self.spawned(child);
+            for i in (0..self.guests.len()).step_by(cfg.traffic_every.max(1)) {
+                if self.guests[i].present {
+                    self.start_traffic(i)?;
                 }
             }
         }
@@ -404,6 +429,173 @@ impl Lab {
             node_xml::render(self, cfg.nova_metadata, cfg.vnics_per_domain),
         )?;
         Ok(())
+    }
+
+    /// The bridge's own address when `host_ip` is set.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, 0, 2)
+    }
+
+    /// Guest `i` pings the gateway once a second (veth guests only).
+    pub fn start_traffic(&self, i: usize) -> Result<(), LabError> {
+        let Some(ns) = self.guests.get(i).and_then(|g| g.ns.clone()) else {
+            return Ok(());
+        };
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "ping",
+                "-q",
+                "-i",
+                "1",
+                &self.gateway_ip.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| LabError::Spawn {
+                cmd: "ping".into(),
+                source,
+            })?;
+        if let Some(mut old) = self
+            .guest_traffic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(i, child)
+        {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        Ok(())
+    }
+
+    /// Guest `i` goes quiet (an idle guest).
+    pub fn stop_traffic(&self, i: usize) {
+        if let Some(mut c) = self
+            .guest_traffic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&i)
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the first spare veth guest (its domain is in the node XML
+    /// from the start, as libvirt knows a defined guest); returns its index.
+    pub fn add_guest(&mut self) -> Result<usize, LabError> {
+        let i = self
+            .guests
+            .iter()
+            .position(|g| !g.present && !g.tap && g.ns.is_some())
+            .ok_or_else(|| LabError::Invalid("no spare guest left".into()))?;
+        let g = self.guests[i].clone();
+        let ns = g.ns.clone().unwrap_or_default();
+        netns_batch("add", std::slice::from_ref(&ns), false)?;
+        self.guests[i].present = true;
+        ip_batch(
+            Some(&self.hv_ns),
+            &[
+                format!(
+                    "link add {} address {} type veth peer name eth0 address {} netns {ns}",
+                    g.host_port, g.host_mac, g.mac
+                ),
+                format!("link set {} master {} up", g.host_port, self.bridge),
+            ],
+        )?;
+        ip_batch(
+            Some(&ns),
+            &[
+                "link set lo up".into(),
+                format!("addr add {}/16 dev eth0", g.ip),
+                "link set eth0 up".into(),
+                format!("route add default via {}", self.gateway_ip),
+            ],
+        )?;
+        if self.traffic {
+            self.start_traffic(i)?;
+        }
+        Ok(i)
+    }
+
+    /// Stops guest `i`: its traffic ends, its port and namespace go away
+    /// (a guest shut down; libvirt keeps it defined).
+    pub fn remove_guest(&mut self, i: usize) -> Result<(), LabError> {
+        let g = self
+            .guests
+            .get(i)
+            .cloned()
+            .ok_or_else(|| LabError::Invalid(format!("no guest {i}")))?;
+        if let Some(mut c) = self
+            .guest_traffic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&i)
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        run(&["ip", "-n", &self.hv_ns, "link", "del", &g.host_port])?;
+        if let Some(ns) = &g.ns {
+            run(&["ip", "netns", "del", ns])?;
+        }
+        self.guests[i].present = false;
+        Ok(())
+    }
+
+    /// Adds another bridge (no uplink) to the hypervisor namespace.
+    pub fn add_bridge(&self, name: &str) -> Result<(), LabError> {
+        ip_batch(
+            Some(&self.hv_ns),
+            &[
+                format!("link add {name} type bridge stp_state 0 forward_delay 0"),
+                format!("link set {name} up"),
+            ],
+        )
+    }
+
+    /// Moves a port to another bridge (what a migration looks like from the
+    /// source bridge, catalogue F26).
+    pub fn move_port(&self, port: &str, bridge: &str) -> Result<(), LabError> {
+        run(&[
+            "ip",
+            "-n",
+            &self.hv_ns,
+            "link",
+            "set",
+            port,
+            "master",
+            bridge,
+        ])
+        .map(|_| ())
+    }
+
+    /// A process a fault runs until reverted (replaces one of the same name).
+    pub(crate) fn fault_child(&self, name: &str, child: Child) {
+        if let Some(mut old) = self
+            .fault_children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), child)
+        {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+    }
+
+    pub(crate) fn stop_fault_child(&self, name: &str) {
+        if let Some(mut c) = self
+            .fault_children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Keeps a child process to be killed when the lab goes away.
@@ -512,6 +704,27 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let faults = self
+            .fault_children
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        for c in faults.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let traffic = self
+            .guest_traffic
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        for c in traffic.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Global sysctls back first: they affect the whole machine.
+        self.sysctls
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         // Deleting a namespace removes the veths and taps inside it. `-force`
         // goes on past names that were never created (a failed start); its
         // error then only says so.

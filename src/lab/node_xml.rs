@@ -21,8 +21,9 @@ pub fn render(lab: &Lab, nova: bool, vnics_per_domain: usize) -> String {
         if nova {
             let _ = write!(
                 x,
-                "    <metadata>\n      <nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'>\n        <nova:name>{inst}</nova:name>\n        <nova:flavor name='m1.tiny'/>\n        <nova:owner>\n          <nova:user uuid='00000000-0000-4000-8000-00000000a001'>demo</nova:user>\n          <nova:project uuid='00000000-0000-4000-8000-00000000b00{p}'>{project}</nova:project>\n        </nova:owner>\n      </nova:instance>\n    </metadata>\n",
+                "    <metadata>\n      <nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'>\n        <nova:name>{inst}</nova:name>\n        <nova:flavor name='m1.tiny'/>\n        <nova:owner>\n          <nova:user uuid='00000000-0000-4000-8000-00000000a001'>demo</nova:user>\n          <nova:project uuid='00000000-0000-4000-8000-00000000b00{p}'>{project}</nova:project>\n        </nova:owner>\n        <nova:ports>\n          <nova:port uuid='00000000-0000-4000-8000-{i:012x}'>\n            <nova:ip type='fixed' address='{ip}' ipVersion='4'/>\n          </nova:port>\n        </nova:ports>\n      </nova:instance>\n    </metadata>\n",
                 inst = if i == 0 { "tools-webproxy-01".to_string() } else { format!("instance-{i:04}") },
+                ip = g.ip,
                 p = i % 2,
                 project = if i % 2 == 0 { "tools" } else { "deployment-prep" }
             );

@@ -122,6 +122,18 @@ pub enum EventKind {
         iface: String,
         #[serde(default)]
         domain: String,
+        /// The evidence ("sends 12 packets in 2 s, none reach it, 40 dropped toward it").
+        #[serde(default)]
+        reason: String,
+    },
+    /// The network works but is degraded (full-size frames fail through the
+    /// uplink, conntrack or neighbour table full); `active` false = cleared.
+    Degradation {
+        what: String,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        active: bool,
     },
     /// The packet capture: an interface started, failed, recovered or
     /// stopped; the sampled share shed or restored (CPU budget).

@@ -88,4 +88,7 @@ pub struct Nova {
     pub user_name: String,
     #[serde(default)]
     pub flavor: String,
+    /// Fixed IPs of the instance's ports (`<nova:ports>`, nova ≥ 22).
+    #[serde(default)]
+    pub ips: Vec<String>,
 }

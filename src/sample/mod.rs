@@ -15,12 +15,14 @@ pub mod event;
 pub mod index;
 pub mod libvirt;
 pub mod link;
+pub mod probes;
 pub mod proc;
 
 pub use bridge::{Bridge, BridgePort, FdbEntry};
 pub use event::{Event, EventKind};
 pub use libvirt::{Domain, Libvirt, Vnic};
 pub use link::{Link, LinkStats, Qdisc};
+pub use probes::{GatewayProbe, GuestProbe, Probes};
 pub use proc::{Conntrack, Neighbours, Netfilter, Snmp, SoftnetCpu, System};
 
 /// Version of the `Sample` layout. Bump when a field changes meaning; adding
@@ -73,6 +75,9 @@ pub struct Sample {
     /// The packet ring's health (filled by the capture collector when capture runs).
     #[serde(default)]
     pub capture: Option<capture::Capture>,
+    /// The detector's gateway and guest probes (collect::probes).
+    #[serde(default)]
+    pub probes: Option<Probes>,
 
     /// Collectors that failed (or timed out) in this sample, with why.
     #[serde(default)]

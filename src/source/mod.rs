@@ -4,4 +4,5 @@ pub mod link_watch;
 pub mod netlink;
 pub mod netns;
 pub mod nfgen;
+pub mod packet;
 pub mod procfs;

@@ -27,11 +27,16 @@ fn genid_changes(view: &View) -> Vec<(f64, u32, u32)> {
 }
 
 /// libvirtd reconnects (the agent lost and regained libvirt) near `t`.
+/// A libvirtd restart: the connection lost, or back after being lost. The
+/// agent's own first connection (at its start) is not a restart.
 fn libvirt_restart_near(view: &View, t: f64, within_s: f64) -> Option<(f64, String)> {
+    let mut was_lost = false;
     view.events.iter().find_map(|x| match &x.kind {
         EventKind::LibvirtConnection { connected, uri, .. } => {
+            let restart = !*connected || was_lost;
+            was_lost |= !*connected;
             let tx = view.rel(x.ts_unix_ns);
-            ((tx - t).abs() <= within_s).then(|| {
+            (restart && (tx - t).abs() <= within_s).then(|| {
                 (
                     tx,
                     format!(

@@ -64,7 +64,7 @@ pub fn f14_tap_not_drained(view: &View, _cnc: &mut Vec<String>) -> Option<Findin
         }
     }
     for x in &view.events {
-        if let EventKind::GuestCutOff { iface, domain } = &x.kind {
+        if let EventKind::GuestCutOff { iface, domain, .. } = &x.kind {
             if ifs.contains(iface) {
                 e.push(Evidence::event(
                     view.rel(x.ts_unix_ns),

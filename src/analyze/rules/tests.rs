@@ -125,6 +125,16 @@ fn a_ruleset_change_at_a_libvirtd_restart_is_nwfilter_f12() {
         ),
     ];
     assert_eq!(top(&view(s.clone(), restart, None)), "F12");
+    // The agent's own first connection (at its start) is no libvirtd restart.
+    let first_connect = vec![ev(
+        -4.5,
+        EventKind::LibvirtConnection {
+            uri: "qemu:///system".into(),
+            connected: true,
+            error: String::new(),
+        },
+    )];
+    assert_eq!(top(&view(s.clone(), first_connect, None)), "F11");
     assert_eq!(top(&view(s, vec![], None)), "F11");
 }
 

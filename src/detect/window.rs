@@ -1,0 +1,82 @@
+//! Sliding windows over cumulative counters: "how much did this counter
+//! move in the last W seconds", from the raw values of successive samples.
+//! A counter that goes backwards (an interface re-created, the agent's
+//! prober restarted) starts its window afresh rather than yielding a
+//! negative or huge delta.
+
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Default, Debug)]
+pub struct Windows {
+    /// Per key: (monotonic ns, cumulative value), oldest first; one entry at
+    /// or before the window start is kept so a delta covers the whole window.
+    series: HashMap<String, VecDeque<(u64, f64)>>,
+    seen_at: HashMap<String, u64>,
+}
+
+impl Windows {
+    pub fn record(&mut self, key: &str, mono_ns: u64, value: f64) {
+        let s = self.series.entry(key.to_string()).or_default();
+        if s.back().is_some_and(|(_, v)| value < *v) {
+            s.clear();
+        }
+        s.push_back((mono_ns, value));
+        self.seen_at.insert(key.to_string(), mono_ns);
+    }
+
+    /// Drops what is older than the window (keeping one point at its start)
+    /// and keys not recorded within it.
+    pub fn trim(&mut self, now_ns: u64, window_ns: u64) {
+        let start = now_ns.saturating_sub(window_ns);
+        for s in self.series.values_mut() {
+            while s.len() > 1 && s[1].0 <= start {
+                s.pop_front();
+            }
+        }
+        let seen = &self.seen_at;
+        self.series
+            .retain(|k, _| seen.get(k).is_some_and(|t| *t > start));
+        let keys: Vec<String> = self
+            .seen_at
+            .keys()
+            .filter(|k| !self.series.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in keys {
+            self.seen_at.remove(&k);
+        }
+    }
+
+    /// How much `key` moved over the window; None when it has fewer than two points.
+    pub fn delta(&self, key: &str) -> Option<f64> {
+        let s = self.series.get(key)?;
+        if s.len() < 2 {
+            return None;
+        }
+        Some(s.back()?.1 - s.front()?.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn delta_covers_the_window_and_resets_on_a_counter_reset() {
+        let mut w = Windows::default();
+        for i in 0..10u64 {
+            w.record("a", i * S, (i * 5) as f64);
+            w.trim(i * S, 2 * S);
+        }
+        assert_eq!(w.delta("a"), Some(10.0));
+        w.record("a", 10 * S, 3.0);
+        w.trim(10 * S, 2 * S);
+        assert_eq!(w.delta("a"), None);
+        w.record("a", 11 * S, 4.0);
+        assert_eq!(w.delta("a"), Some(1.0));
+        // A key no longer recorded goes away.
+        w.trim(20 * S, 2 * S);
+        assert_eq!(w.delta("a"), None);
+    }
+}
