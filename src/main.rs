@@ -90,7 +90,8 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             guests,
             tap_guests,
             traffic,
-        } => hvflight::demo::hold_lab(guests, tap_guests, traffic),
+            real,
+        } => hvflight::demo::hold_lab(guests, tap_guests, traffic, real),
         Command::Config {
             command: ConfigCommand::Default,
         } => {
