@@ -63,6 +63,9 @@ pub struct CollectConfig {
     pub libvirt_reconnect_ms: u64,
     /// Re-read domain XML at least this often (it is also re-read on lifecycle events).
     pub libvirt_xml_refresh_s: u64,
+    /// The libvirt event connection probes libvirtd after this many seconds
+    /// of silence; 3 unanswered probes and it counts as lost.
+    pub libvirt_keepalive_s: u32,
     /// Cap on FDB entries kept per sample (a flooded FDB cannot blow memory).
     pub fdb_max_entries: u64,
     /// Read the kernel log.
@@ -112,6 +115,7 @@ impl Default for CollectConfig {
             libvirt_timeout_ms: 2000,
             libvirt_reconnect_ms: 5000,
             libvirt_xml_refresh_s: 60,
+            libvirt_keepalive_s: 5,
             fdb_max_entries: 65_536,
             kmsg: true,
             kmsg_path: "/dev/kmsg".into(),
@@ -414,6 +418,10 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
         (
             "collect.libvirt_reconnect_ms",
             c.collect.libvirt_reconnect_ms,
+        ),
+        (
+            "collect.libvirt_keepalive_s",
+            c.collect.libvirt_keepalive_s as u64,
         ),
         ("store.sync_interval_ms", c.store.sync_interval_ms),
         ("bundle.command_timeout_ms", c.bundle.command_timeout_ms),
