@@ -63,7 +63,7 @@ impl FromStr for Guests {
 
 /// The lab the demo runs on.
 enum DemoLab {
-    Test(Lab),
+    Test(Box<Lab>),
     Real(Box<RealLab>),
 }
 
@@ -101,7 +101,7 @@ fn start_test_lab(n: usize) -> Result<DemoLab> {
         ..LabConfig::default()
     })
     .context("building the lab")?;
-    Ok(DemoLab::Test(lab))
+    Ok(DemoLab::Test(Box::new(lab)))
 }
 
 fn start_real_lab(n: usize, stop: &Arc<AtomicBool>) -> Result<DemoLab> {
@@ -465,13 +465,13 @@ pub fn hold_lab(guests: usize, tap_guests: usize, traffic: bool, real: bool) -> 
             &mut |msg| eprintln!("lab: {msg}"),
         )?))
     } else {
-        DemoLab::Test(Lab::start(LabConfig {
+        DemoLab::Test(Box::new(Lab::start(LabConfig {
             guests,
             tap_guests,
             traffic,
             nova_metadata: true,
             ..LabConfig::default()
-        })?)
+        })?))
     };
     let base = lab.base();
     let mut desc = serde_json::json!({
@@ -507,4 +507,21 @@ pub fn hold_lab(guests: usize, tap_guests: usize, traffic: bool, real: bool) -> 
     }
     drop(lab);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guests_option_parses() {
+        assert_eq!("4".parse(), Ok(Guests::Test(4)));
+        assert_eq!("test:3".parse(), Ok(Guests::Test(3)));
+        assert_eq!("real".parse(), Ok(Guests::Real(DEFAULT_REAL_GUESTS)));
+        assert_eq!("real:3".parse(), Ok(Guests::Real(3)));
+        assert_eq!("auto".parse(), Ok(Guests::Auto(DEFAULT_REAL_GUESTS)));
+        assert!("0".parse::<Guests>().is_err());
+        assert!("real:x".parse::<Guests>().unwrap_err().contains("\"x\""));
+        assert!("kvm".parse::<Guests>().unwrap_err().contains("real[:N]"));
+    }
 }

@@ -134,9 +134,9 @@ fn ask_apt() -> Result<String, LabError> {
     }
     let names = super::run(&["apt-cache", "pkgnames", "linux-image-6.1.0-"])?;
     newest_cloud_package(&names).ok_or_else(|| {
-        LabError::Invalid(format!(
-            "apt knows no linux-image-6.1.0-*-cloud-amd64 package (is bookworm in sources.list? run apt-get update); the real-guest lab boots that kernel"
-        ))
+        LabError::Invalid(
+            "apt knows no linux-image-6.1.0-*-cloud-amd64 package (is bookworm in sources.list? run apt-get update); the real-guest lab boots that kernel".into(),
+        )
     })
 }
 
