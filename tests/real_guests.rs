@@ -856,3 +856,55 @@ fn demo_with_real_guests_needs_root() {
         eprintln!("{l}");
     }
 }
+
+/// A real lab whose process was SIGKILLed leaves libvirtd, qemu, its
+/// namespaces and temp dir behind; `lab::cleanup_stale()` (which every lab
+/// start runs) removes all of them, and nothing of live labs.
+#[test]
+fn stale_real_lab_of_a_killed_process_is_cleaned_up_needs_root() {
+    use std::io::BufRead;
+    with_lab("stale-cleanup", |shared| {
+        let mut child = Command::new(common::bin())
+            .args(["lab", "--real", "--guests", "1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let desc: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("hvflight lab --real printed {line:?}: {e}"));
+        let dir = desc["real"]["dir"].as_str().unwrap().to_string();
+        let hv = desc["hv_ns"].as_str().unwrap().to_string();
+        let mine = || {
+            hvflight::lab::libvirtd::lab_processes()
+                .into_iter()
+                .filter(|(_, c)| *c == pid)
+                .count()
+        };
+        assert_eq!(mine(), 2, "its libvirtd and one qemu run");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(mine(), 2, "SIGKILL leaves them behind");
+        assert!(Path::new(&dir).exists());
+
+        hvflight::lab::cleanup_stale();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mine() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(mine(), 0, "libvirtd and qemu of the dead lab killed");
+        assert!(!Path::new(&dir).exists(), "{dir} removed");
+        assert!(
+            !hvflight::lab::list_namespaces().contains(&hv),
+            "{hv} removed"
+        );
+        // The shared lab (a live process's) was left alone.
+        assert_eq!(shared.domstate(0).unwrap().0, "running");
+        assert!(shared.ping_guest(0, 1));
+    });
+}
