@@ -17,10 +17,14 @@ build: deps
 release: deps
 	$(CARGO) build --release
 
-# The main job: the agent against a throwaway namespace lab with the libvirt
-# test driver; injects a fault, prints what the agent sees, cleans up.
+# The main job: the agent against a throwaway namespace lab — real qemu
+# guests under a private libvirtd when this machine can run them, else veth
+# guests with libvirt's test driver (it says which, and why); injects faults,
+# prints what the agent sees, cleans up. DEMO_GUESTS=4 forces the test
+# driver, DEMO_GUESTS=real:3 three real guests (docs/lab.md).
+DEMO_GUESTS ?= auto
 demo: release
-	./target/release/hvflight demo $(DEMO_ARGS)
+	./target/release/hvflight demo --guests $(DEMO_GUESTS) $(DEMO_ARGS)
 
 # The whole test suite (needs root: it builds network namespaces).
 test: deps

@@ -75,11 +75,13 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
-    /// Throwaway lab: bridge + fake guests in network namespaces, the agent, faults; cleans up after.
+    /// Throwaway lab: bridge + guests in network namespaces, the agent, faults; cleans up after.
     Demo {
-        /// Number of guests.
-        #[arg(long, default_value_t = 4)]
-        guests: usize,
+        /// N: N veth guests described by libvirt's test driver (fast); `real[:N]`:
+        /// N qemu guests under a private libvirtd (default 2; boots take 10-60 s);
+        /// `auto[:N]`: real guests when this machine can run them, else the test driver.
+        #[arg(long, default_value = "4", value_name = "N|real[:N]|auto[:N]")]
+        guests: crate::demo::Guests,
         /// Short run (CI): fewer seconds per phase.
         #[arg(long)]
         short: bool,
@@ -103,6 +105,10 @@ pub enum Command {
         /// vNICs per libvirt domain in the test-driver node (2 = N/2 domains).
         #[arg(long, value_name = "N", default_value_t = 1)]
         vnics_per_domain: usize,
+        /// Real qemu guests under a private libvirtd instead of veth guests
+        /// (--tap-guests does not apply).
+        #[arg(long)]
+        real: bool,
     },
     /// Live stream from the running agent: one line per sample and every event.
     /// Works as `ssh node hvflight tail`. Exit codes: 0 reader gone, 1 agent went away,

@@ -76,6 +76,9 @@ pub struct CollectConfig {
     /// Ask libvirt for the domain list at most this often; samples in
     /// between repeat the last answer with its age (0 = every sample).
     pub libvirt_interval_ms: u64,
+    /// The libvirt event connection probes libvirtd after this many seconds
+    /// of silence; 3 unanswered probes and it counts as lost.
+    pub libvirt_keepalive_s: u32,
     /// Cap on FDB entries kept per sample (a flooded FDB cannot blow memory).
     pub fdb_max_entries: u64,
     /// Read the kernel log.
@@ -139,6 +142,7 @@ impl Default for CollectConfig {
             libvirt_reconnect_ms: 5000,
             libvirt_xml_refresh_s: 60,
             libvirt_interval_ms: crate::collect::libvirt::DEFAULT_INTERVAL_MS,
+            libvirt_keepalive_s: 5,
             fdb_max_entries: 65_536,
             kmsg: true,
             kmsg_path: "/dev/kmsg".into(),
@@ -563,6 +567,10 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
         (
             "collect.libvirt_reconnect_ms",
             c.collect.libvirt_reconnect_ms,
+        ),
+        (
+            "collect.libvirt_keepalive_s",
+            c.collect.libvirt_keepalive_s as u64,
         ),
         ("store.sync_interval_ms", c.store.sync_interval_ms),
         ("store.segment_max_age_s", c.store.segment_max_age_s),

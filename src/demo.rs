@@ -1,18 +1,162 @@
 //! `hvflight demo`: the main job in one command. Builds a throwaway lab
-//! (bridge, uplink to a "switch" namespace, guests, libvirt test-driver
-//! node), starts the real agent inside the lab's hypervisor namespace,
-//! injects faults from the catalogue one after the other, shows what the
-//! agent sees, and tears everything down — also on Ctrl-C or a panic.
+//! (bridge, uplink to a "switch" namespace, guests), starts the real agent
+//! inside the lab's hypervisor namespace, injects faults from the catalogue
+//! one after the other, shows what the agent sees, and tears everything
+//! down — also on Ctrl-C or a panic. Guests are veth namespaces described
+//! by libvirt's test driver, or real qemu guests under a private libvirtd
+//! (`--guests real`, `--guests auto`: see docs/lab.md).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
+use crate::lab::real::{RealLab, RealLabConfig};
 use crate::lab::{Fault, Lab, LabConfig};
+
+/// `--guests`: which lab, with how many guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guests {
+    /// veth guests, libvirt's test driver.
+    Test(usize),
+    /// qemu guests under a private libvirtd.
+    Real(usize),
+    /// Real when the machine can run them (checked first), else Test.
+    Auto(usize),
+}
+
+/// Real guests by default: each takes ~200 MB and a core for its boot.
+pub const DEFAULT_REAL_GUESTS: usize = 2;
+
+impl FromStr for Guests {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mode, n) = match s.split_once(':') {
+            Some((m, n)) => (
+                m,
+                Some(
+                    n.parse::<usize>()
+                        .map_err(|_| format!("{n:?} is not a number of guests"))?,
+                ),
+            ),
+            None => match s.parse::<usize>() {
+                Ok(n) => ("test", Some(n)),
+                Err(_) => (s, None),
+            },
+        };
+        let g = match mode {
+            "test" => Guests::Test(n.unwrap_or(4)),
+            "real" => Guests::Real(n.unwrap_or(DEFAULT_REAL_GUESTS)),
+            "auto" => Guests::Auto(n.unwrap_or(DEFAULT_REAL_GUESTS)),
+            _ => return Err(format!("{s:?}: expected N, real[:N] or auto[:N]")),
+        };
+        match g {
+            Guests::Test(0) | Guests::Real(0) | Guests::Auto(0) => Err("at least one guest".into()),
+            g => Ok(g),
+        }
+    }
+}
+
+/// The lab the demo runs on.
+enum DemoLab {
+    Test(Box<Lab>),
+    Real(Box<RealLab>),
+}
+
+impl DemoLab {
+    fn base(&self) -> &Lab {
+        match self {
+            DemoLab::Test(l) => l,
+            DemoLab::Real(r) => &r.base,
+        }
+    }
+
+    fn libvirt_uri(&self) -> String {
+        match self {
+            DemoLab::Test(l) => l.libvirt_uri(),
+            DemoLab::Real(r) => r.libvirt_uri(),
+        }
+    }
+
+    /// Can guest 0 and the gateway reach each other? A veth guest pings
+    /// from inside; a real guest has no way in, so the gateway pings it.
+    fn reach(&self) -> (&'static str, bool) {
+        match self {
+            DemoLab::Test(l) => ("guest 0 → gateway ping", l.ping_from_guest(0, 1)),
+            DemoLab::Real(r) => ("gateway → guest 0 ping", r.ping_guest(0, 1)),
+        }
+    }
+}
+
+fn start_test_lab(n: usize) -> Result<DemoLab> {
+    println!("demo: building a lab with {n} guests …");
+    let lab = Lab::start(LabConfig {
+        guests: n,
+        traffic: true,
+        nova_metadata: true,
+        ..LabConfig::default()
+    })
+    .context("building the lab")?;
+    Ok(DemoLab::Test(Box::new(lab)))
+}
+
+fn start_real_lab(n: usize, stop: &Arc<AtomicBool>) -> Result<DemoLab> {
+    println!("demo: building a lab with {n} real guests (qemu, TCG) under a private libvirtd …");
+    let lab = RealLab::start(
+        RealLabConfig {
+            guests: n,
+            traffic: true,
+            nova_metadata: true,
+            stop: Some(Arc::clone(stop)),
+            ..RealLabConfig::default()
+        },
+        &mut |msg| println!("demo:   {msg}"),
+    )
+    .context("building the real-guest lab")?;
+    Ok(DemoLab::Real(Box::new(lab)))
+}
+
+/// Picks and builds the lab `--guests` asks for, saying which and why.
+fn start_lab(guests: Guests, stop: &Arc<AtomicBool>) -> Result<DemoLab> {
+    match guests {
+        Guests::Test(n) => {
+            println!(
+                "demo: lab mode: test driver (veth guests described by libvirt's test driver)"
+            );
+            start_test_lab(n)
+        }
+        Guests::Real(n) => {
+            println!("demo: lab mode: real guests (asked for with --guests real)");
+            start_real_lab(n, stop)
+        }
+        Guests::Auto(n) => {
+            let why = crate::lab::real::prerequisites();
+            if !why.is_empty() {
+                println!(
+                    "demo: lab mode: test driver — this machine cannot run real guests: {}",
+                    why.join("; ")
+                );
+                return start_test_lab(n);
+            }
+            println!("demo: lab mode: real guests (this machine has root, libvirtd, qemu and a guest kernel)");
+            match start_real_lab(n, stop) {
+                Ok(l) => Ok(l),
+                Err(e) if !stop.load(Ordering::Relaxed) => {
+                    println!(
+                        "demo: real guests did not start ({e:#}); falling back to the test driver"
+                    );
+                    println!("demo: lab mode: test driver (fallback)");
+                    start_test_lab(n)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
 
 struct AgentChild(Child);
 
@@ -46,7 +190,7 @@ fn pause(secs: f64, stop: &AtomicBool) -> bool {
     true
 }
 
-pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
+pub fn run(guests: Guests, short: bool, interval_ms: u64) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
@@ -59,15 +203,9 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
             "demo: removed {removed} namespace(s) left by an earlier lab whose process is gone"
         );
     }
-    println!("demo: building a lab with {guests} guests …");
     let t0 = Instant::now();
-    let lab = Lab::start(LabConfig {
-        guests,
-        traffic: true,
-        nova_metadata: true,
-        ..LabConfig::default()
-    })
-    .context("building the lab")?;
+    let demo_lab = start_lab(guests, &stop)?;
+    let lab = demo_lab.base();
     println!(
         "demo: lab up in {:.1} s — hypervisor namespace {}, bridge {}, uplink {} → switch namespace {} (gateway {})",
         t0.elapsed().as_secs_f64(),
@@ -83,7 +221,15 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
             g.name, g.ip, g.host_port, g.mac
         );
     }
-    println!("demo: libvirt test driver: {}", lab.libvirt_uri());
+    match &demo_lab {
+        DemoLab::Test(l) => println!("demo: libvirt test driver: {}", l.libvirt_uri()),
+        DemoLab::Real(r) => println!(
+            "demo: libvirtd (private, in {}): {} — boot-to-ping median {:.1} s",
+            lab.hv_ns,
+            r.libvirt_uri(),
+            r.median_boot_to_ping().unwrap_or_default().as_secs_f64()
+        ),
+    }
 
     let state_dir = tempfile::tempdir().context("state dir")?;
     let exe = std::env::current_exe().context("locating the hvflight binary")?;
@@ -108,7 +254,7 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
             "--netns",
             &lab.hv_ns,
             "--libvirt-uri",
-            &lab.libvirt_uri(),
+            &demo_lab.libvirt_uri(),
         ])
         .arg("--config")
         .arg(&cfg_path)
@@ -154,9 +300,9 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
         lab.inject(fault)
             .with_context(|| format!("injecting {what}"))?;
         ok = pause(phase_s, &stop);
-        let reach = lab.ping_from_guest(0, 1);
+        let (what_ping, reach) = demo_lab.reach();
         println!(
-            "demo:    guest 0 → gateway ping: {}",
+            "demo:    {what_ping}: {}",
             if reach { "answered" } else { "NO ANSWER" }
         );
         println!("demo: ── reverting: {what}");
@@ -299,39 +445,81 @@ pub fn run(guests: usize, short: bool, interval_ms: u64) -> Result<ExitCode> {
         println!("  history │ {l}");
     }
     let names = lab.namespaces();
-    drop(lab);
+    let real = matches!(demo_lab, DemoLab::Real(_));
+    drop(demo_lab);
     let left: Vec<String> = crate::lab::list_namespaces()
         .into_iter()
         .filter(|n| names.contains(n))
         .collect();
-    if left.is_empty() {
-        println!("demo: lab torn down, no namespace left behind");
+    let procs = if real {
+        own_lab_processes()
+    } else {
+        Vec::new()
+    };
+    if left.is_empty() && procs.is_empty() {
+        if real {
+            println!("demo: lab torn down, no namespace, libvirtd or qemu left behind");
+        } else {
+            println!("demo: lab torn down, no namespace left behind");
+        }
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("demo: namespaces left behind: {left:?}");
+        eprintln!("demo: left behind: namespaces {left:?}, processes {procs:?}");
         Ok(ExitCode::FAILURE)
     }
 }
 
+/// libvirtd/qemu processes of real labs made by this process (pids).
+fn own_lab_processes() -> Vec<u32> {
+    let me = std::process::id();
+    crate::lab::libvirtd::lab_processes()
+        .into_iter()
+        .filter(|(_, creator)| *creator == me)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 /// `hvflight lab`: builds a lab, prints it as one JSON line, and holds it
 /// until SIGINT/SIGTERM (or stdin closes), then tears it down.
-pub fn hold_lab(cfg: LabConfig) -> Result<ExitCode> {
+pub fn hold_lab(cfg: LabConfig, real: bool) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     crate::lab::cleanup_stale();
     let t0 = Instant::now();
-    let lab = Lab::start(cfg)?;
-    let desc = serde_json::json!({
-        "hv_ns": lab.hv_ns,
-        "switch_ns": lab.switch_ns,
-        "bridge": lab.bridge,
-        "uplink": lab.uplink,
+    let lab = if real {
+        DemoLab::Real(Box::new(RealLab::start(
+            RealLabConfig {
+                guests: cfg.guests,
+                traffic: cfg.traffic,
+                nova_metadata: true,
+                stop: Some(Arc::clone(&stop)),
+                ..RealLabConfig::default()
+            },
+            &mut |msg| eprintln!("lab: {msg}"),
+        )?))
+    } else {
+        DemoLab::Test(Box::new(Lab::start(cfg)?))
+    };
+    let base = lab.base();
+    let mut desc = serde_json::json!({
+        "hv_ns": base.hv_ns,
+        "switch_ns": base.switch_ns,
+        "bridge": base.bridge,
+        "uplink": base.uplink,
         "libvirt_uri": lab.libvirt_uri(),
-        "guests": lab.guests.len(),
+        "guests": base.guests.len(),
         "build_ms": t0.elapsed().as_millis() as u64,
     });
+    if let DemoLab::Real(r) = &lab {
+        desc["real"] = serde_json::json!({
+            "dir": r.dir(),
+            "libvirtd_pid": r.daemon.pid(),
+            "boot_to_ping_ms": r.boot_to_ping.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
+            "taps": r.base.guests.iter().map(|g| g.host_port.clone()).collect::<Vec<_>>(),
+        });
+    }
     println!("{desc}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -348,4 +536,21 @@ pub fn hold_lab(cfg: LabConfig) -> Result<ExitCode> {
     }
     drop(lab);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guests_option_parses() {
+        assert_eq!("4".parse(), Ok(Guests::Test(4)));
+        assert_eq!("test:3".parse(), Ok(Guests::Test(3)));
+        assert_eq!("real".parse(), Ok(Guests::Real(DEFAULT_REAL_GUESTS)));
+        assert_eq!("real:3".parse(), Ok(Guests::Real(3)));
+        assert_eq!("auto".parse(), Ok(Guests::Auto(DEFAULT_REAL_GUESTS)));
+        assert!("0".parse::<Guests>().is_err());
+        assert!("real:x".parse::<Guests>().unwrap_err().contains("\"x\""));
+        assert!("kvm".parse::<Guests>().unwrap_err().contains("real[:N]"));
+    }
 }

@@ -113,15 +113,19 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             traffic,
             traffic_every,
             vnics_per_domain,
-        } => hvflight::demo::hold_lab(hvflight::lab::LabConfig {
-            guests,
-            tap_guests,
-            traffic,
-            traffic_every,
-            vnics_per_domain,
-            nova_metadata: true,
-            ..Default::default()
-        }),
+            real,
+        } => hvflight::demo::hold_lab(
+            hvflight::lab::LabConfig {
+                guests,
+                tap_guests,
+                traffic,
+                traffic_every,
+                vnics_per_domain,
+                nova_metadata: true,
+                ..Default::default()
+            },
+            real,
+        ),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

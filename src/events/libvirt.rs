@@ -62,13 +62,34 @@ pub fn register_event_loop() {
     });
 }
 
+/// Unanswered keepalive probes after which libvirt declares the daemon
+/// dead and closes the connection (libvirt's default is 5).
+pub const KEEPALIVE_COUNT: u32 = 3;
+
+/// libvirt's own default keepalive interval, seconds.
+pub const DEFAULT_KEEPALIVE_S: u32 = 5;
+
 /// Listens on a read-only connection to `uri`.
 pub fn start(uri: String, reconnect_ms: u64, tx: Sender<Event>) -> std::io::Result<Worker> {
+    start_with_keepalive(uri, reconnect_ms, DEFAULT_KEEPALIVE_S, tx)
+}
+
+/// Like [`start`], probing libvirtd every `keepalive_s` seconds of silence:
+/// a daemon that stops answering (hung, or gone without the connection's
+/// EOF reaching us) is declared lost after about
+/// (KEEPALIVE_COUNT + 1) × keepalive_s, not only when its socket closes.
+pub fn start_with_keepalive(
+    uri: String,
+    reconnect_ms: u64,
+    keepalive_s: u32,
+    tx: Sender<Event>,
+) -> std::io::Result<Worker> {
     let target = uri.clone();
-    start_with_opener(
+    start_opener_keepalive(
         uri,
         Box::new(move || Connect::open_read_only(Some(&target))),
         reconnect_ms,
+        keepalive_s,
         tx,
     )
 }
@@ -83,6 +104,16 @@ pub fn start_with_opener(
     reconnect_ms: u64,
     tx: Sender<Event>,
 ) -> std::io::Result<Worker> {
+    start_opener_keepalive(uri, open, reconnect_ms, DEFAULT_KEEPALIVE_S, tx)
+}
+
+fn start_opener_keepalive(
+    uri: String,
+    open: Opener,
+    reconnect_ms: u64,
+    keepalive_s: u32,
+    tx: Sender<Event>,
+) -> std::io::Result<Worker> {
     register_event_loop();
     Worker::spawn("libvirt-events", move |stop| {
         Listener {
@@ -90,6 +121,7 @@ pub fn start_with_opener(
             open,
             tx,
             backoff: Backoff::new(Duration::from_millis(reconnect_ms)),
+            keepalive_s,
             conn: None,
             announced_down: false,
         }
@@ -269,6 +301,7 @@ struct Listener {
     open: Opener,
     tx: Sender<Event>,
     backoff: Backoff,
+    keepalive_s: u32,
     conn: Option<Subscribed>,
     announced_down: bool,
 }
@@ -302,6 +335,11 @@ impl Listener {
             .and_then(|c| Subscribed::new(c, self.tx.clone()));
         match subscribed {
             Ok(s) => {
+                // Drivers without keepalive (the in-process test driver)
+                // refuse; their liveness comes from is_alive alone.
+                let _ = s
+                    .conn
+                    .set_keep_alive(self.keepalive_s.max(1) as i32, KEEPALIVE_COUNT);
                 self.conn = Some(s);
                 self.backoff.succeeded();
                 self.announced_down = false;

@@ -73,9 +73,10 @@ pub fn start_all(cfg: &Config, tx: Sender<Event>) -> Started {
         }
     }
     if !cfg.collect.disabled.iter().any(|d| d == "libvirt") {
-        match libvirt::start(
+        match libvirt::start_with_keepalive(
             cfg.agent.libvirt_uri.clone(),
             cfg.collect.libvirt_reconnect_ms,
+            cfg.collect.libvirt_keepalive_s,
             tx,
         ) {
             Ok(s) => running.push(Box::new(s)),

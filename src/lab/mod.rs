@@ -12,9 +12,17 @@
 //! status. Names carry the creating process id (`hvf<pid>x<n>…`) so labs run
 //! in parallel and `cleanup_stale()` can remove labs of dead processes. The
 //! lab is torn down on drop, which also runs when a test panics.
+//!
+//! Two modes: guests as veth namespaces with libvirt's test driver
+//! describing them (`Lab`, this file: fast, 50 guests in 0.2 s), or real
+//! qemu guests under a private libvirtd on the same bridge (`real::RealLab`:
+//! real taps, counters and lifecycle events; ~10–60 s to boot).
 
 pub mod faults;
+pub mod guest_image;
+pub mod libvirtd;
 pub mod node_xml;
+pub mod real;
 pub mod sysctl;
 
 use std::net::Ipv4Addr;
@@ -211,8 +219,17 @@ pub fn list_namespaces() -> Vec<String> {
 /// Removes namespaces of labs whose creating process is gone (a test run
 /// that was SIGKILLed, a crashed demo); returns how many. Lab namespaces are
 /// named `hvf<pid>…`; one whose pid is alive is left alone, so labs of other
-/// running processes are safe. `Lab::start` calls this itself.
+/// running processes are safe. `Lab::start` calls this itself. The libvirtd
+/// and qemu processes of dead real-guest labs are killed first (they would
+/// keep the namespace and its taps alive).
 pub fn cleanup_stale() -> usize {
+    let killed = libvirtd::cleanup_stale_processes();
+    if killed > 0 {
+        tracing::info!(
+            killed,
+            "killed libvirtd/qemu processes of real-guest labs whose process is gone"
+        );
+    }
     let mut removed = 0;
     for ns in list_namespaces() {
         let Some(rest) = ns.strip_prefix(PREFIX) else {
