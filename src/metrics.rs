@@ -6,8 +6,12 @@
 //! Label cardinality is bounded: interfaces only for bridges and their
 //! uplinks (never per vNIC), collectors by their fixed names, domains once
 //! each in `hvflight_domain_info` (as many series as domains on the host).
+//! The one exception, `hvflight_drops_total{interface,reason}`, adds at most
+//! `agent.metrics_drop_interfaces` other interfaces (the vNICs that dropped
+//! most) and sums the rest into interface="other"; reasons are the running
+//! kernel's fixed enum (see `DropSeries`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +39,107 @@ pub struct Snapshot {
     pub detector_state: String,
     pub eligible_guests: u64,
     pub guests: u64,
+    pub drops: DropSeries,
+}
+
+/// The bounded label set of `hvflight_drops_total`: every watched bridge and
+/// uplink, plus at most `top` other interfaces (in practice vNICs) in the
+/// order they start dropping most; once named, an interface keeps its
+/// series while it exists, so each series stays monotonic. Drops of all
+/// other interfaces go to interface="other", accumulated here from each
+/// sample's increase, so "other" never goes down when an interface leaves.
+/// Drops with no device are interface="none".
+#[derive(Debug, Default)]
+pub struct DropSeries {
+    pub top: usize,
+    named: BTreeSet<String>,
+    other: BTreeMap<String, f64>,
+    prev: Option<(u64, crate::sample::Drops)>,
+}
+
+fn label_of(iface: &str) -> &str {
+    if iface.is_empty() {
+        "none"
+    } else {
+        iface
+    }
+}
+
+/// Watched bridges and their non-vNIC ports.
+fn bridges_and_uplinks(s: &Sample) -> BTreeSet<String> {
+    let mut v = BTreeSet::new();
+    for b in s.bridges.iter().flatten() {
+        v.insert(b.name.clone());
+        for p in &b.ports {
+            let mac = s.link(&p.name).map(|x| x.mac.as_str()).unwrap_or("");
+            if !is_vnic(s, &p.name, mac) {
+                v.insert(p.name.clone());
+            }
+        }
+    }
+    v
+}
+
+impl DropSeries {
+    pub fn on_sample(&mut self, s: &Sample) {
+        let Some(d) = &s.drops else { return };
+        let always = bridges_and_uplinks(s);
+        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+        for e in &d.entries {
+            *totals.entry(label_of(&e.interface)).or_default() += e.count;
+        }
+        self.named
+            .retain(|n| n.as_str() == "none" || s.link(n).is_some());
+        let mut candidates: Vec<(&str, u64)> = totals
+            .iter()
+            .filter(|(n, c)| **c > 0 && !always.contains(**n) && !self.named.contains(**n))
+            .map(|(n, c)| (*n, *c))
+            .collect();
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        for (n, _) in candidates {
+            if self.named.len() >= self.top {
+                break;
+            }
+            self.named.insert(n.to_string());
+        }
+        if let Some((mono, p)) = &self.prev {
+            if s.mono_ns > *mono {
+                // dt = 1: the "rates" are the increases since the last sample.
+                let (inc, _) = crate::model::drop_rates(d, p, 1.0);
+                for (iface, by_reason) in inc {
+                    let l = label_of(&iface);
+                    if always.contains(l) || self.named.contains(l) {
+                        continue;
+                    }
+                    for (reason, x) in by_reason {
+                        *self.other.entry(reason).or_default() += x;
+                    }
+                }
+            }
+        }
+        self.prev = Some((s.mono_ns, d.clone()));
+    }
+
+    /// (labels, cumulative drops) of the latest sample.
+    fn series(&self, s: &Sample) -> Vec<(Labels, f64)> {
+        let Some(d) = &s.drops else { return vec![] };
+        let always = bridges_and_uplinks(s);
+        let mut by: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for e in &d.entries {
+            let l = label_of(&e.interface);
+            if always.contains(l) || self.named.contains(l) {
+                *by.entry((l, e.reason.as_str())).or_default() += e.count;
+            }
+        }
+        let mut v: Vec<(Labels, f64)> = by
+            .into_iter()
+            .map(|((i, r), c)| (l(&[("interface", i), ("reason", r)]), c as f64))
+            .collect();
+        for (r, c) in &self.other {
+            v.push((l(&[("interface", "other"), ("reason", r)]), *c));
+        }
+        v
+    }
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +156,7 @@ impl Exporter {
                 .entry(f.collector.clone())
                 .or_default() += 1;
         }
+        st.drops.on_sample(s);
         st.sample = Some(s.clone());
     }
 }
@@ -350,6 +456,32 @@ impl Collector for Exporter {
                     none.clone(),
                     sn.iter().map(|c| c.time_squeeze).sum::<u64>() as f64,
                 )],
+            )?;
+        }
+        if let Some(d) = &s.drops {
+            counter(
+                &mut enc,
+                "hvflight_drops",
+                "Packets the kernel dropped (skb:kfree_skb), by interface and drop reason; bounded interfaces (see docs/drop-reasons.md).",
+                &st.drops.series(s),
+            )?;
+            counter(
+                &mut enc,
+                "hvflight_drops_overflow",
+                "Drops not counted per interface because the kernel map was full.",
+                &[(none.clone(), d.overflow as f64)],
+            )?;
+            gauge(
+                &mut enc,
+                "hvflight_drops_map_entries",
+                "Keys in the in-kernel drop map (all namespaces).",
+                &[(none.clone(), d.map_entries as f64)],
+            )?;
+            gauge(
+                &mut enc,
+                "hvflight_drops_map_entries_limit",
+                "Bound of the in-kernel drop map (collect.drops_max_entries).",
+                &[(none.clone(), d.map_max_entries as f64)],
             )?;
         }
         gauge(

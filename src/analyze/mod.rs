@@ -3,6 +3,7 @@
 //! relative to the incident. Text and JSON; HTML, blast radius and the rest
 //! of the catalogue come with the analyzer issue.
 
+pub mod drops;
 pub mod rules;
 
 use std::io::Read;

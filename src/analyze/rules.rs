@@ -69,6 +69,7 @@ pub fn all(input: &Input) -> Vec<Finding> {
     .flatten()
     .collect();
     kernel_log(input, &mut out);
+    super::drops::cite(input, &mut out);
     out
 }
 

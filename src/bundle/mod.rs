@@ -18,6 +18,7 @@
 //! Format in docs/bundle-format.md.
 
 pub mod deep;
+pub mod drops;
 pub mod redact;
 pub mod verify;
 pub mod worker;

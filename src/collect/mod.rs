@@ -178,10 +178,20 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
             cfg.collect.libvirt_xml_refresh_s,
         )));
     }
+    if on("drops") {
+        v.push(Box::new(drops::DropsCollector::new(
+            crate::source::bpf::LoadOptions {
+                btf_path: cfg.collect.drops_btf_path.clone(),
+                max_entries: cfg.collect.drops_max_entries,
+            },
+            std::time::Duration::from_secs(cfg.collect.drops_retry_s),
+        )));
+    }
     v
 }
 
 pub mod conntrack;
+pub mod drops;
 pub mod fdb;
 pub mod libvirt;
 pub mod links;

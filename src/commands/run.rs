@@ -113,6 +113,12 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
         }
     };
     let exporter = Arc::new(crate::metrics::Exporter::default());
+    exporter
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drops
+        .top = agent.config.agent.metrics_drop_interfaces as usize;
     if !agent.config.agent.metrics_listen.is_empty() {
         match crate::metrics::serve(&agent.config.agent.metrics_listen, Arc::clone(&exporter)) {
             Ok(()) => {

@@ -10,12 +10,14 @@
 use serde::{Deserialize, Serialize};
 
 pub mod bridge;
+pub mod drops;
 pub mod event;
 pub mod libvirt;
 pub mod link;
 pub mod proc;
 
 pub use bridge::{Bridge, BridgePort, FdbEntry};
+pub use drops::{DropCount, Drops};
 pub use event::{Event, EventKind};
 pub use libvirt::{Domain, Libvirt, Vnic};
 pub use link::{Link, LinkStats, Qdisc};
@@ -68,6 +70,10 @@ pub struct Sample {
     pub netfilter: Option<Netfilter>,
     #[serde(default)]
     pub libvirt: Option<Libvirt>,
+    /// Kernel drop reasons per interface (eBPF on skb:kfree_skb); None when
+    /// BPF is unavailable here — `failures` says why.
+    #[serde(default)]
+    pub drops: Option<Drops>,
 
     /// Collectors that failed (or timed out) in this sample, with why.
     #[serde(default)]
