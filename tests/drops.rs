@@ -111,6 +111,8 @@ struct Outcome {
     /// Ticks from the first one after the injection.
     after: Vec<serde_json::Value>,
     agent: RunningAgent,
+    /// Still pinging: the fault keeps dropping while the test looks further.
+    _pings: Vec<Guard>,
     _lab: Lab,
 }
 
@@ -156,10 +158,10 @@ fn scenario(fault: impl Fn(&Lab) -> Fault, ping_size: u32, extra: &[&str]) -> Ou
             }
         }
     }
-    drop(pings);
     Outcome {
         after,
         agent: a,
+        _pings: pings,
         _lab: lab,
     }
 }
@@ -271,6 +273,39 @@ fn nft_bridge_forward_drop_shows_netfilter_drop_f11_needs_root() {
     assert_reason_within_one_sample(&o, &uplink, "NETFILTER_DROP");
     let vnic = o._lab.guests[0].host_port.clone();
     assert_reason_within_one_sample(&o, &vnic, "NETFILTER_DROP");
+    // /metrics names the uplink and the reason (scraped inside the lab's
+    // namespace, where the agent's loopback endpoint lives).
+    let out = Command::new("ip")
+        .args(["netns", "exec", &o._lab.hv_ns, "python3", "-c",
+            "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9469/metrics', timeout=5).read().decode())"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let series =
+        format!("hvflight_drops_total{{interface=\"{uplink}\",reason=\"NETFILTER_DROP\"}} ");
+    let v: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"));
+    assert!(v > 0.0, "{text}");
+    // The human tail says it too.
+    let mut t = Command::new(common::bin())
+        .args(["tail", "--socket"])
+        .arg(o.agent.socket())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(t.stdout.take().unwrap()).lines();
+    let _guard = Guard(t);
+    let line = lines
+        .by_ref()
+        .take(10)
+        .map_while(Result::ok)
+        .find(|l| l.contains("kernel: NETFILTER_DROP"))
+        .expect("tail shows the kernel's drop reason");
+    eprintln!("tail: {line}");
+    assert!(line.contains(&format!("uplink {uplink}")), "{line}");
     let (r, _) = analyze(&o.agent);
     assert_cited(&r, "F11", &uplink, "NETFILTER_DROP");
 }
@@ -309,4 +344,108 @@ fn port_mtu_too_small_on_the_host_is_cited_by_f17_needs_root() {
     assert_reason_within_one_sample(&o, &uplink, "NOT_SPECIFIED");
     let (r, _) = analyze(&o.agent);
     assert_cited(&r, "F17", &uplink, "NOT_SPECIFIED");
+}
+
+/// Runs `prefix… hvflight sample --count 2 --json ARGS` and returns the samples.
+fn samples(prefix: &[&str], args: &[&str]) -> Vec<serde_json::Value> {
+    let mut argv: Vec<&str> = prefix.to_vec();
+    argv.push(common::bin());
+    argv.extend(["sample", "--count", "2", "--interval-ms", "100", "--json"]);
+    argv.extend(args);
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(v.len(), 2, "{}", String::from_utf8_lossy(&out.stdout));
+    v
+}
+
+/// No drops section, a `drops` failure containing `why` in every sample,
+/// and every other section there, without failures.
+fn assert_absent_with_reason(samples: &[serde_json::Value], why: &str) {
+    for s in samples {
+        assert!(s["drops"].is_null(), "{}", s["drops"]);
+        let failures = s["failures"].as_array().unwrap();
+        assert_eq!(failures.len(), 1, "only drops fails: {failures:?}");
+        assert_eq!(failures[0]["collector"], "drops");
+        let e = failures[0]["error"].as_str().unwrap();
+        assert!(e.contains(why), "{e}");
+        for section in [
+            "links",
+            "bridges",
+            "fdb",
+            "neighbours",
+            "qdiscs",
+            "conntrack",
+            "softnet",
+            "snmp",
+            "system",
+            "netfilter",
+            "libvirt",
+        ] {
+            assert!(!s[section].is_null(), "{section} missing");
+        }
+        let ports = s["bridges"][0]["ports"].as_array().unwrap();
+        assert!(ports.len() >= 2, "{ports:?}");
+    }
+}
+
+#[test]
+fn without_kernel_btf_the_section_is_absent_and_says_why_needs_root() {
+    let lab = Lab::start(LabConfig {
+        guests: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[collect]\ndrops_btf_path = \"/nonexistent/vmlinux\"\n",
+    )
+    .unwrap();
+    let s = samples(
+        &[],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--netns",
+            &lab.hv_ns,
+            "--libvirt-uri",
+            &lab.libvirt_uri(),
+        ],
+    );
+    assert_absent_with_reason(&s, "no kernel BTF at /nonexistent/vmlinux");
+}
+
+#[test]
+fn without_cap_bpf_and_perfmon_the_section_is_absent_and_says_why_needs_root() {
+    let lab = Lab::start(LabConfig {
+        guests: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    // Root, but without the capabilities BPF needs (as a hardened unit
+    // without them would run): the bounding set caps what exec grants.
+    let drop = "-bpf,-perfmon,-sys_admin";
+    let prefix = [
+        "ip",
+        "netns",
+        "exec",
+        lab.hv_ns.as_str(),
+        "setpriv",
+        "--bounding-set",
+        drop,
+        "--inh-caps",
+        drop,
+    ];
+    let uri = lab.libvirt_uri();
+    let s = samples(&prefix, &["--libvirt-uri", &uri]);
+    assert_absent_with_reason(&s, "needs CAP_BPF and CAP_PERFMON");
 }

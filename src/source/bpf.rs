@@ -440,3 +440,22 @@ pub fn current_netns_inode() -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn btf_without_drop_reasons_is_refused_with_why() {
+        // Our own object's BTF is real BTF without the kernel's drop-reason
+        // types — as on a kernel < 5.17.
+        let obj = Path::new(concat!(env!("OUT_DIR"), "/drops.bpf.o"));
+        let e = check_btf(obj).err().expect("refused").to_string();
+        assert!(e.contains("has no `enum skb_drop_reason`"), "{e}");
+        let e = check_btf(Path::new("/nonexistent/btf"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.starts_with("no kernel BTF at /nonexistent/btf"), "{e}");
+    }
+}
