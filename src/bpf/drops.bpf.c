@@ -13,7 +13,7 @@
 #include "vmlinux_min.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 
 #define EEXIST 17
 
@@ -42,29 +42,37 @@ struct {
 	__type(value, __u64);
 } overflow SEC(".maps");
 
+// tp_btf hands the program typed kernel pointers: plain loads through them
+// are allowed (the verifier turns them into fault-safe loads), cheaper than
+// bpf_probe_read_kernel per field. Their offsets are CO-RE relocations
+// (preserve_access_index in vmlinux_min.h).
 static __always_inline __u32 netns_of(struct sk_buff *skb, struct net_device *dev)
 {
-	if (dev)
-		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	struct sock *sk = BPF_CORE_READ(skb, sk);
-	if (sk)
-		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	return 0;
+	struct net *net = 0;
+
+	if (dev) {
+		net = dev->nd_net.net;
+	} else {
+		struct sock *sk = skb->sk;
+		if (sk)
+			net = sk->__sk_common.skc_net.net;
+	}
+	return net ? net->ns.inum : 0;
 }
 
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(count_drop, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
 	struct drop_key key = {};
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev = skb->dev;
 	__u64 one = 1, *v;
 	__u32 zero = 0;
 	long err;
 
 	key.reason = reason;
-	key.protocol = __builtin_bswap16(BPF_CORE_READ(skb, protocol));
+	key.protocol = bpf_ntohs(skb->protocol);
 	if (dev)
-		key.ifindex = BPF_CORE_READ(dev, ifindex);
+		key.ifindex = dev->ifindex;
 	key.netns = netns_of(skb, dev);
 
 	v = bpf_map_lookup_elem(&drops, &key);
