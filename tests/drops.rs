@@ -350,7 +350,7 @@ fn port_mtu_too_small_on_the_host_is_cited_by_f17_needs_root() {
 fn samples(prefix: &[&str], args: &[&str]) -> Vec<serde_json::Value> {
     let mut argv: Vec<&str> = prefix.to_vec();
     argv.push(common::bin());
-    argv.extend(["sample", "--count", "2", "--interval-ms", "100", "--json"]);
+    argv.extend(["sample", "--count", "2", "--interval-ms", "1000", "--json"]);
     argv.extend(args);
     let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
     assert!(

@@ -7,9 +7,11 @@
 //! interfaces from the same sample's link dump. A host without BTF, without
 //! the `reason` field, or an agent without CAP_BPF/CAP_PERFMON gets no
 //! section and a failure saying why; loading is retried every
-//! `collect.drops_retry_s`, not every sample.
+//! `collect.drops_retry_s`, not every sample. Loading runs on its own thread
+//! (see `State::Loading`).
 
 use std::collections::HashMap;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::{CollectError, Collector, Context};
@@ -18,53 +20,112 @@ use crate::sample::{DropCount, Drops, Link, Sample};
 use crate::source::bpf::{self, DropProbe, LoadOptions};
 
 pub struct DropsCollector {
+    state: State,
     opts: LoadOptions,
     retry: Duration,
-    probe: Option<DropProbe>,
+    first_wait: Duration,
+    first: bool,
     loaded_mono_ns: u64,
+}
+
+enum State {
+    /// A thread loads the program (BTF checks, verifier: ~0.1 s, more on a
+    /// busy host), so the sampling cadence does not wait for it.
+    Loading {
+        rx: Receiver<Result<DropProbe, String>>,
+        since: Instant,
+    },
+    Ready(Box<DropProbe>),
     /// Why the last load failed, and when to try again.
-    failed: Option<(String, Instant)>,
+    Failed {
+        msg: String,
+        retry_at: Instant,
+    },
+}
+
+fn start_load(opts: &LoadOptions) -> State {
+    let (tx, rx) = mpsc::channel();
+    let opts = opts.clone();
+    let spawned = std::thread::Builder::new()
+        .name("hvflight-bpf-load".into())
+        .spawn(move || {
+            let _ = tx.send(DropProbe::load(&opts).map_err(|e| e.to_string()));
+        });
+    match spawned {
+        Ok(_) => State::Loading {
+            rx,
+            since: Instant::now(),
+        },
+        Err(e) => State::Failed {
+            msg: format!("cannot start the loader thread: {e}"),
+            retry_at: Instant::now(),
+        },
+    }
 }
 
 impl DropsCollector {
-    pub fn new(opts: LoadOptions, retry: Duration) -> Self {
+    /// Starts loading at once. The first sample waits up to `first_wait`
+    /// for it (so `hvflight sample --once` is complete); later samples
+    /// that find it still loading go without the section and say so.
+    pub fn new(opts: LoadOptions, retry: Duration, first_wait: Duration) -> Self {
         DropsCollector {
+            state: start_load(&opts),
             opts,
             retry,
-            probe: None,
+            first_wait,
+            first: true,
             loaded_mono_ns: 0,
-            failed: None,
         }
     }
 
-    /// Loads the program unless it is loaded or failed recently.
-    fn probe(&mut self) -> Result<(), CollectError> {
-        if self.probe.is_none() {
-            if let Some((msg, retry_at)) = &self.failed {
-                if Instant::now() < *retry_at {
-                    return Err(CollectError::Unavailable(msg.clone()));
-                }
+    /// Moves the load along; Ok once the program is attached.
+    fn ready(&mut self) -> Result<(), CollectError> {
+        let wait = if std::mem::take(&mut self.first) {
+            self.first_wait
+        } else {
+            Duration::ZERO
+        };
+        if let State::Failed { retry_at, .. } = &self.state {
+            if Instant::now() >= *retry_at {
+                self.state = start_load(&self.opts);
             }
-            match DropProbe::load(&self.opts) {
+        }
+        if let State::Loading { rx, since } = &self.state {
+            let got = match rx.recv_timeout(wait) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(CollectError::Unavailable(format!(
+                        "the drop-reason program is still loading ({} ms so far)",
+                        since.elapsed().as_millis()
+                    )))
+                }
+                Err(RecvTimeoutError::Disconnected) => Err("the loader thread died".to_string()),
+            };
+            self.state = match got {
                 Ok(p) => {
                     tracing::info!(
                         reasons = p.names.len(),
                         max_entries = p.max_entries,
+                        load_ms = since.elapsed().as_millis() as u64,
                         "drop-reason program attached to skb:kfree_skb"
                     );
                     self.loaded_mono_ns = crate::clock::now().mono_ns;
-                    self.failed = None;
-                    self.probe = Some(p);
+                    State::Ready(Box::new(p))
                 }
-                Err(e) => {
-                    let msg = e.to_string();
+                Err(msg) => {
                     tracing::warn!(error = %msg, "drop reasons unavailable");
-                    self.failed = Some((msg.clone(), Instant::now() + self.retry));
-                    return Err(CollectError::Unavailable(msg));
+                    State::Failed {
+                        msg,
+                        retry_at: Instant::now() + self.retry,
+                    }
                 }
-            }
+            };
         }
-        Ok(())
+        match &self.state {
+            State::Ready(_) => Ok(()),
+            State::Failed { msg, .. } => Err(CollectError::Unavailable(msg.clone())),
+            State::Loading { .. } => unreachable!("resolved above"),
+        }
     }
 }
 
@@ -128,9 +189,11 @@ impl Collector for DropsCollector {
     }
 
     fn collect(&mut self, _ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        self.probe()?;
+        self.ready()?;
         let loaded_mono_ns = self.loaded_mono_ns;
-        let probe = self.probe.as_mut().expect("loaded above");
+        let State::Ready(probe) = &mut self.state else {
+            unreachable!("ready() returned Ok")
+        };
         let raw = probe
             .read()
             .map_err(|e| CollectError::Unavailable(e.to_string()))?;

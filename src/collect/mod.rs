@@ -185,6 +185,8 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
                 max_entries: cfg.collect.drops_max_entries,
             },
             std::time::Duration::from_secs(cfg.collect.drops_retry_s),
+            // The first sample waits at most one interval for the load.
+            std::time::Duration::from_millis(cfg.agent.interval_ms),
         )));
     }
     v
