@@ -559,3 +559,106 @@ pub fn serve(listen: &str, exporter: Arc<Exporter>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::{Bridge, BridgePort, DropCount, Drops, Link};
+
+    fn sample(t: u64, counts: &[(&str, u64)]) -> Sample {
+        let links: Vec<Link> = ["br0", "uplink0", "vnet0", "vnet1", "vnet2"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Link {
+                name: n.to_string(),
+                ifindex: i as u32 + 1,
+                mac: if n.starts_with("vnet") {
+                    format!("fe:54:00:00:00:0{i}")
+                } else {
+                    format!("02:00:00:00:00:0{i}")
+                },
+                ..Default::default()
+            })
+            .collect();
+        let ports = links[1..]
+            .iter()
+            .map(|l| BridgePort {
+                name: l.name.clone(),
+                ifindex: l.ifindex,
+                state: 3,
+                ..Default::default()
+            })
+            .collect();
+        let entries = counts
+            .iter()
+            .map(|(n, c)| DropCount {
+                ifindex: links.iter().find(|l| l.name == *n).unwrap().ifindex,
+                interface: n.to_string(),
+                reason: "NETFILTER_DROP".into(),
+                protocol: 0x800,
+                count: *c,
+            })
+            .collect();
+        Sample {
+            mono_ns: t * 1_000_000_000,
+            links: Some(links),
+            bridges: Some(vec![Bridge {
+                name: "br0".into(),
+                ifindex: 1,
+                ports,
+                ..Default::default()
+            }]),
+            drops: Some(Drops {
+                netns_inode: 1,
+                loaded_mono_ns: 1,
+                entries,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn shown(d: &DropSeries, s: &Sample) -> Vec<(String, f64)> {
+        d.series(s)
+            .into_iter()
+            .map(|(l, v)| (l[0].1.clone(), v))
+            .collect()
+    }
+
+    #[test]
+    fn drop_series_name_uplinks_and_the_top_vnics_and_sum_the_rest() {
+        let mut d = DropSeries {
+            top: 1,
+            ..Default::default()
+        };
+        let a = sample(
+            1,
+            &[("uplink0", 5), ("vnet0", 1), ("vnet1", 9), ("vnet2", 2)],
+        );
+        d.on_sample(&a);
+        // The uplink always, vnet1 (most drops) as the one other name.
+        assert_eq!(
+            shown(&d, &a),
+            vec![("uplink0".into(), 5.0), ("vnet1".into(), 9.0)]
+        );
+        // vnet0 and vnet2 grow: their increase goes to "other"; vnet1 stays named
+        // even though vnet0 now drops more.
+        let b = sample(
+            2,
+            &[("uplink0", 5), ("vnet0", 50), ("vnet1", 10), ("vnet2", 4)],
+        );
+        d.on_sample(&b);
+        assert_eq!(
+            shown(&d, &b),
+            vec![
+                ("uplink0".into(), 5.0),
+                ("vnet1".into(), 10.0),
+                ("other".into(), 51.0)
+            ]
+        );
+        // vnet2's entry disappears: "other" does not go down.
+        let c = sample(3, &[("uplink0", 5), ("vnet0", 50), ("vnet1", 10)]);
+        d.on_sample(&c);
+        assert_eq!(shown(&d, &c).last().unwrap(), &("other".into(), 51.0));
+    }
+}
