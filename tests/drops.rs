@@ -298,12 +298,22 @@ fn nft_bridge_forward_drop_shows_netfilter_drop_f11_needs_root() {
         .unwrap();
     let mut lines = std::io::BufReader::new(t.stdout.take().unwrap()).lines();
     let _guard = Guard(t);
+    // Events (kernel log, links) come between the ticks: look a while.
+    let mut seen = Vec::new();
     let line = lines
         .by_ref()
-        .take(10)
+        .take(60)
         .map_while(Result::ok)
-        .find(|l| l.contains("kernel: NETFILTER_DROP"))
-        .expect("tail shows the kernel's drop reason");
+        .find(|l| {
+            seen.push(l.clone());
+            l.contains("kernel: NETFILTER_DROP")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "tail never showed the kernel's drop reason:\n{}",
+                seen.join("\n")
+            )
+        });
     eprintln!("tail: {line}");
     assert!(line.contains(&format!("uplink {uplink}")), "{line}");
     let (r, _) = analyze(&o.agent);
