@@ -23,8 +23,6 @@ pub struct DropsCollector {
     state: State,
     opts: LoadOptions,
     retry: Duration,
-    first_wait: Duration,
-    first: bool,
     loaded_mono_ns: u64,
 }
 
@@ -64,27 +62,21 @@ fn start_load(opts: &LoadOptions) -> State {
 }
 
 impl DropsCollector {
-    /// Starts loading at once. The first sample waits up to `first_wait`
-    /// for it (so `hvflight sample --once` is complete); later samples
-    /// that find it still loading go without the section and say so.
-    pub fn new(opts: LoadOptions, retry: Duration, first_wait: Duration) -> Self {
+    /// Starts loading at once. Samples that find it still loading go
+    /// without the section and say so (the agent's cadence never waits);
+    /// `hvflight sample` waits for it first (`wait_ready`).
+    pub fn new(opts: LoadOptions, retry: Duration) -> Self {
         DropsCollector {
             state: start_load(&opts),
             opts,
             retry,
-            first_wait,
-            first: true,
             loaded_mono_ns: 0,
         }
     }
 
-    /// Moves the load along; Ok once the program is attached.
-    fn ready(&mut self) -> Result<(), CollectError> {
-        let wait = if std::mem::take(&mut self.first) {
-            self.first_wait
-        } else {
-            Duration::ZERO
-        };
+    /// Moves the load along, waiting for it at most `wait`; Ok once the
+    /// program is attached.
+    fn ready(&mut self, wait: Duration) -> Result<(), CollectError> {
         if let State::Failed { retry_at, .. } = &self.state {
             if Instant::now() >= *retry_at {
                 self.state = start_load(&self.opts);
@@ -188,8 +180,12 @@ impl Collector for DropsCollector {
         "drops"
     }
 
+    fn wait_ready(&mut self, timeout: Duration) {
+        let _ = self.ready(timeout);
+    }
+
     fn collect(&mut self, _ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        self.ready()?;
+        self.ready(Duration::ZERO)?;
         let loaded_mono_ns = self.loaded_mono_ns;
         let State::Ready(probe) = &mut self.state else {
             unreachable!("ready() returned Ok")

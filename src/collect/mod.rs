@@ -73,6 +73,9 @@ pub trait Collector: Send {
     /// Stable name, used in failures, config and metrics ("links", "bridge", …).
     fn name(&self) -> &'static str;
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError>;
+    /// Waits at most `timeout` for work a collector starts in the
+    /// background (the BPF load); one-shot commands call it before sampling.
+    fn wait_ready(&mut self, _timeout: std::time::Duration) {}
 }
 
 /// Runs collectors in order into a fresh sample.
@@ -90,6 +93,13 @@ impl Sampler {
             host,
             collectors,
             seq: 0,
+        }
+    }
+
+    /// See `Collector::wait_ready`.
+    pub fn wait_ready(&mut self, timeout: std::time::Duration) {
+        for c in self.collectors.iter_mut() {
+            c.wait_ready(timeout);
         }
     }
 
@@ -185,8 +195,6 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
                 max_entries: cfg.collect.drops_max_entries,
             },
             std::time::Duration::from_secs(cfg.collect.drops_retry_s),
-            // The first sample waits at most one interval for the load.
-            std::time::Duration::from_millis(cfg.agent.interval_ms),
         )));
     }
     v

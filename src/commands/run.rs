@@ -317,6 +317,8 @@ pub fn sample(opts: &AgentOpts, once: bool, json: bool, count: Option<u64>) -> R
     let shutdown = shutdown_flag()?;
     let count = count.or(if once { Some(1) } else { None });
     let mut agent = Agent::new(resolved.config);
+    // A one-shot sample should be complete: let the BPF program finish loading.
+    agent.wait_ready(std::time::Duration::from_secs(5));
     let mut out = std::io::stdout().lock();
     let mut failed = false;
     agent.run(&shutdown, count, |o| {
