@@ -50,6 +50,9 @@ pub struct AgentConfig {
     pub tail_queue_lines: u64,
     /// Prometheus endpoint (host:port); empty = off.
     pub metrics_listen: String,
+    /// Interfaces besides bridges and uplinks named in hvflight_drops_total
+    /// (those that drop most); the rest are summed as interface="other".
+    pub metrics_drop_interfaces: u64,
     /// Bridges to watch; empty = the bridges libvirt's domains use, else all bridges.
     pub bridges: Vec<String>,
     /// Network namespace (name under /run/netns, or a path) to watch; empty = the agent's own.
@@ -87,10 +90,16 @@ pub struct CollectConfig {
     /// Kernel log lines kept per second; above it lines are counted as lost.
     pub kmsg_max_lines_per_s: u64,
     /// Collectors to skip, by name ("links", "bridge", "fdb", "neighbours", "qdisc",
-    /// "conntrack", "softnet", "snmp", "system", "netfilter", "libvirt").
+    /// "conntrack", "softnet", "snmp", "system", "netfilter", "libvirt", "drops").
     pub disabled: Vec<String>,
     pub proc_root: PathBuf,
     pub sys_root: PathBuf,
+    /// Kernel BTF the drop-reason program is checked and relocated against.
+    pub drops_btf_path: PathBuf,
+    /// Bound of the in-kernel drop map, keys (namespace, interface, reason, protocol).
+    pub drops_max_entries: u32,
+    /// After a failed load (no BTF, no privilege), try again this often.
+    pub drops_retry_s: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -126,6 +135,7 @@ impl Default for AgentConfig {
             socket_group: "hvflight".into(),
             tail_queue_lines: 2000,
             metrics_listen: "127.0.0.1:9469".into(),
+            metrics_drop_interfaces: 10,
             bridges: Vec::new(),
             netns: String::new(),
             hostname: String::new(),
@@ -150,6 +160,9 @@ impl Default for CollectConfig {
             disabled: Vec::new(),
             proc_root: "/proc".into(),
             sys_root: "/sys".into(),
+            drops_btf_path: crate::source::bpf::DEFAULT_BTF.into(),
+            drops_max_entries: 8192,
+            drops_retry_s: 60,
         }
     }
 }
@@ -317,6 +330,7 @@ pub const COLLECTOR_NAMES: &[&str] = &[
     "netfilter",
     "libvirt",
     "probes",
+    "drops",
 ];
 
 /// Where in which file something is.
@@ -574,6 +588,11 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
         ),
         ("store.sync_interval_ms", c.store.sync_interval_ms),
         ("store.segment_max_age_s", c.store.segment_max_age_s),
+        (
+            "collect.drops_max_entries",
+            c.collect.drops_max_entries as u64,
+        ),
+        ("collect.drops_retry_s", c.collect.drops_retry_s),
         ("bundle.command_timeout_ms", c.bundle.command_timeout_ms),
         ("bundle.max_count", c.bundle.max_count),
         ("detect.collapse_after", c.detect.collapse_after as u64),

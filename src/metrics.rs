@@ -8,8 +8,12 @@
 //! uplinks (never per vNIC), collectors, event sources and kernel-log
 //! signatures by their fixed names, critical groups as configured, domains
 //! once each in `hvflight_domain_info` (as many series as domains on the host).
+//! The one exception, `hvflight_drops_total{interface,reason}`, adds at most
+//! `agent.metrics_drop_interfaces` other interfaces (the vNICs that dropped
+//! most) and sums the rest into interface="other"; reasons are the running
+//! kernel's fixed enum (see `DropSeries`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -96,6 +100,7 @@ pub struct Snapshot {
     pub detector_bridges: Vec<(String, u64, u64)>,
     /// Degradations in progress (what).
     pub degraded: Vec<String>,
+    pub drops: DropSeries,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -145,6 +150,106 @@ fn encode_upload(enc: &mut DescriptorEncoder, u: &UploadMetrics) -> Result<(), s
         &[(none, u.last_success_unix_s.unwrap_or(0.0))],
     )?;
     Ok(())
+}
+
+/// The bounded label set of `hvflight_drops_total`: every watched bridge and
+/// uplink, plus at most `top` other interfaces (in practice vNICs) in the
+/// order they start dropping most; once named, an interface keeps its
+/// series while it exists, so each series stays monotonic. Drops of all
+/// other interfaces go to interface="other", accumulated here from each
+/// sample's increase, so "other" never goes down when an interface leaves.
+/// Drops with no device are interface="none".
+#[derive(Debug, Default)]
+pub struct DropSeries {
+    pub top: usize,
+    named: BTreeSet<String>,
+    other: BTreeMap<String, f64>,
+    prev: Option<(u64, crate::sample::Drops)>,
+}
+
+fn label_of(iface: &str) -> &str {
+    if iface.is_empty() {
+        "none"
+    } else {
+        iface
+    }
+}
+
+/// Watched bridges and their non-vNIC ports.
+fn bridges_and_uplinks(s: &Sample) -> BTreeSet<String> {
+    let mut v = BTreeSet::new();
+    for b in s.bridges.iter().flatten() {
+        v.insert(b.name.clone());
+        for p in &b.ports {
+            let mac = s.link(&p.name).map(|x| x.mac.as_str()).unwrap_or("");
+            if !is_vnic(s, &p.name, mac) {
+                v.insert(p.name.clone());
+            }
+        }
+    }
+    v
+}
+
+impl DropSeries {
+    pub fn on_sample(&mut self, s: &Sample) {
+        let Some(d) = &s.drops else { return };
+        let always = bridges_and_uplinks(s);
+        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+        for e in &d.entries {
+            *totals.entry(label_of(&e.interface)).or_default() += e.count;
+        }
+        self.named
+            .retain(|n| n.as_str() == "none" || s.link(n).is_some());
+        let mut candidates: Vec<(&str, u64)> = totals
+            .iter()
+            .filter(|(n, c)| **c > 0 && !always.contains(**n) && !self.named.contains(**n))
+            .map(|(n, c)| (*n, *c))
+            .collect();
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        for (n, _) in candidates {
+            if self.named.len() >= self.top {
+                break;
+            }
+            self.named.insert(n.to_string());
+        }
+        if let Some((mono, p)) = &self.prev {
+            if s.mono_ns > *mono {
+                // dt = 1: the "rates" are the increases since the last sample.
+                let (inc, _) = crate::model::drop_rates(d, p, 1.0);
+                for (iface, by_reason) in inc {
+                    let l = label_of(&iface);
+                    if always.contains(l) || self.named.contains(l) {
+                        continue;
+                    }
+                    for (reason, x) in by_reason {
+                        *self.other.entry(reason).or_default() += x;
+                    }
+                }
+            }
+        }
+        self.prev = Some((s.mono_ns, d.clone()));
+    }
+
+    /// (labels, cumulative drops) of the latest sample.
+    fn series(&self, s: &Sample) -> Vec<(Labels, f64)> {
+        let Some(d) = &s.drops else { return vec![] };
+        let always = bridges_and_uplinks(s);
+        let mut by: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for e in &d.entries {
+            let l = label_of(&e.interface);
+            if always.contains(l) || self.named.contains(l) {
+                *by.entry((l, e.reason.as_str())).or_default() += e.count;
+            }
+        }
+        let mut v: Vec<(Labels, f64)> = by
+            .into_iter()
+            .map(|((i, r), c)| (l(&[("interface", i), ("reason", r)]), c as f64))
+            .collect();
+        for (r, c) in &self.other {
+            v.push((l(&[("interface", "other"), ("reason", r)]), *c));
+        }
+        v
+    }
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +308,7 @@ impl Exporter {
                 .entry(f.collector.clone())
                 .or_default() += 1;
         }
+        st.drops.on_sample(s);
         st.sample = Some(s.clone());
     }
 
@@ -775,9 +881,45 @@ impl Collector for Exporter {
             if let Some(c) = &s.capture {
                 capture_metrics(&mut enc, c)?;
             }
+            if let Some(d) = &s.drops {
+                drop_metrics(&mut enc, &st.drops, s, d)?;
+            }
         }
         Ok(())
     }
+}
+
+/// The kernel's drop reasons (docs/drop-reasons.md): bounded interfaces.
+fn drop_metrics(
+    enc: &mut DescriptorEncoder,
+    series: &DropSeries,
+    s: &Sample,
+    d: &crate::sample::Drops,
+) -> Result<(), std::fmt::Error> {
+    counter(
+        enc,
+        "hvflight_drops",
+        "Packets the kernel dropped (skb:kfree_skb), by interface and drop reason; bounded interfaces (see docs/drop-reasons.md).",
+        &series.series(s),
+    )?;
+    counter(
+        enc,
+        "hvflight_drops_overflow",
+        "Drops not counted per interface because the kernel map was full.",
+        &one(d.overflow as f64),
+    )?;
+    gauge(
+        enc,
+        "hvflight_drops_map_entries",
+        "Keys in the in-kernel drop map (all namespaces).",
+        &one(d.map_entries as f64),
+    )?;
+    gauge(
+        enc,
+        "hvflight_drops_map_entries_limit",
+        "Bound of the in-kernel drop map (collect.drops_max_entries).",
+        &one(d.map_max_entries as f64),
+    )
 }
 
 /// The packet ring (docs/capture.md); interfaces are the captured ones only
@@ -958,5 +1100,104 @@ mod tests {
             text.contains("hvflight_events_total{source=\"fdb\"} 0"),
             "{text}"
         );
+    }
+
+    use crate::sample::{Bridge, BridgePort, DropCount, Drops, Link};
+
+    fn sample(t: u64, counts: &[(&str, u64)]) -> Sample {
+        let links: Vec<Link> = ["br0", "uplink0", "vnet0", "vnet1", "vnet2"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Link {
+                name: n.to_string(),
+                ifindex: i as u32 + 1,
+                mac: if n.starts_with("vnet") {
+                    format!("fe:54:00:00:00:0{i}")
+                } else {
+                    format!("02:00:00:00:00:0{i}")
+                },
+                ..Default::default()
+            })
+            .collect();
+        let ports = links[1..]
+            .iter()
+            .map(|l| BridgePort {
+                name: l.name.clone(),
+                ifindex: l.ifindex,
+                state: 3,
+                ..Default::default()
+            })
+            .collect();
+        let entries = counts
+            .iter()
+            .map(|(n, c)| DropCount {
+                ifindex: links.iter().find(|l| l.name == *n).unwrap().ifindex,
+                interface: n.to_string(),
+                reason: "NETFILTER_DROP".into(),
+                protocol: 0x800,
+                count: *c,
+            })
+            .collect();
+        Sample {
+            mono_ns: t * 1_000_000_000,
+            links: Some(links),
+            bridges: Some(vec![Bridge {
+                name: "br0".into(),
+                ifindex: 1,
+                ports,
+                ..Default::default()
+            }]),
+            drops: Some(Drops {
+                netns_inode: 1,
+                loaded_mono_ns: 1,
+                entries,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn shown(d: &DropSeries, s: &Sample) -> Vec<(String, f64)> {
+        d.series(s)
+            .into_iter()
+            .map(|(l, v)| (l[0].1.clone(), v))
+            .collect()
+    }
+
+    #[test]
+    fn drop_series_name_uplinks_and_the_top_vnics_and_sum_the_rest() {
+        let mut d = DropSeries {
+            top: 1,
+            ..Default::default()
+        };
+        let a = sample(
+            1,
+            &[("uplink0", 5), ("vnet0", 1), ("vnet1", 9), ("vnet2", 2)],
+        );
+        d.on_sample(&a);
+        // The uplink always, vnet1 (most drops) as the one other name.
+        assert_eq!(
+            shown(&d, &a),
+            vec![("uplink0".into(), 5.0), ("vnet1".into(), 9.0)]
+        );
+        // vnet0 and vnet2 grow: their increase goes to "other"; vnet1 stays named
+        // even though vnet0 now drops more.
+        let b = sample(
+            2,
+            &[("uplink0", 5), ("vnet0", 50), ("vnet1", 10), ("vnet2", 4)],
+        );
+        d.on_sample(&b);
+        assert_eq!(
+            shown(&d, &b),
+            vec![
+                ("uplink0".into(), 5.0),
+                ("vnet1".into(), 10.0),
+                ("other".into(), 51.0)
+            ]
+        );
+        // vnet2's entry disappears: "other" does not go down.
+        let c = sample(3, &[("uplink0", 5), ("vnet0", 50), ("vnet1", 10)]);
+        d.on_sample(&c);
+        assert_eq!(shown(&d, &c).last().unwrap(), &("other".into(), 51.0));
     }
 }

@@ -78,6 +78,15 @@ pub struct Model {
     pub qdisc_drops_per_s: BTreeMap<String, f64>,
     /// Fraction of CPU time busy (0..1) over the interval, all CPUs.
     pub cpu_busy: Option<f64>,
+    /// Kernel drops per second by interface and reason name (the `drops`
+    /// section, summed over protocols; interface "" = no device). Only
+    /// reasons that dropped in the interval; empty when the program was
+    /// (re)loaded in between.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops_per_s: DropRates,
+    /// Drops the full kernel map could not count per key, per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_overflow_per_s: Option<f64>,
 }
 
 impl Model {
@@ -165,6 +174,10 @@ impl Model {
             }
         }
 
+        if let (Some(cd), Some(pd)) = (&cur.drops, &prev.drops) {
+            (m.drops_per_s, m.drop_overflow_per_s) = drop_rates(cd, pd, dt);
+        }
+
         if let (Some(cs), Some(ps)) = (&cur.system, &prev.system) {
             let busy = |c: &crate::sample::proc::CpuTimes| {
                 c.user + c.nice + c.system + c.irq + c.softirq + c.steal
@@ -181,6 +194,43 @@ impl Model {
         }
         m
     }
+}
+
+/// Kernel drops per second by interface and reason between two `drops`
+/// sections `dt` seconds apart, and the overflow rate. A key absent before
+/// appeared in the interval (the program creates it at its first drop, or
+/// re-creates it after the agent pruned it), so all of its count is new; a
+/// count that went down is a reset. A re-load restarts every counter: no rates.
+pub type DropRates = BTreeMap<String, BTreeMap<String, f64>>;
+
+pub fn drop_rates(
+    cur: &crate::sample::Drops,
+    prev: &crate::sample::Drops,
+    dt: f64,
+) -> (DropRates, Option<f64>) {
+    let mut out = DropRates::new();
+    if cur.loaded_mono_ns != prev.loaded_mono_ns || cur.netns_inode != prev.netns_inode || dt <= 0.0
+    {
+        return (out, None);
+    }
+    let before: BTreeMap<(u32, &str, u16), u64> = prev
+        .entries
+        .iter()
+        .map(|e| ((e.ifindex, e.reason.as_str(), e.protocol), e.count))
+        .collect();
+    for e in &cur.entries {
+        let delta = match before.get(&(e.ifindex, e.reason.as_str(), e.protocol)) {
+            Some(p) => counter_delta(*p, e.count, Width::U64),
+            None => Some(e.count),
+        };
+        if let Some(d) = delta.filter(|d| *d > 0) {
+            *out.entry(e.interface.clone())
+                .or_default()
+                .entry(e.reason.clone())
+                .or_default() += d as f64 / dt;
+        }
+    }
+    (out, rate(prev.overflow, cur.overflow, Width::U64, dt))
 }
 
 /// Rates of one interface, or None if any main counter went backwards
@@ -286,6 +336,46 @@ mod tests {
             ..Default::default()
         }]);
         assert_eq!(Model::new(&b, Some(&a)).softnet_dropped_per_s, Some(5.0));
+    }
+
+    #[test]
+    fn drop_reason_rates_per_interface_new_keys_and_reloads() {
+        use crate::sample::{DropCount, Drops};
+        let e = |iface: &str, ifindex, reason: &str, protocol, count| DropCount {
+            ifindex,
+            interface: iface.into(),
+            reason: reason.into(),
+            protocol,
+            count,
+        };
+        let d = |loaded, entries| Drops {
+            netns_inode: 7,
+            loaded_mono_ns: loaded,
+            entries,
+            ..Default::default()
+        };
+        let mut a = sample(10, vec![]);
+        let mut b = sample(12, vec![]);
+        a.drops = Some(d(1, vec![e("uplink0", 3, "QDISC_DROP", 0x800, 100)]));
+        b.drops = Some(d(
+            1,
+            vec![
+                e("uplink0", 3, "QDISC_DROP", 0x800, 300),
+                e("uplink0", 3, "QDISC_DROP", 0x86dd, 20), // new key: all of it is new
+                e("vnet0", 4, "NETFILTER_DROP", 0x800, 0),
+            ],
+        ));
+        let m = Model::new(&b, Some(&a));
+        assert_eq!(m.drops_per_s["uplink0"]["QDISC_DROP"], 110.0);
+        assert!(!m.drops_per_s.contains_key("vnet0"), "no drops, no rate");
+        // The program was re-loaded (agent restart in between): no rates.
+        let mut c = sample(13, vec![]);
+        c.drops = Some(d(2, vec![e("uplink0", 3, "QDISC_DROP", 0x800, 5)]));
+        assert!(Model::new(&c, Some(&b)).drops_per_s.is_empty());
+        // Older records without the section: nothing, no panic.
+        assert!(Model::new(&b, Some(&sample(9, vec![])))
+            .drops_per_s
+            .is_empty());
     }
 
     #[test]

@@ -116,8 +116,14 @@ fn metrics_follow_the_lab_needs_root() {
         assert!(Instant::now() < deadline, "no capture in /metrics:\n{t}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Bounded labels: no per-vNIC series.
-    assert!(!text.contains("interface=\"vnet0\""), "{text}");
+    // Bounded labels: no per-vNIC series (hvflight_drops_total may name
+    // the few vNICs that drop most: docs/drop-reasons.md).
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("interface=\"vnet0\"") && !l.starts_with("hvflight_drops")),
+        "{text}"
+    );
     // The uplink loses carrier: the next scrape says so.
     lab.inject(&Fault::UplinkDown).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -107,6 +107,12 @@ impl Agent {
         self.events_tx.clone()
     }
 
+    /// Waits at most `timeout` for collectors that load in the background
+    /// (one-shot commands, so their samples are complete).
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        self.sampler.wait_ready(timeout);
+    }
+
     pub fn sample_once(&mut self) -> Sample {
         self.sampler.sample()
     }

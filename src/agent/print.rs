@@ -83,6 +83,13 @@ pub fn sample_line(s: &Sample, m: &Model) -> String {
                     carrier,
                     state
                 );
+                if let Some(d) = m.drops_per_s.get(&p.name) {
+                    let _ = write!(
+                        out,
+                        " (kernel: {})",
+                        crate::control::client::reasons_text(d, 3)
+                    );
+                }
             }
         }
         let _ = write!(out, " · vnics {vnics}");

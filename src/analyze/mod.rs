@@ -14,6 +14,7 @@
 //! `next`; fields are only ever added.
 
 pub mod blast;
+pub mod drops;
 pub mod fixture;
 pub mod load;
 pub mod packets;

@@ -20,6 +20,7 @@
 
 pub mod case;
 pub mod deep;
+pub mod drops;
 pub mod redact;
 pub mod verify;
 pub mod worker;

@@ -380,6 +380,7 @@ pub fn write(
     let mut failures: std::collections::BTreeMap<String, CollectorFailureSummary> =
         Default::default();
     let mut store_warnings = Vec::new();
+    let mut drop_summary = super::drops::DropSummary::default();
     let mut t = since_ns;
     while t <= until_ns {
         let end = (t + 60_000_000_000 - 1).min(until_ns);
@@ -389,6 +390,7 @@ pub fn write(
             let line = match &r {
                 Record::Sample(s) => {
                     samples += 1;
+                    drop_summary.add(s, incident.ts_unix_ns);
                     for f in &s.failures {
                         let e = failures.entry(f.collector.clone()).or_insert_with(|| {
                             CollectorFailureSummary {
@@ -432,7 +434,11 @@ pub fn write(
             .map(|x| format!("{x:02x}"))
             .collect(),
     }];
-    for (n, b) in &deep.files {
+    let generated = vec![(
+        "deep/drop_reasons.txt".to_string(),
+        drop_summary.text(incident.ts_unix_ns).into_bytes(),
+    )];
+    for (n, b) in deep.files.iter().chain(&generated) {
         entries.push(Entry {
             name: n.clone(),
             size: b.len() as u64,
@@ -514,7 +520,7 @@ pub fn write(
             "history/records.jsonl",
             std::fs::File::open(&hist_path)?,
         )?;
-        for (n, b) in &deep.files {
+        for (n, b) in deep.files.iter().chain(&generated) {
             add(&mut tar, n, b)?;
         }
         if let Some((c, f)) = pcap.and_then(|c| Some((c, c.file.as_ref()?))) {

@@ -73,6 +73,9 @@ pub trait Collector: Send {
     /// Stable name, used in failures, config and metrics ("links", "bridge", …).
     fn name(&self) -> &'static str;
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError>;
+    /// Waits at most `timeout` for work a collector starts in the
+    /// background (the BPF load); one-shot commands call it before sampling.
+    fn wait_ready(&mut self, _timeout: std::time::Duration) {}
 }
 
 /// Runs collectors in order into a fresh sample.
@@ -97,6 +100,13 @@ impl Sampler {
     /// reads the links and bridges they filled).
     pub fn push(&mut self, c: Box<dyn Collector>) {
         self.collectors.push(c);
+    }
+
+    /// See `Collector::wait_ready`.
+    pub fn wait_ready(&mut self, timeout: std::time::Duration) {
+        for c in self.collectors.iter_mut() {
+            c.wait_ready(timeout);
+        }
     }
 
     pub fn collector_names(&self) -> Vec<&'static str> {
@@ -208,10 +218,20 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
     {
         v.push(Box::new(probes::ProbesCollector::new(cfg.detect.clone())));
     }
+    if on("drops") {
+        v.push(Box::new(drops::DropsCollector::new(
+            crate::source::bpf::LoadOptions {
+                btf_path: cfg.collect.drops_btf_path.clone(),
+                max_entries: cfg.collect.drops_max_entries,
+            },
+            std::time::Duration::from_secs(cfg.collect.drops_retry_s),
+        )));
+    }
     v
 }
 
 pub mod conntrack;
+pub mod drops;
 pub mod fdb;
 pub mod libvirt;
 pub mod links;

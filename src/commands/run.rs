@@ -142,6 +142,12 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
         &agent::hostname(&agent.config),
         bundles.as_ref().map(|w| w.stats()),
     ));
+    exporter
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drops
+        .top = agent.config.agent.metrics_drop_interfaces as usize;
     if !agent.config.agent.metrics_listen.is_empty() {
         match crate::metrics::serve(&agent.config.agent.metrics_listen, Arc::clone(&exporter)) {
             Ok(()) => {
@@ -422,6 +428,8 @@ pub fn sample(opts: &AgentOpts, once: bool, json: bool, count: Option<u64>) -> R
     let shutdown = shutdown_flag()?;
     let count = count.or(if once { Some(1) } else { None });
     let mut agent = Agent::new(resolved.config);
+    // A one-shot sample should be complete: let the BPF program finish loading.
+    agent.wait_ready(std::time::Duration::from_secs(5));
     let mut out = std::io::stdout().lock();
     let mut failed = false;
     agent.run(&shutdown, count, |o| {

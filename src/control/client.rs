@@ -157,6 +157,28 @@ fn event_ifaces(e: &Event) -> Option<&str> {
     }
 }
 
+/// "NETFILTER_DROP 12/s, NO_SOCKET 0.5/s": the `n` busiest kernel drop reasons.
+pub fn reasons_text(r: &std::collections::BTreeMap<String, f64>, n: usize) -> String {
+    let mut v: Vec<(&String, &f64)> = r.iter().filter(|(_, x)| **x > 0.0).collect();
+    v.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    let more = v.len().saturating_sub(n);
+    let mut s: Vec<String> = v
+        .iter()
+        .take(n)
+        .map(|(k, x)| {
+            if **x >= 10.0 {
+                format!("{k} {x:.0}/s")
+            } else {
+                format!("{k} {x:.1}/s")
+            }
+        })
+        .collect();
+    if more > 0 {
+        s.push(format!("+{more} more"));
+    }
+    s.join(", ")
+}
+
 pub fn tick_line(t: &Tick, f: &TailFilter) -> Option<String> {
     let hms = &t.ts[11..23];
     let mut out = hms.to_string();
@@ -185,6 +207,12 @@ pub fn tick_line(t: &Tick, f: &TailFilter) -> Option<String> {
                 i.tx_pps,
                 i.rx_drop_ps + i.tx_drop_ps
             ));
+            if !i.drop_reasons_ps.is_empty() {
+                out.push_str(&format!(
+                    " (kernel: {})",
+                    reasons_text(&i.drop_reasons_ps, 4)
+                ));
+            }
         }
         return Some(out);
     }
@@ -197,6 +225,12 @@ pub fn tick_line(t: &Tick, f: &TailFilter) -> Option<String> {
     for b in bridges {
         if let Some(i) = t.ifaces.get(b) {
             out.push_str(&format!(" | {b} rx {:.0} tx {:.0} pps", i.rx_pps, i.tx_pps));
+            if !i.drop_reasons_ps.is_empty() {
+                out.push_str(&format!(
+                    " (kernel drops: {})",
+                    reasons_text(&i.drop_reasons_ps, 3)
+                ));
+            }
         }
         for (n, i) in t
             .ifaces
@@ -218,6 +252,12 @@ pub fn tick_line(t: &Tick, f: &TailFilter) -> Option<String> {
                 i.tx_pps,
                 i.rx_drop_ps + i.tx_drop_ps
             ));
+            if !i.drop_reasons_ps.is_empty() {
+                out.push_str(&format!(
+                    " (kernel: {})",
+                    reasons_text(&i.drop_reasons_ps, 3)
+                ));
+            }
         }
         let mut vnics: Vec<(&String, &super::tick::IfaceTick)> = t
             .ifaces
@@ -232,6 +272,23 @@ pub fn tick_line(t: &Tick, f: &TailFilter) -> Option<String> {
             .collect();
         vnics.sort_by(|a, b| (b.1.rx_pps + b.1.tx_pps).total_cmp(&(a.1.rx_pps + a.1.tx_pps)));
         out.push_str(&format!(" · vnics {} drop {drops:.1}/s", vnics.len()));
+        let mut reasons: std::collections::BTreeMap<String, f64> = Default::default();
+        let mut worst: Option<(&str, f64)> = None;
+        for (n, i) in &vnics {
+            let sum: f64 = i.drop_reasons_ps.values().sum();
+            if sum > 0.0 && worst.is_none_or(|(_, w)| sum > w) {
+                worst = Some((n.as_str(), sum));
+            }
+            for (r, x) in &i.drop_reasons_ps {
+                *reasons.entry(r.clone()).or_default() += x;
+            }
+        }
+        if let Some((w, _)) = worst {
+            out.push_str(&format!(
+                " (kernel: {}; most on {w})",
+                reasons_text(&reasons, 3)
+            ));
+        }
         if let Some((n, i)) = vnics.first().filter(|(_, i)| i.rx_pps + i.tx_pps > 0.0) {
             out.push_str(&format!(" busiest {n} {:.0} pps", i.rx_pps + i.tx_pps));
         }

@@ -26,6 +26,9 @@ pub struct IfaceTick {
     pub tx_pps: f64,
     pub rx_drop_ps: f64,
     pub tx_drop_ps: f64,
+    /// Kernel drops per second by reason (skb:kfree_skb), reasons that dropped only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drop_reasons_ps: BTreeMap<String, f64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -98,6 +101,7 @@ pub fn tick(s: &Sample, m: &Model) -> Tick {
                 tx_pps: r.map_or(0.0, |r| r.tx_packets_per_s),
                 rx_drop_ps: r.map_or(0.0, |r| r.rx_dropped_per_s),
                 tx_drop_ps: r.map_or(0.0, |r| r.tx_dropped_per_s),
+                drop_reasons_ps: m.drops_per_s.get(name).cloned().unwrap_or_default(),
             },
         );
     };

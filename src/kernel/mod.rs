@@ -2,6 +2,7 @@
 pub mod bonding;
 pub mod buddyinfo;
 pub mod domain_xml;
+pub mod drop_reasons;
 pub mod kmsg;
 pub mod proc_error;
 pub mod procfs_lines;

@@ -29,6 +29,9 @@ pub enum Fault {
     LearningFloodOff { port: String },
     /// F17: the switch side's MTU lowered below the guests'.
     MtuMismatch { mtu: u32 },
+    /// F17 on the host: a bridge port's MTU lowered (a port with a smaller
+    /// MTU joined); the bridge follows the smallest port. Revert sets 1500.
+    PortMtu { port: String, mtu: u32 },
     /// F14: a tap guest's process stops reading its tap while traffic toward
     /// it continues (a 100 pps unicast flood from the switch side, started on
     /// the first inject). Revert resumes reading and leaves the traffic
@@ -53,6 +56,12 @@ pub enum Fault {
     /// keeps the link up, or an upstream ACL). Carrier and port state stay
     /// fine and frames still leave the uplink: only what comes back tells.
     UpstreamDrop,
+    /// F1 (the part a lab can do): the uplink's transmit side freezes, as
+    /// behind a hung NIC: an htb root qdisc whose only class sends at
+    /// 8 bit/s, over a 10-packet pfifo so the queue overflows within a
+    /// second at the lab's ping rates (a 1000-packet default would take
+    /// minutes). Revert deletes the root qdisc.
+    UplinkTxFrozen,
 }
 
 impl Fault {
@@ -64,12 +73,13 @@ impl Fault {
             Fault::NftBridgeDrop => "F11",
             Fault::FdbHijack { .. } => "F6",
             Fault::LearningFloodOff { .. } => "F7",
-            Fault::MtuMismatch { .. } => "F17",
+            Fault::MtuMismatch { .. } | Fault::PortMtu { .. } => "F17",
             Fault::TapNotDrained { .. } => "F14",
             Fault::FdbHijackAll => "F6",
             Fault::LearningFloodOffGuests => "F7",
             Fault::ConntrackFull { .. } => "F3",
             Fault::UpstreamDrop => "F9",
+            Fault::UplinkTxFrozen => "F1",
         }
     }
 }
@@ -245,6 +255,9 @@ pub fn inject(lab: &Lab, f: &Fault) -> Result<(), LabError> {
             &mtu.to_string(),
         ])
         .map(|_| ()),
+        Fault::PortMtu { port, mtu } => {
+            run(&["ip", "-n", hv, "link", "set", port, "mtu", &mtu.to_string()]).map(|_| ())
+        }
         Fault::TapNotDrained { guest: i } => {
             let g = guest(lab, *i)?;
             let pid = lab
@@ -364,7 +377,24 @@ pub fn inject(lab: &Lab, f: &Fault) -> Result<(), LabError> {
             )
             .map(|_| ())
         }
+        Fault::UplinkTxFrozen => freeze_uplink_tx(lab),
     }
+}
+
+fn freeze_uplink_tx(lab: &Lab) -> Result<(), LabError> {
+    let (hv, up) = (lab.hv_ns.as_str(), lab.uplink.as_str());
+    run(&[
+        "tc", "-n", hv, "qdisc", "add", "dev", up, "root", "handle", "1:", "htb", "default", "10",
+    ])?;
+    run(&[
+        "tc", "-n", hv, "class", "add", "dev", up, "parent", "1:", "classid", "1:10", "htb",
+        "rate", "8bit", "ceil", "8bit",
+    ])?;
+    run(&[
+        "tc", "-n", hv, "qdisc", "add", "dev", up, "parent", "1:10", "handle", "10:", "pfifo",
+        "limit", "10",
+    ])
+    .map(|_| ())
 }
 
 pub fn revert(lab: &Lab, f: &Fault) -> Result<(), LabError> {
@@ -408,6 +438,9 @@ pub fn revert(lab: &Lab, f: &Fault) -> Result<(), LabError> {
             "1500",
         ])
         .map(|_| ()),
+        Fault::PortMtu { port, .. } => {
+            run(&["ip", "-n", hv, "link", "set", port, "mtu", "1500"]).map(|_| ())
+        }
         Fault::TapNotDrained { guest: i } => {
             let g = guest(lab, *i)?;
             if let Some(pid) = lab.tap_holder(&g.host_port) {
@@ -465,5 +498,8 @@ pub fn revert(lab: &Lab, f: &Fault) -> Result<(), LabError> {
             NFT_UP_TABLE,
         ])
         .map(|_| ()),
+        Fault::UplinkTxFrozen => {
+            run(&["tc", "-n", hv, "qdisc", "del", "dev", &lab.uplink, "root"]).map(|_| ())
+        }
     }
 }

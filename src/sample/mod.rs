@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod bridge;
 pub mod capture;
+pub mod drops;
 pub mod event;
 pub mod index;
 pub mod libvirt;
@@ -19,6 +20,7 @@ pub mod probes;
 pub mod proc;
 
 pub use bridge::{Bridge, BridgePort, FdbEntry};
+pub use drops::{DropCount, Drops};
 pub use event::{Event, EventKind};
 pub use libvirt::{Domain, Libvirt, Vnic};
 pub use link::{Link, LinkStats, Qdisc};
@@ -78,6 +80,10 @@ pub struct Sample {
     /// The detector's gateway and guest probes (collect::probes).
     #[serde(default)]
     pub probes: Option<Probes>,
+    /// Kernel drop reasons per interface (eBPF on skb:kfree_skb); None when
+    /// BPF is unavailable here — `failures` says why.
+    #[serde(default)]
+    pub drops: Option<Drops>,
 
     /// Collectors that failed (or timed out) in this sample, with why.
     #[serde(default)]

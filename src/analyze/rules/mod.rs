@@ -177,7 +177,13 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
-/// Runs every rule (in catalogue order).
+/// The catalogue group of a rule ("uplink", "bridge", …).
+pub fn group_of(id: &str) -> &'static str {
+    RULES.iter().find(|r| r.id == id).map_or("", |r| r.group)
+}
+
+/// Runs every rule (in catalogue order), then adds the kernel's drop
+/// reasons where they name a row (analyze/drops.rs).
 pub fn run_all(view: &View, could_not_check: &mut Vec<String>) -> Vec<Finding> {
     let mut out = Vec::new();
     for r in RULES {
@@ -186,6 +192,12 @@ pub fn run_all(view: &View, could_not_check: &mut Vec<String>) -> Vec<Finding> {
             f.confidence = f.confidence.clamp(0.0, 0.99);
             out.push(f);
         }
+    }
+    super::drops::cite(view, &mut out);
+    if !view.has(|s| s.drops.is_some()) {
+        could_not_check.push(
+            "no kernel drop reasons in the samples (eBPF unavailable or disabled): the drop-reason evidence of F1/F4/F8/F11/F14/F15/F17/F21 is missing".into(),
+        );
     }
     if view.capture.is_none() && !view.source.starts_with("store:") {
         could_not_check.push(
