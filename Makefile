@@ -45,11 +45,17 @@ cargo-deb:
 	@$(CARGO) deb --version 2>/dev/null | grep -q ' $(CARGO_DEB_VERSION)$$' || \
 		$(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked
 
+# DEB_PROFILE=dev packages the debug build instead (the package test does,
+# to spare CI a second full build; what ships is the release build).
+DEB_PROFILE ?= release
+DEB_BIN_DIR = $(if $(filter dev,$(DEB_PROFILE)),debug,release)
 deb: deps cargo-deb
-	$(CARGO) build --release --bin hvflight
+	$(CARGO) build --profile $(DEB_PROFILE) --bin hvflight
 	rm -rf target/assets
-	./target/release/hvflight generate man target/assets/man
-	./target/release/hvflight generate completions target/assets/completions
+	mkdir -p target/assets/bin
+	cp target/$(DEB_BIN_DIR)/hvflight target/assets/bin/hvflight
+	./target/assets/bin/hvflight generate man target/assets/man
+	./target/assets/bin/hvflight generate completions target/assets/completions
 	$(CARGO) deb --no-build --strip --output target/debian/
 
 clean:

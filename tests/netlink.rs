@@ -913,17 +913,30 @@ fn counters_only_samples_match_full_dumps_and_changes_force_a_full_dump_needs_ro
     let (cheap, full, counts) = in_ns(&nsname, move || {
         let mut c = LinksCollector::new(TIMEOUT, true).full_dump_every(Duration::from_secs(3600));
         let mut reference = LinksCollector::new(TIMEOUT, true).full_dump_every(Duration::ZERO);
-        let first = step(&mut c);
-        pings(5);
-        let second = step(&mut c);
-        let reference_second = step(&mut reference);
-        (
-            vec![first, second],
-            reference_second,
-            (c.full_dumps, c.stats_dumps),
-        )
+        // A fresh namespace may still announce something (IPv6 autoconf,
+        // linkwatch): sample until one sample went without a full dump.
+        let mut first = step(&mut c);
+        for _ in 0..20 {
+            let before = c.stats_dumps;
+            pings(5);
+            let second = step(&mut c);
+            if c.stats_dumps > before {
+                let reference_second = step(&mut reference);
+                return (
+                    vec![first, second],
+                    reference_second,
+                    (c.full_dumps, c.stats_dumps),
+                );
+            }
+            first = second;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("every sample needed a full dump: announcements never stopped");
     });
-    assert_eq!(counts, (1, 1), "second sample should be counters-only");
+    assert!(
+        counts.1 >= 1,
+        "a sample without announcements is counters-only"
+    );
     let tx = |s: &Sample, n: &str| s.link(n).unwrap().stats.tx_packets;
     assert!(
         tx(&cheap[1], "q0") >= tx(&cheap[0], "q0") + 5,

@@ -97,7 +97,11 @@ fn with_lab(test: &str, f: impl FnOnce(&mut RealLab)) {
     }
 }
 
-const AGENT_CONFIG: &str = "[detect]\nboot_grace_s = 0\nwindow_s = 2.0\ncollapse_after = 2\nrecover_after = 3\n[bundle]\nbefore_s = 60\nafter_s = 1\ncommand_timeout_ms = 3000\n[collect]\nlibvirt_timeout_ms = 400\nlibvirt_reconnect_ms = 200\nlibvirt_keepalive_s = 1\n";
+// libvirt is asked every sample here (libvirt_interval_ms = 0): these tests
+// check that each sample of an outage records libvirt's failure; with the
+// default interval a sample may repeat the last answer (with its age) for up
+// to 5 s while the event stream reports the loss at once.
+const AGENT_CONFIG: &str = "[detect]\nboot_grace_s = 0\nwindow_s = 2.0\ncollapse_after = 2\nrecover_after = 3\n[bundle]\nbefore_s = 60\nafter_s = 1\ncommand_timeout_ms = 3000\n[collect]\nlibvirt_timeout_ms = 400\nlibvirt_reconnect_ms = 200\nlibvirt_keepalive_s = 1\nlibvirt_interval_ms = 0\n";
 
 fn agent(lab: &RealLab) -> RunningAgent {
     RunningAgent::start(
