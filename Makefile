@@ -54,6 +54,7 @@ deb: deps cargo-deb
 	rm -rf target/assets
 	mkdir -p target/assets/bin
 	cp target/$(DEB_BIN_DIR)/hvflight target/assets/bin/hvflight
+	strip --strip-unneeded target/assets/bin/hvflight
 	./target/assets/bin/hvflight generate man target/assets/man
 	./target/assets/bin/hvflight generate completions target/assets/completions
 	$(CARGO) deb --no-build --strip --output target/debian/
