@@ -222,15 +222,19 @@ impl Guests {
         self.refilled_ns = Some(now_ns);
         let mut ready: Vec<(u64, String)> = Vec::new();
         for (name, g) in self.by_iface.iter_mut() {
-            g.rec.paused = if !g.topo.running {
-                "not running".into()
+            let why: &'static str = if !g.topo.running {
+                "not running"
             } else if g.topo.mac.is_none() || g.rec.ip.is_none() {
-                "no address".into()
+                "no address"
             } else if now_ns < g.paused_until_ns {
-                g.pause_why.into()
+                g.pause_why
             } else {
-                String::new()
+                ""
             };
+            // Called every 25 ms for every guest: allocate only on a change.
+            if g.rec.paused != why {
+                g.rec.paused = why.to_string();
+            }
             if g.rec.paused.is_empty() && g.pending_ns.is_none() && now_ns >= g.next_due_ns {
                 ready.push((g.next_due_ns, name.clone()));
             } else if !g.rec.paused.is_empty() && g.next_due_ns < g.paused_until_ns {

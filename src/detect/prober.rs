@@ -15,9 +15,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::frames::{self, Mac};
@@ -64,7 +64,9 @@ const SNAPLEN: i32 = 700;
 const BUFFER_BYTES: i32 = 256 * 1024;
 const HOSTNET_EVERY_NS: u64 = 10_000_000_000;
 const REOPEN_EVERY_NS: u64 = 10_000_000_000;
-const PUBLISH_EVERY_NS: u64 = 50_000_000;
+/// How long `snapshot` waits for the prober's answer before it takes the
+/// results it has (a prober stuck in a slow dump must not stall sampling).
+const ANSWER_WAIT: Duration = Duration::from_millis(100);
 
 /// A probe that went out, kept for a few seconds so a snapshot can be
 /// taken as of the moment the sampler read the link counters.
@@ -82,9 +84,25 @@ enum Sent {
 
 struct Shared {
     topology: Mutex<Option<Topology>>,
-    /// The latest results, and the sends of the last seconds (oldest first).
-    out: Mutex<(Probes, VecDeque<(u64, Sent)>)>,
+    out: Mutex<Out>,
+    /// Signalled when the prober has published what `snapshot` asked for.
+    published: Condvar,
+    /// An eventfd `snapshot` writes to wake the prober's poll at once.
+    wake: Option<OwnedFd>,
     stop: AtomicBool,
+}
+
+/// The results are copied out when the sampler asks for them (once per
+/// sample), not on a timer: copying hundreds of guest records 20 times a
+/// second was most of the prober's cost at 500 vNICs.
+#[derive(Default)]
+struct Out {
+    probes: Probes,
+    /// The sends of the last seconds (oldest first).
+    sent: VecDeque<(u64, Sent)>,
+    /// Requests made by `snapshot`, and the latest one answered.
+    wanted: u64,
+    answered: u64,
 }
 
 const RECENT_NS: u64 = 5_000_000_000;
@@ -96,9 +114,14 @@ pub struct ProbeHandle {
 
 impl ProbeHandle {
     pub fn start(cfg: ProberConfig) -> ProbeHandle {
+        // SAFETY: eventfd takes no pointers; a valid descriptor is owned here.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        let wake = (efd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(efd) });
         let shared = Arc::new(Shared {
             topology: Mutex::new(None),
-            out: Mutex::new((Probes::default(), VecDeque::new())),
+            out: Mutex::new(Out::default()),
+            published: Condvar::new(),
+            wake,
             stop: AtomicBool::new(false),
         });
         let s = Arc::clone(&shared);
@@ -111,7 +134,7 @@ impl ProbeHandle {
                 .out
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .0
+                .probes
                 .errors
                 .push("prober thread could not be started".into());
         }
@@ -129,10 +152,28 @@ impl ProbeHandle {
     /// The results as of `at_mono_ns` (the sample's start, when its link
     /// counters were read): probes sent after it are not counted yet, so
     /// the detector can take our own probes out of the link counters exactly.
+    /// Asks the prober thread for fresh results and waits for them (at most
+    /// `ANSWER_WAIT`; a prober that did not answer the last request is not
+    /// waited for again until it has).
     pub fn snapshot(&self, at_mono_ns: u64) -> Probes {
-        let out = self.shared.out.lock().unwrap_or_else(|e| e.into_inner());
-        let mut p = out.0.clone();
-        for (t, sent) in out.1.iter().rev() {
+        let mut out = self.shared.out.lock().unwrap_or_else(|e| e.into_inner());
+        if self.thread.is_some() && out.answered == out.wanted {
+            out.wanted += 1;
+            let want = out.wanted;
+            if let Some(fd) = &self.shared.wake {
+                let one: u64 = 1;
+                // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+                let _ = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            }
+            out = self
+                .shared
+                .published
+                .wait_timeout_while(out, ANSWER_WAIT, |o| o.answered < want)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let mut p = out.probes.clone();
+        for (t, sent) in out.sent.iter().rev() {
             if *t <= at_mono_ns {
                 break;
             }
@@ -198,7 +239,6 @@ struct Prober {
     hostnet: packet::HostIpv4,
     hostnet_at: Option<u64>,
     errors: Vec<String>,
-    published_at: u64,
     icmp_id: u16,
     /// Sends of the last seconds (see `Sent`).
     sent: VecDeque<(u64, Sent)>,
@@ -224,7 +264,6 @@ impl Prober {
             hostnet: Default::default(),
             hostnet_at: None,
             errors: Vec::new(),
-            published_at: 0,
             sent: VecDeque::new(),
             // Echo ids of this agent: tell our replies from other pingers'.
             icmp_id: (std::process::id() & 0xffff) as u16,
@@ -254,10 +293,7 @@ impl Prober {
             self.wait_and_read(Duration::from_millis(25));
             let now = mono_ns();
             self.send_due(now);
-            if now.saturating_sub(self.published_at) >= PUBLISH_EVERY_NS {
-                self.publish();
-                self.published_at = now;
-            }
+            self.publish_if_asked();
         }
     }
 
@@ -422,15 +458,14 @@ impl Prober {
     }
 
     fn wait_and_read(&mut self, max_wait: Duration) {
-        if self.caps.is_empty() {
-            std::thread::sleep(max_wait);
-            return;
-        }
+        let wake = self.shared.wake.as_ref().map(|f| f.as_raw_fd());
         let mut fds: Vec<libc::pollfd> = self
             .caps
             .values()
-            .map(|c| libc::pollfd {
-                fd: c.cap.as_raw_fd(),
+            .map(|c| c.cap.as_raw_fd())
+            .chain(wake)
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             })
@@ -443,6 +478,11 @@ impl Prober {
                 max_wait.as_millis() as libc::c_int,
             )
         };
+        if let Some(fd) = wake {
+            let mut n: u64 = 0;
+            // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
+            let _ = unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
+        }
         let mut seen = Vec::new();
         let mut broken = Vec::new();
         for (dev, c) in self.caps.iter_mut() {
@@ -502,8 +542,7 @@ impl Prober {
             return;
         };
         let mut errs = Vec::new();
-        let mut sent_any = false;
-        if self.cfg.gateway_probes {
+                if self.cfg.gateway_probes {
             for ((bridge, vlan), tg) in self.targets.iter_mut() {
                 tg.expire(now, &self.cfg.gateway);
                 // Spread bridges over the interval.
@@ -514,7 +553,6 @@ impl Prober {
                     })
                     .wrapping_mul(7_919_000);
                 for s in tg.due(now, phase, &self.cfg.gateway) {
-                    sent_any = true;
                     match sender.send(s.ifindex, &s.frame) {
                         Ok(()) => self.sent.push_back((
                             mono_ns(),
@@ -535,7 +573,6 @@ impl Prober {
         if self.cfg.guest_probes {
             self.guests.expire(now, &self.cfg.guest);
             for s in self.guests.due(now, &self.cfg.guest) {
-                sent_any = true;
                 match sender.send(s.ifindex, &s.frame) {
                     Ok(()) => {
                         let iface = self
@@ -558,15 +595,19 @@ impl Prober {
                 self.note(e);
             }
         }
-        // Published at once, so a sample never counts a probe in the link
-        // counters that its probe counters do not have yet.
-        if sent_any {
-            self.publish();
-            self.published_at = now;
-        }
     }
 
-    fn publish(&mut self) {
+    /// Publishes when `snapshot` asked: after the sample's start, so every
+    /// probe its link counters may hold is in these counters (and the later
+    /// ones are taken out again by their send times).
+    fn publish_if_asked(&mut self) {
+        let wanted = {
+            let out = self.shared.out.lock().unwrap_or_else(|e| e.into_inner());
+            if out.wanted == out.answered {
+                return;
+            }
+            out.wanted
+        };
         let mut p = Probes {
             bridges: self.targets.values().map(|t| t.rec.clone()).collect(),
             guests: if self.cfg.guest_probes {
@@ -585,6 +626,11 @@ impl Prober {
         while self.sent.front().is_some_and(|(t, _)| *t < horizon) {
             self.sent.pop_front();
         }
-        *self.shared.out.lock().unwrap_or_else(|e| e.into_inner()) = (p, self.sent.clone());
+        let mut out = self.shared.out.lock().unwrap_or_else(|e| e.into_inner());
+        out.probes = p;
+        out.sent = self.sent.clone();
+        out.answered = wanted;
+        drop(out);
+        self.shared.published.notify_all();
     }
 }
