@@ -35,7 +35,7 @@ test: deps
 # (target/bench/results.json), then the store and /proc micro-benchmarks.
 bench: release
 	bash tests/tools/bench.sh $(BENCH_ARGS)
-	$(CARGO) test --release --test store_bench -- --ignored --nocapture
+	$(CARGO) test --release --test store_bench -- --ignored --exact store_bench --nocapture
 	$(CARGO) test --release --test proc_bench -- --ignored --nocapture
 
 # The Debian package: target/debian/hvflight_<version>-1_amd64.deb (release

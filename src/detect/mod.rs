@@ -363,7 +363,7 @@ impl Detector {
         }
         self.first_mono_ns.get_or_insert(s.mono_ns);
         judge::record(self, s);
-        let bridges: Vec<crate::sample::Bridge> = s.bridges.clone().unwrap_or_default();
+        let bridges: &[crate::sample::Bridge] = s.bridges.as_deref().unwrap_or_default();
         self.last = bridges.iter().map(|b| judge::judge(self, s, b)).collect();
         self.last_host_degraded = judge::host_degraded(self, s);
         // Ports gone from every bridge are forgotten (their memos and moves).

@@ -10,46 +10,45 @@ use std::collections::{HashMap, VecDeque};
 pub struct Windows {
     /// Per key: (monotonic ns, cumulative value), oldest first; one entry at
     /// or before the window start is kept so a delta covers the whole window.
-    series: HashMap<String, VecDeque<(u64, f64)>>,
-    seen_at: HashMap<String, u64>,
+    series: HashMap<String, Series>,
+}
+
+#[derive(Default, Debug)]
+struct Series {
+    points: VecDeque<(u64, f64)>,
+    /// When the key was last recorded.
+    seen_at: u64,
 }
 
 impl Windows {
     pub fn record(&mut self, key: &str, mono_ns: u64, value: f64) {
-        let s = self.series.entry(key.to_string()).or_default();
-        if s.back().is_some_and(|(_, v)| value < *v) {
-            s.clear();
+        // Thousands of keys per sample: allocate the key only when it is new.
+        let s = match self.series.get_mut(key) {
+            Some(s) => s,
+            None => self.series.entry(key.to_string()).or_default(),
+        };
+        if s.points.back().is_some_and(|(_, v)| value < *v) {
+            s.points.clear();
         }
-        s.push_back((mono_ns, value));
-        self.seen_at.insert(key.to_string(), mono_ns);
+        s.points.push_back((mono_ns, value));
+        s.seen_at = mono_ns;
     }
 
     /// Drops what is older than the window (keeping one point at its start)
     /// and keys not recorded within it.
     pub fn trim(&mut self, now_ns: u64, window_ns: u64) {
         let start = now_ns.saturating_sub(window_ns);
-        for s in self.series.values_mut() {
-            while s.len() > 1 && s[1].0 <= start {
-                s.pop_front();
+        self.series.retain(|_, s| {
+            while s.points.len() > 1 && s.points[1].0 <= start {
+                s.points.pop_front();
             }
-        }
-        let seen = &self.seen_at;
-        self.series
-            .retain(|k, _| seen.get(k).is_some_and(|t| *t > start));
-        let keys: Vec<String> = self
-            .seen_at
-            .keys()
-            .filter(|k| !self.series.contains_key(*k))
-            .cloned()
-            .collect();
-        for k in keys {
-            self.seen_at.remove(&k);
-        }
+            s.seen_at > start
+        });
     }
 
     /// How much `key` moved over the window; None when it has fewer than two points.
     pub fn delta(&self, key: &str) -> Option<f64> {
-        let s = self.series.get(key)?;
+        let s = &self.series.get(key)?.points;
         if s.len() < 2 {
             return None;
         }
