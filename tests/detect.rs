@@ -141,11 +141,18 @@ fn dump_samples(dir: &Path, t_inject: i64) {
                 b.arp_answered,
             )
         });
+        let ours = s
+            .probes
+            .as_ref()
+            .and_then(|p| p.guests.iter().find(|g| g.iface == "vnet0"))
+            .map(|g| g.sent);
         eprintln!(
-            "t{:+} ms vnet0 {:?} uplink0 {:?} gateway probes {:?}",
+            "t{:+} ms vnet0 {:?} (our probes {:?}) uplink0 {:?} br0 {:?} gateway probes {:?}",
             (s.ts_unix_ns - t_inject) / 1_000_000,
             port("vnet0"),
+            ours,
             port("uplink0"),
+            port("br0"),
             gw
         );
     }

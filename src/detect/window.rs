@@ -38,8 +38,13 @@ impl Windows {
     /// and keys not recorded within it.
     pub fn trim(&mut self, now_ns: u64, window_ns: u64) {
         let start = now_ns.saturating_sub(window_ns);
+        // A point a little after the start (a sample that started a few ms
+        // later than this one) opens the window: otherwise half of all
+        // windows would reach one whole interval further back, and every
+        // signal would wait that much longer to see a clean window.
+        let opens = start + window_ns / 20;
         self.series.retain(|_, s| {
-            while s.points.len() > 1 && s.points[1].0 <= start {
+            while s.points.len() > 1 && s.points[1].0 <= opens {
                 s.points.pop_front();
             }
             s.seen_at > start
@@ -74,6 +79,15 @@ mod tests {
         assert_eq!(w.delta("a"), None);
         w.record("a", 11 * S, 4.0);
         assert_eq!(w.delta("a"), Some(1.0));
+        // Sampling jitter: the point 2 s back started 3 ms late; it still
+        // opens the window (the delta covers 2 s, not 3 s).
+        let mut j = Windows::default();
+        j.record("b", 0, 0.0);
+        j.record("b", S + 3_000_000, 1.0);
+        j.record("b", 2 * S + 1_000_000, 5.0);
+        j.record("b", 3 * S, 9.0);
+        j.trim(3 * S, 2 * S);
+        assert_eq!(j.delta("b"), Some(8.0));
         // A key no longer recorded goes away.
         w.trim(20 * S, 2 * S);
         assert_eq!(w.delta("a"), None);

@@ -37,6 +37,8 @@ HZ=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 threads() { awk '/Threads/ {print $2}' "/proc/$1/status"; }
+# Anonymous memory (heap, stacks): RSS without the mapped binary and shared libraries.
+anon_kib() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 jget() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 
@@ -74,7 +76,7 @@ for n in "${SIZES[@]}"; do
   echo "bench: N=$n: agent alone for ${DURATION_S}s" >&2
   sleep "$DURATION_S"
   t1=$(date +%s.%N); c1=$(cpu_ticks $apid); st1=$(du -sb "$work/state/store" | cut -f1)
-  a_hwm=$(hwm_kib $apid); a_threads=$(threads $apid)
+  a_hwm=$(hwm_kib $apid); a_threads=$(threads $apid); a_anon=$(anon_kib $apid)
   "$BIN" history --since "${DURATION_S}s" --json --state-dir "$work/state" > "$work/quiet.jsonl" 2>/dev/null || true
 
   # 2. 20 tail clients and a bundle while sampling.
@@ -120,10 +122,10 @@ for n in "${SIZES[@]}"; do
   wait $labpid 2>/dev/null || true
 
   python3 - "$work" "$n" "$HZ" "$t0" "$t1" "$c0" "$c1" "$st0" "$st1" "$a_hwm" "$a_threads" \
-      "$tb0" "$tb1" "$bundle_bytes" "$nc0" "$nc1" "$scrapes" "$ne_hwm" "$bytes" "$trig" "$build_ms" \
+      "$a_anon" "$tb0" "$tb1" "$bundle_bytes" "$nc0" "$nc1" "$scrapes" "$ne_hwm" "$bytes" "$trig" "$build_ms" \
       >> "$OUT/rows.jsonl" <<'PY'
 import glob, json, sys
-(work, n, hz, t0, t1, c0, c1, st0, st1, a_hwm, a_threads, tb0, tb1, bundle_bytes,
+(work, n, hz, t0, t1, c0, c1, st0, st1, a_hwm, a_threads, a_anon, tb0, tb1, bundle_bytes,
  nc0, nc1, scrapes, ne_hwm, scrape_bytes, trig, build_ms) = sys.argv[1:]
 hz = int(hz); secs = float(t1) - float(t0)
 def pct(v, p):
@@ -155,6 +157,7 @@ row = {
         "cpu_ms_per_s": round(agent_cpu_ms, 2),
         "peak_rss_mib": round(int(a_hwm) / 1024, 1),
         "threads": int(a_threads),
+        "rss_anon_mib": round(int(a_anon) / 1024, 1),
         "store_mib_per_hour": round((int(st1) - int(st0)) * 3600 / secs / 2**20, 1),
         "store_gib_per_day": round((int(st1) - int(st0)) * 86400 / secs / 2**30, 2),
         "jsonl_mib_per_hour": round(jsonl_mib_per_hour, 1),
@@ -190,13 +193,13 @@ rows = [json.loads(l) for l in open(f"{out}/rows.jsonl")]
 doc = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                    "node": platform.node()}, "rows": rows}
 open(f"{out}/results.json", "w").write(json.dumps(doc, indent=2) + "\n")
-hdr = ["vNICs", "hvf CPU ms/s", "n_e CPU ms/scrape", "ratio", "hvf RSS MiB", "n_e RSS MiB",
+hdr = ["vNICs", "hvf CPU ms/s", "n_e CPU ms/scrape", "ratio", "hvf RSS MiB", "hvf anon MiB", "n_e RSS MiB",
        "store GiB/day", "lag p99 ms", "lag p99 loaded", "bundle s", "bundle MiB"]
 print(" | ".join(hdr))
 for r in rows:
     h, e = r["hvflight"], r["node_exporter"]
     print(" | ".join(str(x) for x in [r["vnics"], h["cpu_ms_per_s"], e["cpu_ms_per_scrape"],
-          r["ratio_cpu_hvflight_per_s_to_node_exporter_per_scrape"], h["peak_rss_mib"], e["peak_rss_mib"],
+          r["ratio_cpu_hvflight_per_s_to_node_exporter_per_scrape"], h["peak_rss_mib"], h["rss_anon_mib"], e["peak_rss_mib"],
           h["store_gib_per_day"], h["lag_ms_p99_quiet"], h["lag_ms_p99_20_tails_and_bundle"],
           h["bundle_trigger_s"], h["bundle_mib"]]))
     if h["collector_failures"]:
