@@ -517,6 +517,52 @@ fn the_keyframe_index_is_only_a_hint() {
 }
 
 #[test]
+fn a_range_gets_the_events_of_a_batch_that_began_before_it_and_only_those() {
+    // One interval's batch: events at T0+10.0 s, T0+10.6 s and T0+11.2 s.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = StoreWriter::open(cfg(dir.path())).unwrap();
+    let at = |ms: i64, what: &str| Event {
+        ts_unix_ns: T0 * 1_000_000_000 + ms * 1_000_000,
+        mono_ns: ms as u64 * 1_000_000,
+        kind: EventKind::Agent {
+            what: what.into(),
+            detail: String::new(),
+        },
+    };
+    for i in 0..20 {
+        w.write_sample(&sample(i, 3, T0 + i as i64)).unwrap();
+        if i == 11 {
+            w.write_events(&[at(10_000, "a"), at(10_600, "b"), at(11_200, "c")])
+                .unwrap();
+        }
+    }
+    drop(w);
+    let events = |since_ms: i64, until_ms: i64| -> Vec<String> {
+        let (recs, report) = read_range(
+            dir.path(),
+            T0 * 1_000_000_000 + since_ms * 1_000_000,
+            T0 * 1_000_000_000 + until_ms * 1_000_000,
+        );
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        recs.iter()
+            .filter_map(|r| match r {
+                Record::Events(e) => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .map(|e| match &e.kind {
+                EventKind::Agent { what, .. } => what.clone(),
+                k => format!("{k:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(events(10_500, 20_000), ["b", "c"]);
+    assert_eq!(events(9_000, 10_700), ["a", "b"]);
+    assert_eq!(events(0, 20_000), ["a", "b", "c"]);
+    assert!(events(11_300, 20_000).is_empty());
+}
+
+#[test]
 fn events_older_than_the_samples_before_them_are_still_found() {
     // The kernel-log backlog read at start carries old times.
     let dir = tempfile::tempdir().unwrap();

@@ -225,13 +225,21 @@ impl Walk<'_> {
                     None
                 }
             },
-            format::KIND_EVENTS if in_range && self.q.events => {
+            // A batch is filed under its first event's time; its later events
+            // may fall in a range that starts after it: each event is judged
+            // by its own time.
+            format::KIND_EVENTS if h.ts_unix_ns <= self.q.until_ns && self.q.events => {
                 match format::decompress(payload, None)
                     .map_err(|e| e.to_string())
                     .and_then(|j| {
                         serde_json::from_slice::<Vec<Event>>(&j).map_err(|e| e.to_string())
                     }) {
-                    Ok(evs) => Some(Record::Events(evs)),
+                    Ok(mut evs) => {
+                        evs.retain(|e| {
+                            e.ts_unix_ns >= self.q.since_ns && e.ts_unix_ns <= self.q.until_ns
+                        });
+                        (!evs.is_empty()).then_some(Record::Events(evs))
+                    }
                     Err(e) => {
                         self.warn(report, off, format!("events do not decode: {e}"));
                         None
