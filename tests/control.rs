@@ -108,9 +108,7 @@ fn status_and_tail_show_the_lab_and_events_arrive_at_once_needs_root() {
     // The drop-reason program may still be loading in the first samples
     // (it says so); within seconds every collector must be working.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !st["collectors_failing"].as_array().unwrap().is_empty()
-        && Instant::now() < deadline
-    {
+    while !st["collectors_failing"].as_array().unwrap().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         st = agent.status().unwrap();
     }

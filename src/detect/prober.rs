@@ -152,6 +152,7 @@ impl ProbeHandle {
     /// The results as of `at_mono_ns` (the sample's start, when its link
     /// counters were read): probes sent after it are not counted yet, so
     /// the detector can take our own probes out of the link counters exactly.
+    ///
     /// Asks the prober thread for fresh results and waits for them (at most
     /// `ANSWER_WAIT`; a prober that did not answer the last request is not
     /// waited for again until it has).
@@ -478,7 +479,9 @@ impl Prober {
                 max_wait.as_millis() as libc::c_int,
             )
         };
-        if let Some(fd) = wake {
+        // The eventfd is the last entry; drain it only when `snapshot` wrote.
+        let woken = fds.last().is_some_and(|p| p.revents & libc::POLLIN != 0);
+        if let Some(fd) = wake.filter(|_| woken) {
             let mut n: u64 = 0;
             // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
             let _ = unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
@@ -542,7 +545,7 @@ impl Prober {
             return;
         };
         let mut errs = Vec::new();
-                if self.cfg.gateway_probes {
+        if self.cfg.gateway_probes {
             for ((bridge, vlan), tg) in self.targets.iter_mut() {
                 tg.expire(now, &self.cfg.gateway);
                 // Spread bridges over the interval.
