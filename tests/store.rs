@@ -931,3 +931,170 @@ fn history_reads_while_the_agent_writes() {
     );
     assert!(text.contains("pps"), "rates, not raw counters: {text}");
 }
+
+/// A host whose rows churn: counters move every second, links come and go,
+/// a port's VLANs and an interface's state change, an SNMP counter appears,
+/// collectors fail now and then, and once many new interfaces at once (a
+/// keyframe by drift).
+fn churning_sample(seq: u64) -> Sample {
+    use hvflight::sample::bridge::PortVlan;
+    use hvflight::sample::{Conntrack, DropCount, Drops, Neighbours, Qdisc, SoftnetCpu};
+    let mut s = rich_sample(seq);
+    s.ts_unix_ns += seq as i64 * 7_919;
+    s.duration_us = 2000 + seq % 13;
+    s.lag_us = seq % 3;
+    let links = s.links.as_mut().unwrap();
+    if (30..50).contains(&seq) {
+        links.push(Link {
+            ifindex: 40,
+            name: "vnet-new".into(),
+            stats: LinkStats {
+                rx_bytes: seq * 99,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+    }
+    if seq >= 50 {
+        links.remove(1);
+    }
+    if (70..75).contains(&seq) {
+        links[0].operstate = "down".into();
+        links[0].carrier = Some(false);
+    }
+    if (90..95).contains(&seq) {
+        links.extend((0..40).map(|i| Link {
+            ifindex: 100 + i,
+            name: format!("burst{i}"),
+            mtu: 9000,
+            txqlen: Some(seq as u32),
+            ..Default::default()
+        }));
+    }
+    for l in links.iter_mut() {
+        l.stats.multicast = seq * 3 + l.ifindex as u64;
+        l.stats.rx_dropped = seq / 10;
+    }
+    let port = &mut s.bridges.as_mut().unwrap()[0].ports[0];
+    port.cost = Some(100 + seq as u32 % 4);
+    port.vlans = (0..(seq / 40) as u16)
+        .map(|v| PortVlan {
+            vid: v + 1,
+            pvid: v == 0,
+            untagged: v == 0,
+        })
+        .collect();
+    if seq >= 100 {
+        s.snmp
+            .as_mut()
+            .unwrap()
+            .counters
+            .insert("Tcp.RetransSegs".into(), seq as i64 * 11);
+    }
+    s.qdiscs = Some(vec![Qdisc {
+        ifindex: 3,
+        dev: "vnet1".into(),
+        kind: "fq_codel".into(),
+        handle: "0:".into(),
+        parent: "root".into(),
+        bytes: seq * 1400,
+        packets: seq,
+        drops: seq / 5,
+        ..Default::default()
+    }]);
+    s.softnet = Some(
+        (0..2)
+            .map(|cpu| SoftnetCpu {
+                cpu,
+                processed: seq * 1000 + cpu as u64,
+                dropped: seq / 20,
+                backlog_len: Some(seq % 4),
+                ..Default::default()
+            })
+            .collect(),
+    );
+    s.neighbours = Some(Neighbours {
+        by_dev: [("vnet1".to_string(), seq as u32 % 5)].into(),
+        total_inet: seq as u32,
+        gc_thresh: Some([128, 512, 1024]),
+        ..Default::default()
+    });
+    s.conntrack = (seq % 17 != 5).then(|| Conntrack {
+        count: Some(seq * 2),
+        max: Some(65536),
+        ..Default::default()
+    });
+    s.drops = Some(Drops {
+        netns_inode: 4026531840,
+        loaded_mono_ns: 5,
+        entries: vec![DropCount {
+            ifindex: 3,
+            interface: "vnet1".into(),
+            reason: "NETFILTER_DROP".into(),
+            protocol: 0x0800,
+            count: seq * 4,
+        }],
+        missed: seq / 50,
+        ..Default::default()
+    });
+    s
+}
+
+/// Every sample of `scan_ref` (cloned) and the `prev` each came with.
+fn lent_samples(dir: &Path) -> (Vec<Sample>, Vec<Option<u64>>, ReadReport) {
+    let mut report = ReadReport::default();
+    let (mut got, mut prevs) = (Vec::new(), Vec::new());
+    hvflight::store::scan_ref(
+        dir,
+        &hvflight::store::Query::range(i64::MIN, i64::MAX),
+        &mut report,
+        &mut |r| {
+            if let hvflight::store::RecordRef::Sample { sample, prev } = r {
+                got.push(sample.clone());
+                prevs.push(prev.map(|p| p.seq));
+            }
+            true
+        },
+    );
+    (got, prevs, report)
+}
+
+#[test]
+fn lent_samples_are_exactly_the_owned_ones_through_churn_and_both_fixtures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = StoreWriter::open(cfg(dir.path())).unwrap();
+    for i in 0..200 {
+        w.write_sample(&churning_sample(i)).unwrap();
+        if i % 7 == 0 {
+            w.write_events(&[fixture_event(i)]).unwrap();
+        }
+    }
+    drop(w);
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store");
+    for d in [
+        dir.path().to_path_buf(),
+        fixtures.join("v1"),
+        fixtures.join("v2"),
+    ] {
+        let (recs, report) = read_range(&d, i64::MIN, i64::MAX);
+        assert!(report.warnings.is_empty(), "{report:?}");
+        let owned: Vec<Sample> = samples_of(&recs).into_iter().cloned().collect();
+        let (lent, prevs, lent_report) = lent_samples(&d);
+        assert!(lent_report.warnings.is_empty(), "{lent_report:?}");
+        assert_eq!(lent.len(), owned.len(), "{}", d.display());
+        for (i, (a, b)) in lent.iter().zip(&owned).enumerate() {
+            assert_eq!(a, b, "{}: sample {i}", d.display());
+            let want_prev = i.checked_sub(1).map(|p| owned[p].seq);
+            assert_eq!(prevs[i], want_prev, "{}: prev of sample {i}", d.display());
+        }
+    }
+    // The churning store: read by patching but for the records whose rows
+    // differ from the ones two before (a one-second blip costs two).
+    let (patched, generic) = hvflight::store::scan_ref_stats(
+        dir.path(),
+        &hvflight::store::Query::range(i64::MIN, i64::MAX),
+    );
+    assert_eq!(patched + generic, 200);
+    assert!(patched >= 100, "patched {patched}, generic {generic}");
+    assert!(generic >= 8, "patched {patched}, generic {generic}");
+}

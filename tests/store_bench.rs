@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use hvflight::sample::{Bridge, BridgePort, FdbEntry, Link, LinkStats, Sample, Snmp};
 use hvflight::store::rows::{Projection, Select};
 use hvflight::store::{
-    read_query, read_range, scan, Query, ReadReport, Record, StoreWriter, WriterConfig,
+    read_query, read_range, scan, scan_ref, scan_ref_stats, Query, ReadReport, Record, RecordRef,
+    StoreWriter, WriterConfig,
 };
 
 struct Rng(u64);
@@ -164,7 +165,7 @@ fn ms(d: Duration) -> String {
 #[ignore = "benchmark: run by make bench"]
 fn store_bench() {
     println!(
-        "{:>6} {:>12} {:>12} {:>7} {:>11} | 15-min read, ms CPU (wall): {:>15} {:>15} {:>15}",
+        "{:>6} {:>12} {:>12} {:>7} {:>11} | 15-min read, ms CPU (wall): {:>15} {:>15} {:>15} {:>15}",
         "vNICs",
         "store MiB/h",
         "JSONL MiB/h",
@@ -172,6 +173,7 @@ fn store_bench() {
         "write/smpl",
         "read_range all",
         "stream all",
+        "lent all",
         "--iface one"
     );
     for n in [50usize, 500] {
@@ -231,6 +233,26 @@ fn store_bench() {
             seen
         });
         assert_eq!(seen, count);
+        // Everything lent (`scan_ref`, what `history` does): patched in place.
+        let (lent, lent_cpu, lent_wall) = timed(|| {
+            let (mut seen, mut last_seq) = (0, 0);
+            let mut report = ReadReport::default();
+            scan_ref(
+                dir.path(),
+                &Query::range(i64::MIN, i64::MAX),
+                &mut report,
+                &mut |r| {
+                    if let RecordRef::Sample { sample, .. } = r {
+                        seen += 1;
+                        last_seq = sample.seq;
+                    }
+                    true
+                },
+            );
+            (seen, last_seq)
+        });
+        assert_eq!(lent, (count, samples[count - 1].seq));
+        let (patched, generic) = scan_ref_stats(dir.path(), &Query::range(i64::MIN, i64::MAX));
         // One interface (`history --iface X`): only its rows are materialized.
         let name = samples[0].links.as_ref().unwrap()[n / 2].name.clone();
         let mut q = Query::range(i64::MIN, i64::MAX);
@@ -262,17 +284,18 @@ fn store_bench() {
         drop(clones);
         let per_h = |b: u64| b as f64 * 3600.0 / count as f64 / (1 << 20) as f64;
         println!(
-            "{n:>6} {:>12.1} {:>12.1} {:>6.1}x {:>8.3} ms | {:>30} {:>15} {:>15}",
+            "{n:>6} {:>12.1} {:>12.1} {:>6.1}x {:>8.3} ms | {:>30} {:>15} {:>15} {:>15}",
             per_h(disk),
             per_h(jsonl as u64),
             jsonl as f64 / disk as f64,
             write_cpu.as_secs_f64() * 1e3,
             format!("{} ({})", ms(all_cpu), ms(all_wall)),
             format!("{} ({})", ms(stream_cpu), ms(stream_wall)),
+            format!("{} ({})", ms(lent_cpu), ms(lent_wall)),
             format!("{} ({})", ms(one_cpu), ms(one_wall)),
         );
         println!(
-            "        ({:.2} GiB/day on disk, {} bytes per sample; cloning the {count} samples alone: {} ms CPU)",
+            "        ({:.2} GiB/day on disk, {} bytes per sample; cloning the {count} samples alone: {} ms CPU; lent: {patched} patched, {generic} decoded whole)",
             per_h(disk) * 24.0 / 1024.0,
             disk / count as u64,
             ms(clone_cpu)
@@ -326,10 +349,18 @@ fn profile_read() {
             }),
         };
     }
-    scan(&dir, &q, &mut report, &mut |r| {
-        seen += matches!(r, Record::Sample(s) if s.links.as_ref().is_some_and(|l| !l.is_empty()))
-            as usize;
-        true
-    });
+    if std::env::var_os("PROFILE_LENT").is_some() {
+        scan_ref(&dir, &q, &mut report, &mut |r| {
+            seen += matches!(r, RecordRef::Sample { sample, .. } if sample.links.as_ref().is_some_and(|l| !l.is_empty()))
+                as usize;
+            true
+        });
+    } else {
+        scan(&dir, &q, &mut report, &mut |r| {
+            seen += matches!(r, Record::Sample(s) if s.links.as_ref().is_some_and(|l| !l.is_empty()))
+                as usize;
+            true
+        });
+    }
     assert!(seen > 0 && report.warnings.is_empty());
 }

@@ -10,7 +10,7 @@ use crate::agent::print;
 use crate::model::Model;
 use crate::sample::{Event, EventKind, Sample};
 
-use super::reader::{scan, Query, ReadReport, Record};
+use super::reader::{scan, scan_ref, Query, ReadReport, Record, RecordRef};
 use super::rows::{Projection, Select};
 
 #[derive(Debug, Clone, Default)]
@@ -148,27 +148,28 @@ pub fn history(
         };
     }
     let mut shown = 0;
-    let mut prev: Option<Sample> = None;
     let mut result = Ok(());
-    scan(dir, &query, &mut report, &mut |r| {
+    // Lent samples (`scan_ref`): the reader patches the numbers of the
+    // sample before into the next one instead of building each anew, and
+    // hands the previous one along for the rates.
+    scan_ref(dir, &query, &mut report, &mut |r| {
         let step = (|| -> std::io::Result<()> {
             match r {
-                Record::Sample(s) => {
+                RecordRef::Sample { sample: s, prev } => {
                     if q.json {
-                        writeln!(out, "{}", print::sample_json(&s))?;
+                        writeln!(out, "{}", print::sample_json(s))?;
                     } else {
-                        let m = Model::new(&s, prev.as_ref());
+                        let m = Model::new(s, prev);
                         let line = if filtered {
-                            iface_line(&s, &m, &ifaces)
+                            iface_line(s, &m, &ifaces)
                         } else {
-                            print::sample_line(&s, &m)
+                            print::sample_line(s, &m)
                         };
                         writeln!(out, "{line}")?;
                     }
-                    prev = Some(*s);
                     shown += 1;
                 }
-                Record::Events(evs) => {
+                RecordRef::Events(evs) => {
                     for e in &evs {
                         if filtered && !event_iface(e).is_some_and(|i| ifaces.contains(i)) {
                             continue;

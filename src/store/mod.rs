@@ -36,12 +36,15 @@
 pub mod format;
 pub mod history;
 pub mod index;
+mod patch;
 pub mod reader;
 pub mod rows;
 pub mod table;
 pub mod writer;
 
-pub use reader::{read_query, read_range, scan, Query, ReadReport, Record};
+pub use reader::{
+    read_query, read_range, scan, scan_ref, scan_ref_stats, Query, ReadReport, Record, RecordRef,
+};
 pub use rows::Projection;
 pub use writer::{StoreWriter, WriterConfig};
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, FrameHeader, FRAME_HEADER_LEN};
 use super::index;
+use super::patch::Recent;
 use super::rows::{decode_value, Projection};
 use super::table;
 use super::writer::{segments, start_ms};
@@ -94,9 +95,84 @@ pub fn read_query(dir: &Path, q: &Query) -> (Vec<Record>, ReadReport) {
     (out, report)
 }
 
+/// A record lent to a `scan_ref` consumer.
+#[derive(Debug)]
+pub enum RecordRef<'a> {
+    /// A sample, and the sample handed out before it in this scan (what
+    /// rates are computed against).
+    Sample {
+        sample: &'a Sample,
+        prev: Option<&'a Sample>,
+    },
+    Events(Vec<Event>),
+}
+
+/// What a segment walk hands on: an owned record, or the sample now in
+/// `Recent` (and the one before it).
+enum Item<'a> {
+    Record(Record),
+    Sample(&'a Sample, Option<&'a Sample>),
+}
+
 /// Streams the records of a query to `f` in file order (memory stays
 /// bounded by one segment's range); `f` returns false to stop.
 pub fn scan(dir: &Path, q: &Query, report: &mut ReadReport, f: &mut dyn FnMut(Record) -> bool) {
+    scan_items(dir, q, report, None, &mut |it| match it {
+        Item::Record(r) => f(r),
+        Item::Sample(s, _) => f(Record::Sample(Box::new(s.clone()))),
+    });
+}
+
+/// Like `scan`, lending each sample (with the one before it) instead of
+/// handing it over: the reader keeps the last two and, when a record's
+/// rows have the shapes of the one two back, writes its numbers into that
+/// one in place (`patch.rs`) — the fastest way to read a window (what
+/// `hvflight history` does). The samples are exactly `scan`'s.
+pub fn scan_ref(
+    dir: &Path,
+    q: &Query,
+    report: &mut ReadReport,
+    f: &mut dyn FnMut(RecordRef<'_>) -> bool,
+) {
+    let mut recent = Recent::default();
+    scan_ref_counting(dir, q, report, &mut recent, f);
+}
+
+/// `scan_ref` with its buffers: tests and the benchmark read how many
+/// records took the fast path.
+pub(crate) fn scan_ref_counting(
+    dir: &Path,
+    q: &Query,
+    report: &mut ReadReport,
+    recent: &mut Recent,
+    f: &mut dyn FnMut(RecordRef<'_>) -> bool,
+) {
+    scan_items(dir, q, report, Some(recent), &mut |it| match it {
+        Item::Record(Record::Events(e)) => f(RecordRef::Events(e)),
+        Item::Record(Record::Sample(s)) => f(RecordRef::Sample {
+            sample: &s,
+            prev: None,
+        }),
+        Item::Sample(sample, prev) => f(RecordRef::Sample { sample, prev }),
+    });
+}
+
+/// Samples read by patching the one before and by the generic path, in a
+/// `scan_ref` of `q` (for tests and the benchmark).
+pub fn scan_ref_stats(dir: &Path, q: &Query) -> (u64, u64) {
+    let mut recent = Recent::default();
+    let mut report = ReadReport::default();
+    scan_ref_counting(dir, q, &mut report, &mut recent, &mut |_| true);
+    (recent.patched, recent.generic)
+}
+
+fn scan_items(
+    dir: &Path,
+    q: &Query,
+    report: &mut ReadReport,
+    mut recent: Option<&mut Recent>,
+    f: &mut dyn FnMut(Item<'_>) -> bool,
+) {
     let segs = segments(dir);
     for (i, seg) in segs.iter().enumerate() {
         // Skip files wholly outside the range. Wall time only rises inside
@@ -116,7 +192,7 @@ pub fn scan(dir: &Path, q: &Query, report: &mut ReadReport, f: &mut dyn FnMut(Re
                 continue;
             }
         }
-        if !scan_segment(seg, q, report, f) {
+        if !scan_segment(seg, q, report, recent.as_deref_mut(), f) {
             return;
         }
     }
@@ -130,8 +206,12 @@ pub fn read_segment(
     out: &mut Vec<Record>,
     report: &mut ReadReport,
 ) {
-    scan_segment(path, &Query::range(since_ns, until_ns), report, &mut |r| {
-        out.push(r);
+    let q = Query::range(since_ns, until_ns);
+    scan_segment(path, &q, report, None, &mut |it| {
+        out.push(match it {
+            Item::Record(r) => r,
+            Item::Sample(s, _) => Record::Sample(Box::new(s.clone())),
+        });
         true
     });
 }
@@ -143,7 +223,7 @@ fn read_at(file: &File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// The decoding state of one segment walk.
-struct Walk<'q> {
+struct Walk<'q, 'r> {
     name: String,
     q: &'q Query,
     /// Format 1: the last JSON keyframe.
@@ -154,9 +234,19 @@ struct Walk<'q> {
     table_kf_dec: Option<table::Decoded>,
     /// The last keyframe (either format) was damaged.
     kf_broken: bool,
+    /// `scan_ref`: the samples lent out, and the number `recent` gave the
+    /// decoded keyframe.
+    recent: Option<&'r mut Recent>,
+    kf_gen: u64,
 }
 
-impl Walk<'_> {
+/// A sample decoded: owned, or in `Recent`.
+enum Got {
+    Owned(Record),
+    Recent,
+}
+
+impl Walk<'_, '_> {
     fn warn(&self, report: &mut ReadReport, off: u64, what: impl std::fmt::Display) {
         report
             .warnings
@@ -178,20 +268,24 @@ impl Walk<'_> {
         h: &FrameHeader,
         payload: &[u8],
         report: &mut ReadReport,
-        f: &mut dyn FnMut(Record) -> bool,
+        f: &mut dyn FnMut(Item<'_>) -> bool,
     ) -> bool {
         let in_range = h.ts_unix_ns >= self.q.since_ns && h.ts_unix_ns <= self.q.until_ns;
-        let rec = match h.kind {
-            format::KIND_TABLE_KEYFRAME => {
-                self.table_kf = Some((off, payload.to_vec()));
-                self.table_kf_dec = None;
-                self.kf_broken = false;
-                if !in_range {
-                    return true;
-                }
-                self.table_sample(off, None, report)
+        if h.kind == format::KIND_TABLE_KEYFRAME {
+            self.table_kf = Some((off, payload.to_vec()));
+            self.table_kf_dec = None;
+            self.kf_broken = false;
+            if !in_range {
+                return true;
             }
-            format::KIND_TABLE_DELTA if in_range => self.table_sample(off, Some(payload), report),
+            let got = self.table_sample(off, None, report);
+            return self.hand(got, report, f);
+        }
+        if h.kind == format::KIND_TABLE_DELTA && in_range {
+            let got = self.table_sample(off, Some(payload), report);
+            return self.hand(got, report, f);
+        }
+        let rec = match h.kind {
             format::KIND_KEYFRAME => match format::decompress(payload, None) {
                 Ok(json) => {
                     let r = in_range.then(|| json_sample(&json)).transpose();
@@ -252,11 +346,25 @@ impl Walk<'_> {
                 None
             }
         };
-        match rec {
-            Some(r) => {
-                report.records_decoded += 1;
-                f(r)
-            }
+        self.hand(rec.map(Got::Owned), report, f)
+    }
+
+    /// Hands a decoded record on; false when the consumer wants no more.
+    fn hand(
+        &mut self,
+        got: Option<Got>,
+        report: &mut ReadReport,
+        f: &mut dyn FnMut(Item<'_>) -> bool,
+    ) -> bool {
+        let Some(got) = got else { return true };
+        report.records_decoded += 1;
+        match (got, self.recent.as_deref_mut()) {
+            (Got::Owned(Record::Sample(s)), Some(rc)) => rc.put(s),
+            (Got::Owned(r), _) => return f(Item::Record(r)),
+            (Got::Recent, _) => {}
+        }
+        match self.recent.as_deref().and_then(|rc| rc.pair()) {
+            Some((s, prev)) => f(Item::Sample(s, prev)),
             None => true,
         }
     }
@@ -267,7 +375,7 @@ impl Walk<'_> {
         off: u64,
         delta: Option<&[u8]>,
         report: &mut ReadReport,
-    ) -> Option<Record> {
+    ) -> Option<Got> {
         let Some((kf_off, kf_payload)) = &self.table_kf else {
             let why = self.no_keyframe();
             self.warn(report, off, format!("sample skipped: {why}"));
@@ -276,7 +384,12 @@ impl Walk<'_> {
         let kf_off = *kf_off;
         if self.table_kf_dec.is_none() {
             match table::decode_keyframe(kf_payload) {
-                Ok(d) => self.table_kf_dec = Some(d),
+                Ok(d) => {
+                    self.table_kf_dec = Some(d);
+                    if let Some(rc) = self.recent.as_deref_mut() {
+                        self.kf_gen = rc.keyframe_gen();
+                    }
+                }
                 Err(e) => {
                     self.warn(report, kf_off, format!("keyframe does not decode: {e}"));
                     self.table_kf = None;
@@ -290,12 +403,12 @@ impl Walk<'_> {
         }
         let kf = self.table_kf_dec.as_ref().expect("decoded");
         let decoded;
-        let view = match delta {
-            None => table::view(None, kf),
+        let (view, rec) = match delta {
+            None => (table::view(None, kf), kf),
             Some(p) => match table::decode_delta(kf, kf_off, p) {
                 Ok(d) => {
                     decoded = d;
-                    table::view(Some(kf), &decoded)
+                    (table::view(Some(kf), &decoded), &decoded)
                 }
                 Err(e) => {
                     self.warn(report, off, format!("sample does not decode: {e}"));
@@ -303,8 +416,15 @@ impl Walk<'_> {
                 }
             },
         };
-        match decode_value::<Sample>(&view, &self.q.projection) {
-            Ok(s) => Some(Record::Sample(Box::new(s))),
+        let res = match self.recent.as_deref_mut() {
+            Some(rc) => rc
+                .table(self.kf_gen, rec, delta.is_some(), &view, &self.q.projection)
+                .map(|()| Got::Recent),
+            None => decode_value::<Sample>(&view, &self.q.projection)
+                .map(|s| Got::Owned(Record::Sample(Box::new(s)))),
+        };
+        match res {
+            Ok(g) => Some(g),
             Err(e) => {
                 self.warn(report, off, format!("sample does not decode: {e}"));
                 None
@@ -322,7 +442,8 @@ fn scan_segment(
     path: &Path,
     q: &Query,
     report: &mut ReadReport,
-    f: &mut dyn FnMut(Record) -> bool,
+    recent: Option<&mut Recent>,
+    f: &mut dyn FnMut(Item<'_>) -> bool,
 ) -> bool {
     let name = path.display().to_string();
     let opened = File::open(path).and_then(|file| file.metadata().map(|m| (file, m.len())));
@@ -404,6 +525,8 @@ fn scan_segment(
         table_kf: None,
         table_kf_dec: None,
         kf_broken: false,
+        recent,
+        kf_gen: 0,
     };
     // Records written out of time order, outside the part we walk.
     let late: Vec<&index::Entry> = entries
@@ -497,7 +620,7 @@ fn late_record(
     off: u64,
     w: &mut Walk,
     report: &mut ReadReport,
-    f: &mut dyn FnMut(Record) -> bool,
+    f: &mut dyn FnMut(Item<'_>) -> bool,
 ) -> bool {
     let Ok(hb) = read_at(file, off, (off + FRAME_HEADER_LEN as u64).min(len)) else {
         return true;

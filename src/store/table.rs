@@ -326,6 +326,34 @@ impl Decoded {
     pub fn rows(&self) -> usize {
         self.ids.len()
     }
+
+    /// Each row's shape id.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// This record's own shapes (a delta's extras), length-prefixed, appended to `out`.
+    pub fn own_shapes_into(&self, out: &mut Vec<u8>) {
+        for &(s, l) in &self.shapes {
+            put_varint(out, l as u64);
+            out.extend_from_slice(&self.body[s as usize..(s + l) as usize]);
+        }
+    }
+
+    /// Whether `own_shapes_into` would give exactly `b`.
+    pub fn own_shapes_eq(&self, b: &[u8]) -> bool {
+        let mut pos = 0;
+        for &(s, l) in &self.shapes {
+            let own = &self.body[s as usize..(s + l) as usize];
+            if get_varint(b, &mut pos) != Some(l as u64)
+                || b.get(pos..pos + l as usize) != Some(own)
+            {
+                return false;
+            }
+            pos += l as usize;
+        }
+        pos == b.len()
+    }
 }
 
 /// Decodes a keyframe payload.

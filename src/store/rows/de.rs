@@ -78,6 +78,20 @@ pub fn decode_value<'a, T: de::Deserialize<'a>>(
     T::deserialize(&mut d)
 }
 
+/// Joins the subtree of row `row` alone into a `T` (the reader's fast path
+/// re-reads a section it has no in-place patch for this way).
+pub fn decode_row<'a, T: de::Deserialize<'a>>(
+    view: &RowsView<'a>,
+    proj: &Projection,
+    row: usize,
+) -> Result<T, DeError> {
+    if row >= view.shapes.len() {
+        return Err(DeError::Custom(format!("no row {row}")));
+    }
+    let mut d = De::at(view, proj, row);
+    T::deserialize(&mut d)
+}
+
 struct De<'v, 'a> {
     v: &'v RowsView<'a>,
     proj: &'v Projection,

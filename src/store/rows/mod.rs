@@ -21,7 +21,7 @@
 pub mod de;
 pub mod ser;
 
-pub use de::{decode_value, DeError, Projection, RowsView, Select};
+pub use de::{decode_row, decode_value, DeError, Projection, RowsView, Select};
 pub use ser::{RowBuf, Splitter};
 
 /// A struct or map: varint n, then n × (key value).
@@ -156,6 +156,14 @@ pub fn shape_info(b: &[u8]) -> Result<ShapeInfo, ShapeError> {
     Ok(info)
 }
 
+/// Walks one value of a shape from `pos` (which it moves past the value):
+/// its numbers and child rows, counted from 0.
+pub fn value_info(b: &[u8], pos: &mut usize) -> Result<ShapeInfo, ShapeError> {
+    let mut info = ShapeInfo::default();
+    walk(b, pos, &mut info, 1)?;
+    Ok(info)
+}
+
 /// The string value of field `field` of a shape whose top is a map, if the
 /// shape has one (used to select rows such as "the link named X" without
 /// decoding them).
@@ -177,7 +185,8 @@ pub fn field_str<'a>(b: &'a [u8], field: &str) -> Option<&'a str> {
     None
 }
 
-fn read_str<'a>(b: &'a [u8], pos: &mut usize) -> Option<&'a str> {
+/// A STR op and its string at `pos` (moved past it).
+pub fn read_str<'a>(b: &'a [u8], pos: &mut usize) -> Option<&'a str> {
     if *b.get(*pos)? != OP_STR {
         return None;
     }
