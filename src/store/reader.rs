@@ -232,6 +232,10 @@ struct Walk<'q, 'r> {
     /// first use.
     table_kf: Option<(u64, Vec<u8>)>,
     table_kf_dec: Option<table::Decoded>,
+    /// The keyframe before it (`scan_ref`): when the next one has the same
+    /// shape dictionary it keeps its number, so samples stay patchable
+    /// across keyframes.
+    prev_kf_dec: Option<table::Decoded>,
     /// The last keyframe (either format) was damaged.
     kf_broken: bool,
     /// `scan_ref`: the samples lent out, and the number `recent` gave the
@@ -273,6 +277,11 @@ impl Walk<'_, '_> {
         let in_range = h.ts_unix_ns >= self.q.since_ns && h.ts_unix_ns <= self.q.until_ns;
         if h.kind == format::KIND_TABLE_KEYFRAME {
             self.table_kf = Some((off, payload.to_vec()));
+            if self.recent.is_some() {
+                if let Some(d) = self.table_kf_dec.take() {
+                    self.prev_kf_dec = Some(d);
+                }
+            }
             self.table_kf_dec = None;
             self.kf_broken = false;
             if !in_range {
@@ -385,10 +394,16 @@ impl Walk<'_, '_> {
         if self.table_kf_dec.is_none() {
             match table::decode_keyframe(kf_payload) {
                 Ok(d) => {
-                    self.table_kf_dec = Some(d);
                     if let Some(rc) = self.recent.as_deref_mut() {
-                        self.kf_gen = rc.keyframe_gen();
+                        let same = self
+                            .prev_kf_dec
+                            .take()
+                            .is_some_and(|p| self.kf_gen != 0 && p.same_dictionary(&d));
+                        if !same {
+                            self.kf_gen = rc.keyframe_gen();
+                        }
                     }
+                    self.table_kf_dec = Some(d);
                 }
                 Err(e) => {
                     self.warn(report, kf_off, format!("keyframe does not decode: {e}"));
@@ -524,6 +539,7 @@ fn scan_segment(
         json_kf: None,
         table_kf: None,
         table_kf_dec: None,
+        prev_kf_dec: None,
         kf_broken: false,
         recent,
         kf_gen: 0,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use integer_encoding::VarInt;
 
 use super::rows::{
-    self, get_varint, put_varint, put_zigzag, RowBuf, RowsView, ShapeInfo, Splitter,
+    self, get_varint, get_zigzag, put_varint, put_zigzag, RowBuf, RowsView, ShapeInfo, Splitter,
 };
 
 /// Extra shapes (rows not in the keyframe's dictionary) beyond which a
@@ -327,6 +327,20 @@ impl Decoded {
         self.ids.len()
     }
 
+    /// Whether two keyframes have the same shape dictionary (then their
+    /// shape ids mean the same shapes).
+    pub fn same_dictionary(&self, other: &Decoded) -> bool {
+        self.shapes.len() == other.shapes.len()
+            && self
+                .shapes
+                .iter()
+                .zip(&other.shapes)
+                .all(|(&(s, l), &(t, m))| {
+                    self.body[s as usize..(s + l) as usize]
+                        == other.body[t as usize..(t + m) as usize]
+                })
+    }
+
     /// Each row's shape id.
     pub fn ids(&self) -> &[u32] {
         &self.ids
@@ -475,17 +489,17 @@ fn decode_body(payload: &[u8], kf: Option<(&Decoded, u64)>) -> Result<Decoded, T
         while b2 < n_rows && d.num_off[b2 + 1] - d.num_off[b2] == n {
             b2 += 1;
         }
+        let (offs, run_refs) = (&d.num_off[a..b2], &refs[a..b2]);
         for j in 0..n {
-            for r in a..b2 {
-                let (delta, len) = i64::decode_var(b.get(pos..).unwrap_or(&[]))
+            for (&o, &rf) in offs.iter().zip(run_refs) {
+                let delta = get_zigzag(b, &mut pos)
                     .ok_or_else(|| TableError::Bad("truncated body (numbers)".into()))?;
-                pos += len;
-                let base = if refs[r] == NONE {
+                let base = if rf == NONE {
                     0
                 } else {
-                    knums[(refs[r] + j) as usize]
+                    knums[(rf + j) as usize]
                 };
-                nums[(d.num_off[r] + j) as usize] = base.wrapping_add(delta as u64);
+                nums[(o + j) as usize] = base.wrapping_add(delta as u64);
             }
         }
         a = b2;
@@ -677,6 +691,32 @@ mod tests {
         // Today's reader reads the same record, ignoring what it does not know.
         let s: Sample = decode_value(&view(Some(&kf), &d), &Projection::all()).unwrap();
         assert_eq!(s, n2.base);
+    }
+
+    #[test]
+    fn zigzag_varints_read_as_the_crate_reads_them() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            -65,
+            1 << 20,
+            i64::MAX,
+            i64::MIN,
+            -12345678,
+        ] {
+            let mut b = Vec::new();
+            put_zigzag(&mut b, v);
+            let mut pos = 0;
+            assert_eq!(get_zigzag(&b, &mut pos), Some(v));
+            assert_eq!(i64::decode_var(&b), Some((v, pos)));
+        }
+        for bad in [&[][..], &[0x80][..], &[0xff; 11][..]] {
+            assert_eq!(get_zigzag(bad, &mut 0), i64::decode_var(bad).map(|x| x.0));
+        }
     }
 
     #[test]
