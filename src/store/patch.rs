@@ -781,7 +781,6 @@ fn set_sint_map(m: &mut BTreeMap<String, i64>, vals: &[u64]) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::rows::Splitter;
 
     /// Every table names exactly the fields serde knows for its type: a
     /// field added to a `Sample` type must be added here too (until then
