@@ -1024,6 +1024,32 @@ fn churning_sample(seq: u64) -> Sample {
         max: Some(65536),
         ..Default::default()
     });
+    s.probes = Some(hvflight::sample::Probes {
+        bridges: vec![hvflight::sample::GatewayProbe {
+            bridge: "vnet0".into(),
+            uplinks: vec!["eth1".into()],
+            gateway: Some("192.0.2.1".into()),
+            arp_sent: seq,
+            arp_answered: seq - seq / 9,
+            large_bytes: 1400,
+            last_rtt_us: (seq != 11).then_some(300 + seq),
+            ..Default::default()
+        }],
+        guests: (0..3)
+            .map(|g| hvflight::sample::GuestProbe {
+                iface: format!("vnet{g}"),
+                sent: seq / 10 + g,
+                answered: seq / 10,
+                paused: if seq == 23 + g {
+                    "dhcp".into()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            })
+            .collect(),
+        errors: vec![],
+    });
     s.drops = Some(Drops {
         netns_inode: 4026531840,
         loaded_mono_ns: 5,

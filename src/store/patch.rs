@@ -16,8 +16,9 @@
 //! test fails when a field is added to a `Sample` type and not here, and at
 //! run time such a field only costs the fast path, never a wrong value).
 //! A field the shape has and the type does not (a newer writer's) is
-//! skipped, as serde skips it. Sections without a table (libvirt, probes,
-//! drops, …) are re-read generically from their own rows, alone.
+//! skipped, as serde skips it. Sections without a table (neighbours,
+//! conntrack, system, netfilter, capture, failures: one row each, or few)
+//! are re-read generically from their own rows, alone.
 //!
 //! Why not serde's `deserialize_in_place`: `Option` (every section) has no
 //! in-place form, and it still visits every string and field name, which is
@@ -35,7 +36,10 @@ use super::rows::{
 };
 use super::table::Decoded;
 use crate::sample::bridge::PortVlan;
-use crate::sample::{Bridge, BridgePort, FdbEntry, Link, Qdisc, Sample, Snmp};
+use crate::sample::{
+    Bridge, BridgePort, Domain, DropCount, Drops, FdbEntry, GatewayProbe, GuestProbe, Libvirt,
+    Link, Probes, Qdisc, Sample, Snmp, SoftnetCpu, Vnic,
+};
 
 /// A number of the row into a typed field; None when it does not fit (the
 /// generic path then decides, and reports).
@@ -225,14 +229,14 @@ table!(Sample {
     "neighbours" => (row generic neighbours),
     "qdiscs" => (rows patch_vec qdiscs),
     "conntrack" => (row generic conntrack),
-    "softnet" => (rows generic_vec softnet),
+    "softnet" => (rows patch_vec softnet),
     "snmp" => (row patch snmp),
     "system" => (row generic system),
     "netfilter" => (row generic netfilter),
-    "libvirt" => (row generic libvirt),
+    "libvirt" => (row patch libvirt),
     "capture" => (row generic capture),
-    "probes" => (row generic probes),
-    "drops" => (row generic drops),
+    "probes" => (row patch probes),
+    "drops" => (row patch drops),
     "failures" => (rows generic_vec failures),
 });
 
@@ -357,6 +361,114 @@ table!(Qdisc {
     "requeues" => (num requeues),
     "backlog_bytes" => (num backlog_bytes),
     "qlen" => (num qlen),
+});
+
+table!(SoftnetCpu {
+    "cpu" => (num cpu),
+    "processed" => (num processed),
+    "dropped" => (num dropped),
+    "time_squeeze" => (num time_squeeze),
+    "received_rps" => (num received_rps),
+    "flow_limit_count" => (num flow_limit_count),
+    "backlog_len" => (opt backlog_len),
+});
+
+table!(Libvirt {
+    "uri" => (fixed),
+    "domains" => (rows patch_vec domains),
+    "xml_fetches" => (num xml_fetches),
+    "age_ms" => (num age_ms),
+});
+
+table!(Domain {
+    "name" => (fixed),
+    "uuid" => (fixed),
+    "id" => (opt id),
+    "state" => (fixed),
+    "reason" => (fixed),
+    "vnics" => (rows patch_vec vnics),
+    // Strings only (were a number added, its rows would take the generic path).
+    "nova" => (fixed),
+    "xml_error" => (fixed),
+});
+
+table!(Vnic {
+    "mac" => (fixed),
+    "target_dev" => (fixed),
+    "bridge" => (fixed),
+    "network" => (fixed),
+    "kind" => (fixed),
+    "model" => (fixed),
+    "link_state" => (fixed),
+    "mtu" => (opt mtu),
+    "host_ifindex" => (opt host_ifindex),
+    "host_ifname" => (fixed),
+});
+
+table!(Probes {
+    "bridges" => (rows patch_vec bridges),
+    "guests" => (rows patch_vec guests),
+    "errors" => (fixed),
+});
+
+table!(GatewayProbe {
+    "bridge" => (fixed),
+    "vlan" => (opt vlan),
+    "uplinks" => (fixed),
+    "gateway" => (fixed),
+    "gateway_source" => (fixed),
+    "gateway_mac" => (fixed),
+    "source_ip" => (fixed),
+    "arp_sent" => (num arp_sent),
+    "arp_answered" => (num arp_answered),
+    "arp_unanswered" => (num arp_unanswered),
+    "icmp_sent" => (num icmp_sent),
+    "icmp_answered" => (num icmp_answered),
+    "icmp_unanswered" => (num icmp_unanswered),
+    "large_sent" => (num large_sent),
+    "large_answered" => (num large_answered),
+    "large_unanswered" => (num large_unanswered),
+    "large_bytes" => (num large_bytes),
+    "send_errors" => (num send_errors),
+    "consecutive_unanswered" => (num consecutive_unanswered),
+    "large_consecutive_unanswered" => (num large_consecutive_unanswered),
+    "last_rtt_us" => (opt last_rtt_us),
+    "last_answer_mono_ns" => (opt last_answer_mono_ns),
+    "guest_arp_requests" => (num guest_arp_requests),
+    "guest_arp_replies" => (num guest_arp_replies),
+    "guest_arp_unanswered" => (num guest_arp_unanswered),
+});
+
+table!(GuestProbe {
+    "iface" => (fixed),
+    "mac" => (fixed),
+    "ip" => (fixed),
+    "ip_source" => (fixed),
+    "sent" => (num sent),
+    "answered" => (num answered),
+    "unanswered" => (num unanswered),
+    "consecutive_unanswered" => (num consecutive_unanswered),
+    "last_answer_mono_ns" => (opt last_answer_mono_ns),
+    "paused" => (fixed),
+});
+
+table!(Drops {
+    "netns_inode" => (num netns_inode),
+    "loaded_mono_ns" => (num loaded_mono_ns),
+    "entries" => (rows patch_vec entries),
+    "overflow" => (num overflow),
+    "unattributed" => (num unattributed),
+    "map_entries" => (num map_entries),
+    "map_max_entries" => (num map_max_entries),
+    "missed" => (num missed),
+});
+
+table!(DropCount {
+    "ifindex" => (num ifindex),
+    "interface" => (fixed),
+    "reason" => (fixed),
+    "protocol" => (num protocol),
+    "count" => (num count),
 });
 
 table!(Snmp {
@@ -804,6 +916,15 @@ mod tests {
         check("FdbEntry", FdbEntry::table());
         check("Qdisc", Qdisc::table());
         check("Snmp", Snmp::table());
+        check("SoftnetCpu", SoftnetCpu::table());
+        check("Libvirt", Libvirt::table());
+        check("Domain", Domain::table());
+        check("Vnic", Vnic::table());
+        check("Probes", Probes::table());
+        check("GatewayProbe", GatewayProbe::table());
+        check("GuestProbe", GuestProbe::table());
+        check("Drops", Drops::table());
+        check("DropCount", DropCount::table());
     }
 
     /// What a newer writer may store: a section this version does not
