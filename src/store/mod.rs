@@ -22,7 +22,10 @@
 //! way, so new `Sample` sections need no store change. Events are batches
 //! of JSON. A sidecar index (`index.rs`) lists the keyframes, so a range
 //! read decompresses only its keyframe and the records in range; a query
-//! can also decode only the sections and rows it needs.
+//! can also decode only the sections and rows it needs. `scan_ref` lends
+//! samples instead of handing them over, and reads a record whose rows have
+//! the shapes of the one two back by patching its numbers into that sample
+//! in place (`patch.rs`).
 //!
 //! Crash guarantees: every record is written with one write() as soon as it
 //! is made (a SIGKILL loses at most the record being built), fdatasync runs
