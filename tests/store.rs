@@ -1124,3 +1124,55 @@ fn lent_samples_are_exactly_the_owned_ones_through_churn_and_both_fixtures() {
     assert!(patched >= 100, "patched {patched}, generic {generic}");
     assert!(generic >= 8, "patched {patched}, generic {generic}");
 }
+
+#[test]
+fn history_shows_every_sample_with_rates_against_the_one_before() {
+    // What `hvflight history` prints (lent, patched samples) is what the
+    // owned samples give, line by line: rates against the previous sample.
+    use hvflight::agent::print;
+    use hvflight::model::Model;
+    use hvflight::store::history::{history, HistoryQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = StoreWriter::open(cfg(dir.path())).unwrap();
+    for i in 0..150 {
+        w.write_sample(&churning_sample(i)).unwrap();
+        if i % 9 == 0 {
+            w.write_events(&[fixture_event(i)]).unwrap();
+        }
+    }
+    drop(w);
+    let mut want = String::new();
+    let (recs, _) = read_range(dir.path(), i64::MIN, i64::MAX);
+    let mut prev: Option<&Sample> = None;
+    for r in &recs {
+        match r {
+            Record::Sample(s) => {
+                let m = Model::new(s, prev);
+                want += &print::sample_line(s, &m);
+                want.push('\n');
+                prev = Some(s);
+            }
+            Record::Events(evs) => {
+                for e in evs {
+                    want += &print::event_line(e);
+                    want.push('\n');
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let q = HistoryQuery {
+        since_ns: i64::MIN,
+        until_ns: i64::MAX,
+        ..Default::default()
+    };
+    let (shown, warnings) = history(dir.path(), &q, &mut out).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(shown, 150 + 17);
+    let got = String::from_utf8(out).unwrap();
+    assert!(
+        got.lines().nth(5).is_some_and(|l| l.contains(" pps")),
+        "{got}"
+    );
+    assert_eq!(got, want);
+}
