@@ -1114,6 +1114,24 @@ fn lent_samples_are_exactly_the_owned_ones_through_churn_and_both_fixtures() {
             assert_eq!(prevs[i], want_prev, "{}: prev of sample {i}", d.display());
         }
     }
+    // Damaged records (a keyframe's interval among them, by chance or not):
+    // both paths skip and report the same ones.
+    let damaged = tempfile::tempdir().unwrap();
+    for seg in segments(dir.path()) {
+        let mut b = std::fs::read(&seg).unwrap();
+        for frac in [0.2, 0.45, 0.7, 0.9] {
+            let at = (b.len() as f64 * frac) as usize;
+            b[at] ^= 0x55;
+        }
+        std::fs::write(damaged.path().join(seg.file_name().unwrap()), b).unwrap();
+    }
+    let (recs, report) = read_range(damaged.path(), i64::MIN, i64::MAX);
+    assert!(!report.warnings.is_empty());
+    let owned: Vec<Sample> = samples_of(&recs).into_iter().cloned().collect();
+    assert!(owned.len() < 200 && owned.len() > 100, "{}", owned.len());
+    let (lent, _, lent_report) = lent_samples(damaged.path());
+    assert_eq!(lent, owned);
+    assert_eq!(lent_report.warnings, report.warnings);
     // The churning store: read by patching but for the records whose rows
     // differ from the ones two before (a one-second blip costs two).
     let (patched, generic) = hvflight::store::scan_ref_stats(
