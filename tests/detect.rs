@@ -146,14 +146,23 @@ fn dump_samples(dir: &Path, t_inject: i64) {
             .as_ref()
             .and_then(|p| p.guests.iter().find(|g| g.iface == "vnet0"))
             .map(|g| g.sent);
+        // The kernel's netfilter drops per port (eBPF drop reasons).
+        let nf: Vec<(String, u64)> = s
+            .drops
+            .iter()
+            .flat_map(|d| &d.entries)
+            .filter(|e| e.reason == "NETFILTER_DROP")
+            .map(|e| (format!("{}/{}", e.interface, e.protocol), e.count))
+            .collect();
         eprintln!(
-            "t{:+} ms vnet0 {:?} (our probes {:?}) uplink0 {:?} br0 {:?} gateway probes {:?}",
+            "t{:+} ms vnet0 {:?} (our probes {:?}) uplink0 {:?} br0 {:?} gateway probes {:?} netfilter drops {:?}",
             (s.ts_unix_ns - t_inject) / 1_000_000,
             port("vnet0"),
             ours,
             port("uplink0"),
             port("br0"),
-            gw
+            gw,
+            nf
         );
     }
 }
@@ -359,7 +368,11 @@ fn catalogue(name: &str) -> Scenario {
         "F11" => sc(
             "F11",
             |_| vec![Fault::NftBridgeDrop],
-            &["nothing left through the uplink", "are cut off"],
+            &[
+                "netfilter dropped",
+                "nothing left through the uplink",
+                "are cut off",
+            ],
             Some("F11"),
         ),
         "F6" => sc(
