@@ -235,12 +235,32 @@ fn scenario_at(sc: Scenario, cadence: &Cadence, analyze: bool) -> f64 {
         std::thread::sleep(Duration::from_millis(100));
     };
     let m = verify::manifest(&path).unwrap();
-    assert_eq!(m.incident.trigger, "detector", "{}", sc.name);
+    // A degradation's bundle is told apart from a collapse's by its trigger.
+    let trigger = if sc.expect.iter().all(|e| e.starts_with("degradation")) {
+        "degradation"
+    } else {
+        "detector"
+    };
+    assert_eq!(m.incident.trigger, trigger, "{}", sc.name);
+    let reason = m.incident.reason.clone();
     assert!(
         sc.expect.iter().any(|e| m.incident.reason.contains(e)),
         "{}: {}",
         sc.name,
         m.incident.reason
+    );
+    // `bundle list` shows that trigger (and the analyzer's report, below).
+    let list = Command::new(common::bin())
+        .args(["bundle", "list", "--state-dir"])
+        .arg(a.dir.path())
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&m.incident.id) && l.contains(&format!(" {trigger} "))),
+        "{}: {list}",
+        sc.name
     );
     let latency_ms = (m.incident.ts_unix_ns - t_inject) as f64 / 1e6;
     if std::env::var("DUMP").is_ok() {
@@ -329,6 +349,19 @@ fn scenario_at(sc: Scenario, cadence: &Cadence, analyze: bool) -> f64 {
             "{}: {}",
             sc.name,
             serde_json::to_string_pretty(&r["findings"]).unwrap()
+        );
+    }
+    if analyze {
+        let out = Command::new(common::bin())
+            .args(["bundle", "analyze"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("({trigger}: {reason}")),
+            "{}: {text}",
+            sc.name
         );
     }
     for f in faults.iter().rev() {

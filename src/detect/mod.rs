@@ -221,6 +221,26 @@ pub struct Verdict {
     pub cut_off: Vec<(String, String)>,
 }
 
+/// What an incident of the detector is: the bundle's trigger says it, so an
+/// operator listing bundles tells a collapse from a degradation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncidentKind {
+    /// The uplink crossing broke (a host-wide collapse).
+    Collapse,
+    /// The network works, not fully (MTU step, conntrack or neighbour table full).
+    Degradation,
+}
+
+impl IncidentKind {
+    /// The manifest's `incident.trigger`.
+    pub fn trigger(self) -> &'static str {
+        match self {
+            IncidentKind::Collapse => "detector",
+            IncidentKind::Degradation => "degradation",
+        }
+    }
+}
+
 /// Something the agent should act on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -230,7 +250,7 @@ pub enum Action {
         reason: String,
     },
     /// A new incident starts (take a bundle).
-    Incident { reason: String },
+    Incident { reason: String, kind: IncidentKind },
     /// One guest cut off (not a host-wide collapse).
     GuestCutOff {
         iface: String,
@@ -459,6 +479,7 @@ impl Detector {
                         if !merged && bad.is_empty() && self.state == State::Healthy {
                             actions.push(Action::Incident {
                                 reason: format!("degradation: {k}: {reason}"),
+                                kind: IncidentKind::Degradation,
                             });
                             self.last_degradation_incident_unix_ns = Some(s.ts_unix_ns);
                         }
@@ -521,7 +542,10 @@ impl Detector {
                     s.ts_unix_ns - t < self.cfg.merge_window_s as i64 * 1_000_000_000
                 });
                 if !merged {
-                    actions.push(Action::Incident { reason });
+                    actions.push(Action::Incident {
+                        reason,
+                        kind: IncidentKind::Collapse,
+                    });
                 }
                 self.last_collapse_unix_ns = Some(s.ts_unix_ns);
             }

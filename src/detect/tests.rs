@@ -116,7 +116,8 @@ fn uplink_loss_collapses_after_two_samples_and_recovers_with_hysteresis() {
     let reason = all
         .iter()
         .find_map(|a| {
-            if let Action::Incident { reason } = a {
+            if let Action::Incident { reason, kind } = a {
+                assert_eq!(*kind, IncidentKind::Collapse);
                 Some(reason.clone())
             } else {
                 None
@@ -373,6 +374,14 @@ fn full_size_probes_failing_while_small_ones_pass_is_degradation_with_its_own_bu
         reasons(&all).contains("degradation: br0: full-size frames fail"),
         "{all:?}"
     );
+    // Its bundle says so in its trigger, apart from a collapse's.
+    let kind = all.iter().find_map(|a| match a {
+        Action::Incident { kind, .. } => Some(*kind),
+        _ => None,
+    });
+    assert_eq!(kind, Some(IncidentKind::Degradation));
+    assert_eq!(IncidentKind::Degradation.trigger(), "degradation");
+    assert_eq!(IncidentKind::Collapse.trigger(), "detector");
     assert_eq!(d.degraded().len(), 1);
     // It passes: cleared after recover_after good samples.
     for i in 12..20u64 {
@@ -607,7 +616,10 @@ fn netfilter_dropping_the_guests_frames_on_the_uplink_is_a_collapse() {
             continue;
         }
         let incident = all.iter().find_map(|a| match a {
-            Action::Incident { reason } => Some(reason.as_str()),
+            Action::Incident {
+                reason,
+                kind: IncidentKind::Collapse,
+            } => Some(reason.as_str()),
             _ => None,
         });
         assert_eq!(
