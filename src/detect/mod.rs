@@ -477,8 +477,12 @@ impl Detector {
                         });
                         // A collapse in progress has its own bundle.
                         if !merged && bad.is_empty() && self.state == State::Healthy {
+                            // The reason starts with what the key names after
+                            // its bridge ("full-size frames fail: …"): once.
+                            let head = reason.split(':').next().unwrap_or_default();
+                            let bridge = k.strip_suffix(head).unwrap_or_default();
                             actions.push(Action::Incident {
-                                reason: format!("degradation: {k}: {reason}"),
+                                reason: format!("degradation: {bridge}{reason}"),
                                 kind: IncidentKind::Degradation,
                             });
                             self.last_degradation_incident_unix_ns = Some(s.ts_unix_ns);

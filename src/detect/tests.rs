@@ -380,6 +380,10 @@ fn full_size_probes_failing_while_small_ones_pass_is_degradation_with_its_own_bu
         _ => None,
     });
     assert_eq!(kind, Some(IncidentKind::Degradation));
+    assert!(
+        !reasons(&all).contains("fail: full-size frames fail"),
+        "said once: {all:?}"
+    );
     assert_eq!(IncidentKind::Degradation.trigger(), "degradation");
     assert_eq!(IncidentKind::Collapse.trigger(), "detector");
     assert_eq!(d.degraded().len(), 1);
