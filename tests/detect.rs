@@ -146,14 +146,23 @@ fn dump_samples(dir: &Path, t_inject: i64) {
             .as_ref()
             .and_then(|p| p.guests.iter().find(|g| g.iface == "vnet0"))
             .map(|g| g.sent);
+        // The kernel's netfilter drops per port (eBPF drop reasons).
+        let nf: Vec<(String, u64)> = s
+            .drops
+            .iter()
+            .flat_map(|d| &d.entries)
+            .filter(|e| e.reason == "NETFILTER_DROP")
+            .map(|e| (format!("{}/{}", e.interface, e.protocol), e.count))
+            .collect();
         eprintln!(
-            "t{:+} ms vnet0 {:?} (our probes {:?}) uplink0 {:?} br0 {:?} gateway probes {:?}",
+            "t{:+} ms vnet0 {:?} (our probes {:?}) uplink0 {:?} br0 {:?} gateway probes {:?} netfilter drops {:?}",
             (s.ts_unix_ns - t_inject) / 1_000_000,
             port("vnet0"),
             ours,
             port("uplink0"),
             port("br0"),
-            gw
+            gw,
+            nf
         );
     }
 }
@@ -226,12 +235,32 @@ fn scenario_at(sc: Scenario, cadence: &Cadence, analyze: bool) -> f64 {
         std::thread::sleep(Duration::from_millis(100));
     };
     let m = verify::manifest(&path).unwrap();
-    assert_eq!(m.incident.trigger, "detector", "{}", sc.name);
+    // A degradation's bundle is told apart from a collapse's by its trigger.
+    let trigger = if sc.expect.iter().all(|e| e.starts_with("degradation")) {
+        "degradation"
+    } else {
+        "detector"
+    };
+    assert_eq!(m.incident.trigger, trigger, "{}", sc.name);
+    let reason = m.incident.reason.clone();
     assert!(
         sc.expect.iter().any(|e| m.incident.reason.contains(e)),
         "{}: {}",
         sc.name,
         m.incident.reason
+    );
+    // `bundle list` shows that trigger (and the analyzer's report, below).
+    let list = Command::new(common::bin())
+        .args(["bundle", "list", "--state-dir"])
+        .arg(a.dir.path())
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&m.incident.id) && l.contains(&format!(" {trigger} "))),
+        "{}: {list}",
+        sc.name
     );
     let latency_ms = (m.incident.ts_unix_ns - t_inject) as f64 / 1e6;
     if std::env::var("DUMP").is_ok() {
@@ -322,6 +351,19 @@ fn scenario_at(sc: Scenario, cadence: &Cadence, analyze: bool) -> f64 {
             serde_json::to_string_pretty(&r["findings"]).unwrap()
         );
     }
+    if analyze {
+        let out = Command::new(common::bin())
+            .args(["bundle", "analyze"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("({trigger}: {reason}")),
+            "{}: {text}",
+            sc.name
+        );
+    }
     for f in faults.iter().rev() {
         lab.revert(f).unwrap();
     }
@@ -359,7 +401,11 @@ fn catalogue(name: &str) -> Scenario {
         "F11" => sc(
             "F11",
             |_| vec![Fault::NftBridgeDrop],
-            &["nothing left through the uplink", "are cut off"],
+            &[
+                "netfilter dropped",
+                "nothing left through the uplink",
+                "are cut off",
+            ],
             Some("F11"),
         ),
         "F6" => sc(

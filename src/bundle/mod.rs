@@ -33,7 +33,8 @@ pub const BUNDLE_FORMAT_VERSION: u32 = 1;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct Incident {
     pub id: String,
-    /// "manual" (hvflight trigger) or "detector".
+    /// "manual" (hvflight trigger), "detector" (a collapse) or
+    /// "degradation" (the detector's degradation: the network works, not fully).
     pub trigger: String,
     pub reason: String,
     pub ts_unix_ns: i64,

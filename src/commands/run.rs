@@ -201,11 +201,11 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
                             eligible_guests: detector.eligible(),
                         }
                     }
-                    Action::Incident { reason } => {
+                    Action::Incident { reason, kind } => {
                         exporter.on_incident();
                         if let Some(tx) = &incident_tx {
                             let _ = tx.send(crate::bundle::worker::TriggerRequest {
-                                trigger: "detector".into(),
+                                trigger: kind.trigger().into(),
                                 reason,
                                 case: String::new(),
                                 reply: None,

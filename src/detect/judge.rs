@@ -21,6 +21,16 @@ fn key(name: &str, ifindex: u32, what: &str) -> String {
     format!("link:{name}/{ifindex}:{what}")
 }
 
+/// The kernel's drop reason for a netfilter verdict (nftables or
+/// iptables/ebtables, bridge family or br_netfilter).
+const NETFILTER_DROP: &str = "NETFILTER_DROP";
+
+/// Per program load: a reload restarts the kernel's counters at 0, and a
+/// fresh key starts a fresh window rather than a delta across the two.
+fn nf_key(u: &Uplink, loaded_mono_ns: u64) -> String {
+    format!("nfdrop:{}/{}:{loaded_mono_ns}", u.port, u.ifindex)
+}
+
 fn gw_key(bridge: &str, vlan: Option<u16>, what: &str) -> String {
     format!("gw:{bridge}/{}:{what}", vlan.unwrap_or(0))
 }
@@ -57,6 +67,21 @@ pub(super) fn record(d: &mut Detector, s: &Sample) {
             t,
             g.guest_arp_replies as f64,
         );
+    }
+    // Netfilter drops per uplink port, 0 included: the kernel's entry for a
+    // port appears with its first drop, and a window needs the point before.
+    if let Some(drops) = &s.drops {
+        for br in s.bridges.iter().flatten() {
+            for u in uplink::uplinks(s, br, &d.cfg.uplinks) {
+                let n: u64 = drops
+                    .entries
+                    .iter()
+                    .filter(|e| e.ifindex == u.ifindex && e.reason == NETFILTER_DROP)
+                    .map(|e| e.count)
+                    .sum();
+                d.win.record(&nf_key(&u, drops.loaded_mono_ns), t, n as f64);
+            }
+        }
     }
     if let Some(ct) = &s.conntrack {
         let drops: u64 = ["drop", "early_drop", "insert_failed"]
@@ -115,7 +140,7 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
         .collect();
     v.uplinks = ups.clone();
     let (mut guests_tx, mut receiving_senders, mut traffic_cut) = (0.0, 0usize, 0usize);
-    let mut toward_senders = 0.0;
+    let (mut toward_senders, mut busiest_tx) = (0.0, 0.0f64);
     for p in &br.ports {
         let Some(link) = s.link(&p.name) else {
             continue;
@@ -224,6 +249,7 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
         if rx >= cfg.min_guest_packets {
             v.sending_guests += 1;
             guests_tx += rx;
+            busiest_tx = busiest_tx.max(rx);
             toward_senders += tx;
             // Broadcasts still reach a guest whose unicast cannot: the FDB
             // says where unicast toward it goes.
@@ -334,6 +360,9 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
             v.sending_guests
         ));
     }
+    if let Some(why) = netfilter_drops(d, s, &usable, v.sending_guests, guests_tx, busiest_tx) {
+        v.bad.push(why);
+    }
     if traffic_cut >= cfg.min_cut_off_guests as usize && receiving_senders == 0 {
         let (first, why) = &v.cut_off[0];
         v.bad.push(format!(
@@ -390,6 +419,49 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
         }
     }
     v
+}
+
+/// Netfilter drops what the guests send on its way out (catalogue F11/F12):
+/// at the bridge's forward hook skb->dev is already the egress port, so the
+/// kernel counts these drops on the uplink. The uplinks' own counters cannot
+/// tell: the host's chatter still leaves and still reaches the guests' ports
+/// for seconds after such a drop. Host-wide only: at least
+/// `min_cut_off_guests` guests sending, and the drops cover the share of
+/// the others' frames even if every frame of the busiest guest was among
+/// them — one guest whose frames a rule drops (its security group, a spoof
+/// filter) is that guest's matter. Other drop reasons (STP state, a down
+/// port) are not netfilter's. Nothing without the eBPF drop counters.
+fn netfilter_drops(
+    d: &Detector,
+    s: &Sample,
+    usable: &[&Uplink],
+    sending: usize,
+    guests_tx: f64,
+    busiest_tx: f64,
+) -> Option<String> {
+    let cfg = &d.cfg;
+    let loaded = s.drops.as_ref()?.loaded_mono_ns;
+    let (mut dropped, mut at) = (0.0, Vec::new());
+    for u in usable {
+        let n = d.win.delta(&nf_key(u, loaded)).unwrap_or(0.0);
+        if n > 0.0 {
+            dropped += n;
+            at.push(format!("{} {n:.0}", u.port));
+        }
+    }
+    // A share near 0 would make any drop a collapse.
+    let share = cfg.netfilter_drop_min_share.clamp(0.05, 1.0);
+    let others = (guests_tx - busiest_tx).max(0.0);
+    let host_wide = sending >= cfg.min_cut_off_guests.max(2) as usize
+        && others > 0.0
+        && dropped - busiest_tx >= share * others;
+    (dropped >= cfg.netfilter_drop_min_packets && host_wide).then(|| {
+        format!(
+            "netfilter dropped {dropped:.0} frames on their way out through the uplink ({}; kernel drop reason {NETFILTER_DROP}) in {} s, while {sending} guests sent {guests_tx:.0}",
+            at.join(", "),
+            cfg.window_s
+        )
+    })
 }
 
 /// Why unicast toward the guest on port `p` cannot reach it, from the FDB:

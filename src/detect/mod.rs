@@ -11,7 +11,9 @@
 //! - guests' ARP requests for the gateway leave through the uplink and no
 //!   reply comes back;
 //! - every sending eligible guest (at least `min_cut_off_guests`) stops
-//!   receiving anything.
+//!   receiving anything;
+//! - netfilter drops most of what the guests send on its way out through
+//!   the uplink (the kernel's drop reasons, when the eBPF program is loaded).
 //!
 //! Eligible guests: libvirt says running, past the boot grace (since the
 //! port appeared, flapped or the domain restarted), not migrating (a
@@ -58,6 +60,12 @@ pub struct DetectConfig {
     pub cut_off_min_packets: f64,
     /// This many sending guests of one bridge all cut off at once is a host-wide collapse.
     pub min_cut_off_guests: u32,
+    /// Netfilter drops (eBPF drop reason NETFILTER_DROP) on the uplinks' way
+    /// out are a signal from this many frames in the window…
+    pub netfilter_drop_min_packets: f64,
+    /// …when they are at least this share (0.05–1) of what the guests other
+    /// than the busiest one sent: a host-wide drop, not one guest's frames.
+    pub netfilter_drop_min_share: f64,
     /// Guests younger than this (port new, flapped, domain restarted) are booting: not evidence.
     pub boot_grace_s: u64,
     /// A guest stays out of judgement this long after a migration event or a
@@ -104,6 +112,8 @@ impl Default for DetectConfig {
             min_guest_packets: 1.0,
             cut_off_min_packets: 2.0,
             min_cut_off_guests: 2,
+            netfilter_drop_min_packets: 3.0,
+            netfilter_drop_min_share: 0.5,
             boot_grace_s: 60,
             migration_grace_s: 60,
             responsive_s: 120,
@@ -211,6 +221,26 @@ pub struct Verdict {
     pub cut_off: Vec<(String, String)>,
 }
 
+/// What an incident of the detector is: the bundle's trigger says it, so an
+/// operator listing bundles tells a collapse from a degradation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncidentKind {
+    /// The uplink crossing broke (a host-wide collapse).
+    Collapse,
+    /// The network works, not fully (MTU step, conntrack or neighbour table full).
+    Degradation,
+}
+
+impl IncidentKind {
+    /// The manifest's `incident.trigger`.
+    pub fn trigger(self) -> &'static str {
+        match self {
+            IncidentKind::Collapse => "detector",
+            IncidentKind::Degradation => "degradation",
+        }
+    }
+}
+
 /// Something the agent should act on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -220,7 +250,7 @@ pub enum Action {
         reason: String,
     },
     /// A new incident starts (take a bundle).
-    Incident { reason: String },
+    Incident { reason: String, kind: IncidentKind },
     /// One guest cut off (not a host-wide collapse).
     GuestCutOff {
         iface: String,
@@ -447,8 +477,13 @@ impl Detector {
                         });
                         // A collapse in progress has its own bundle.
                         if !merged && bad.is_empty() && self.state == State::Healthy {
+                            // The reason starts with what the key names after
+                            // its bridge ("full-size frames fail: …"): once.
+                            let head = reason.split(':').next().unwrap_or_default();
+                            let bridge = k.strip_suffix(head).unwrap_or_default();
                             actions.push(Action::Incident {
-                                reason: format!("degradation: {k}: {reason}"),
+                                reason: format!("degradation: {bridge}{reason}"),
+                                kind: IncidentKind::Degradation,
                             });
                             self.last_degradation_incident_unix_ns = Some(s.ts_unix_ns);
                         }
@@ -511,7 +546,10 @@ impl Detector {
                     s.ts_unix_ns - t < self.cfg.merge_window_s as i64 * 1_000_000_000
                 });
                 if !merged {
-                    actions.push(Action::Incident { reason });
+                    actions.push(Action::Incident {
+                        reason,
+                        kind: IncidentKind::Collapse,
+                    });
                 }
                 self.last_collapse_unix_ns = Some(s.ts_unix_ns);
             }

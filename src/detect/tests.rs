@@ -116,7 +116,8 @@ fn uplink_loss_collapses_after_two_samples_and_recovers_with_hysteresis() {
     let reason = all
         .iter()
         .find_map(|a| {
-            if let Action::Incident { reason } = a {
+            if let Action::Incident { reason, kind } = a {
+                assert_eq!(*kind, IncidentKind::Collapse);
                 Some(reason.clone())
             } else {
                 None
@@ -373,6 +374,18 @@ fn full_size_probes_failing_while_small_ones_pass_is_degradation_with_its_own_bu
         reasons(&all).contains("degradation: br0: full-size frames fail"),
         "{all:?}"
     );
+    // Its bundle says so in its trigger, apart from a collapse's.
+    let kind = all.iter().find_map(|a| match a {
+        Action::Incident { kind, .. } => Some(*kind),
+        _ => None,
+    });
+    assert_eq!(kind, Some(IncidentKind::Degradation));
+    assert!(
+        !reasons(&all).contains("fail: full-size frames fail"),
+        "said once: {all:?}"
+    );
+    assert_eq!(IncidentKind::Degradation.trigger(), "degradation");
+    assert_eq!(IncidentKind::Collapse.trigger(), "detector");
     assert_eq!(d.degraded().len(), 1);
     // It passes: cleared after recover_after good samples.
     for i in 12..20u64 {
@@ -547,4 +560,132 @@ fn guests_arp_for_the_gateway_left_unanswered_is_a_signal() {
     }
     assert_eq!(incidents(&all), 1, "{all:?}");
     assert!(reasons(&all).contains("guests' ARP for gateway 10.0.0.1"));
+}
+
+/// The eBPF drop counters as the sampler reports them: cumulative per
+/// (ifindex, interface, reason), IPv4.
+fn with_drops(mut s: Sample, counts: &[(u32, &str, &str, u64)]) -> Sample {
+    s.drops = Some(crate::sample::Drops {
+        loaded_mono_ns: 500_000_000_000,
+        entries: counts
+            .iter()
+            .filter(|c| c.3 > 0)
+            .map(|&(ifindex, name, reason, count)| crate::sample::DropCount {
+                ifindex,
+                interface: name.into(),
+                reason: reason.into(),
+                protocol: 2048,
+                count,
+            })
+            .collect(),
+        ..Default::default()
+    });
+    s
+}
+
+/// F11 as the lab shows it: a bridge forward chain drops everything, yet
+/// the host's own chatter still leaves through the uplink and reaches the
+/// guests' ports for a few seconds (one frame a second each), so neither
+/// "nothing left" nor "cut off" can tell. The kernel counts the guests'
+/// frames dropped by netfilter on the uplink (their egress port): a
+/// collapse by the third sample after the drop (the second is the first
+/// whose window holds a whole second of it, then one more for the
+/// hysteresis), naming what was seen; the same
+/// counters without the drop program are judged as before (no incident).
+#[test]
+fn netfilter_dropping_the_guests_frames_on_the_uplink_is_a_collapse() {
+    for loaded in [true, false] {
+        let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+        let mut nf = 0;
+        let mut step = |h: &mut Host, up_tx, to_g, dropped| {
+            nf += dropped;
+            let s = h.step(2, up_tx, up_tx, to_g);
+            if loaded {
+                with_drops(s, &[(2, "uplink0", "NETFILTER_DROP", nf)])
+            } else {
+                s
+            }
+        };
+        for _ in 0..5 {
+            assert!(run(&mut d, &mut prev, step(&mut h, 4, 2, 0)).is_empty());
+        }
+        let mut all = Vec::new();
+        for i in 0..3 {
+            // The drop comes in the middle of the first second.
+            let s = step(&mut h, 1, 1, if i == 0 { 2 } else { 4 });
+            all.extend(run(&mut d, &mut prev, s));
+        }
+        if !loaded {
+            assert_eq!(incidents(&all), 0, "{all:?}");
+            continue;
+        }
+        let incident = all.iter().find_map(|a| match a {
+            Action::Incident {
+                reason,
+                kind: IncidentKind::Collapse,
+            } => Some(reason.as_str()),
+            _ => None,
+        });
+        assert_eq!(
+            incident,
+            Some("br0: netfilter dropped 8 frames on their way out through the uplink (uplink0 8; kernel drop reason NETFILTER_DROP) in 2 s, while 2 guests sent 8"),
+            "{all:?}"
+        );
+    }
+}
+
+/// Ordinary drops are no collapse: one guest's own frames dropped (however
+/// many: a rule against that guest), a small share of everyone's frames
+/// (conntrack-invalid, a blocked port), netfilter drops toward the guests
+/// (a security group keeping the world out: counted on the vNICs), other
+/// reasons on the uplink (STP state while a port joins).
+#[test]
+fn ordinary_drops_are_not_a_collapse() {
+    type Case = (
+        &'static str,
+        u64,
+        &'static [(u32, &'static str, &'static str)],
+    );
+    let cases: [Case; 4] = [
+        (
+            "one guest's frames",
+            20,
+            &[(2, "uplink0", "NETFILTER_DROP")],
+        ),
+        ("a small share", 3, &[(2, "uplink0", "NETFILTER_DROP")]),
+        (
+            "toward the guests",
+            10,
+            &[
+                (3, "vnet0", "NETFILTER_DROP"),
+                (4, "vnet1", "NETFILTER_DROP"),
+            ],
+        ),
+        (
+            "another reason",
+            40,
+            &[(2, "uplink0", "BRIDGE_INGRESS_STP_STATE")],
+        ),
+    ];
+    for (what, per_s, at) in cases {
+        let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+        let mut all = Vec::new();
+        for i in 0..10u64 {
+            let (dropped, busy) = match what {
+                // vnet0 sends 20 more a second, all of them dropped.
+                "one guest's frames" => (if i >= 5 { per_s } else { 0 }, 20),
+                "a small share" => (if i >= 5 { per_s } else { 0 }, 0),
+                _ => (if i >= 5 { per_s } else { 0 }, 0),
+            };
+            h.links[2].stats.rx_packets += busy;
+            // The others' traffic keeps flowing both ways.
+            let s = h.step(if what == "a small share" { 4 } else { 2 }, 4, 4, 2);
+            let n = dropped * i.saturating_sub(4);
+            let counts: Vec<(u32, &str, &str, u64)> =
+                at.iter().map(|&(i, name, r)| (i, name, r, n)).collect();
+            all.extend(run(&mut d, &mut prev, with_drops(s, &counts)));
+        }
+        assert_eq!(incidents(&all), 0, "{what}: {all:?}");
+        assert_eq!(d.state, State::Healthy, "{what}");
+    }
 }
