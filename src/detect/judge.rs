@@ -52,6 +52,8 @@ pub(super) fn record(d: &mut Detector, s: &Sample) {
     for p in s.probes.iter().flat_map(|p| &p.guests) {
         d.win
             .record(&format!("probe:{}:sent", p.iface), t, p.sent as f64);
+        d.win
+            .record(&format!("probe:{}:answered", p.iface), t, p.answered as f64);
     }
     for g in s.probes.iter().flat_map(|p| &p.bridges) {
         let sent = (g.arp_sent + g.icmp_sent + g.large_sent).saturating_sub(g.send_errors);
@@ -179,12 +181,17 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
         let Some((rx, tx, txdrop)) = sums(d, &p.name, p.ifindex) else {
             continue;
         };
-        // Our own guest probes are not traffic toward the guest.
-        let ours = d
-            .win
-            .delta(&format!("probe:{}:sent", p.name))
-            .unwrap_or(0.0);
-        let tx = (tx - ours).max(0.0);
+        // Our own guest probes are not traffic toward the guest, and the
+        // guest's answers to them are not traffic it sends: an idle guest
+        // that answers two probes in a window would otherwise look like one
+        // that keeps sending and receives nothing (cut off).
+        let delta = |what: &str| {
+            d.win
+                .delta(&format!("probe:{}:{what}", p.name))
+                .unwrap_or(0.0)
+        };
+        let tx = (tx - delta("sent")).max(0.0);
+        let rx = (rx - delta("answered")).max(0.0);
         // Host side rx = what the guest sends; tx = what reaches it.
         let memo = d
             .guests

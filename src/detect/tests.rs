@@ -266,6 +266,45 @@ fn one_guest_cut_off_is_reported_alone() {
     );
 }
 
+/// The churn benchmark's false positive: a guest whose conversation just
+/// stopped, probed by the host every second, sends its answers (two in a
+/// window) and receives only our probes — which is not being cut off.
+#[test]
+fn an_idle_guest_answering_our_probes_is_not_cut_off() {
+    let (mut h, mut d, mut prev) = (Host::new(), Detector::new(cfg()), None);
+    let guest_probe = |n: u64| Probes {
+        guests: vec![crate::sample::probes::GuestProbe {
+            iface: "vnet1".into(),
+            mac: "52:54:00:00:00:02".into(),
+            sent: n,
+            answered: n,
+            last_answer_mono_ns: Some((1000 + n) * 1_000_000_000),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        run(&mut d, &mut prev, h.step(2, 4, 4, 2));
+    }
+    let mut all = Vec::new();
+    for n in 1..=6 {
+        let mut s = h.step(2, 2, 2, 2);
+        // vnet1 went idle: one probe toward it, one answer from it, a second.
+        let links = s.links.as_mut().unwrap();
+        let before = &prev.as_ref().unwrap().links.as_ref().unwrap()[3].stats;
+        links[3].stats.rx_packets = before.rx_packets + 1;
+        links[3].stats.tx_packets = before.tx_packets + 1;
+        h.links[3].stats = links[3].stats.clone();
+        s.probes = Some(guest_probe(n));
+        all.extend(run(&mut d, &mut prev, s));
+    }
+    assert_eq!(d.state, State::Healthy);
+    assert!(
+        !all.iter().any(|a| matches!(a, Action::GuestCutOff { .. })),
+        "{all:?}"
+    );
+}
+
 use crate::sample::{Domain, FdbEntry, GatewayProbe, Libvirt, Probes, Vnic};
 
 /// libvirt's view: two running domains whose vNICs are vnet0 and vnet1.
