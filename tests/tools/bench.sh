@@ -6,11 +6,13 @@
 # a libvirt test-driver node with N/2 domains (two vNICs each), light traffic
 # (every tenth guest pings the gateway once a second). Then, in turn:
 #   1. `hvflight run` at 1 Hz for DURATION_S: CPU per second (utime+stime
-#      from /proc), peak RSS (VmHWM), threads, store bytes per hour, and the
-#      sample lag p99 read back from the store;
+#      from /proc), peak RSS (VmHWM), threads, store bytes per hour, the
+#      sample lag p99 read back from the store, and RSS by mapping
+#      (tests/tools/smaps.py: binary, libraries, heap, stacks, packet ring);
 #   2. the same agent with 20 `hvflight tail --json` clients connected and a
 #      bundle taken (`hvflight trigger`) in the middle, LOADED_S seconds: lag
-#      p99 seen by a tail client, bundle write time and size;
+#      p99 seen by a tail client, bundle write time and size, the peak RSS
+#      with the bundle and that peak without the packet ring;
 #   3. node_exporter with the comparable collector set (netdev, netstat,
 #      softnet, conntrack, arp, stat, meminfo, pressure) scraped once a
 #      second for DURATION_S: CPU per scrape, peak RSS.
