@@ -9,6 +9,7 @@
 //! the range.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use integer_encoding::VarInt;
 
@@ -41,8 +42,11 @@ fn bad<T>(what: impl Into<String>) -> Result<T, TableError> {
 #[derive(Debug, Default)]
 pub struct Keyframe {
     offset: u64,
-    shapes: Vec<Vec<u8>>,
-    dict: HashMap<Vec<u8>, u32>,
+    /// Each shape once, shared by the list and the dictionary: at 500 vNICs
+    /// the shapes are ~1 MiB, and two copies of them were the largest
+    /// block of the writer's memory.
+    shapes: Vec<Arc<[u8]>>,
+    dict: HashMap<Arc<[u8]>, u32>,
     ids: Vec<u32>,
     num_off: Vec<u32>,
     nums: Vec<u64>,
@@ -135,7 +139,7 @@ impl TableEncoder {
             for (i, r) in rows.iter().enumerate() {
                 let guess = kf.ids.get(i).copied();
                 let id = match guess {
-                    Some(g) if kf.shapes[g as usize] == r.shape => g,
+                    Some(g) if *kf.shapes[g as usize] == *r.shape => g,
                     _ => match kf.dict.get(r.shape.as_slice()) {
                         Some(&id) => id,
                         None => *extra.entry(r.shape.as_slice()).or_insert_with(|| {
@@ -153,6 +157,11 @@ impl TableEncoder {
         let mut new_kf = None;
         self.body.clear();
         if as_keyframe {
+            // The old keyframe is not needed to encode a keyframe: freed
+            // first, the two are never in memory together. Should this
+            // record not be written, the next sample finds no keyframe and
+            // is written as one.
+            self.kf = None;
             let mut k = Keyframe::default();
             self.ids.clear();
             for r in rows {
@@ -160,8 +169,9 @@ impl TableEncoder {
                     Some(&id) => id,
                     None => {
                         let id = k.shapes.len() as u32;
-                        k.shapes.push(r.shape.clone());
-                        k.dict.insert(r.shape.clone(), id);
+                        let shape: Arc<[u8]> = Arc::from(r.shape.as_slice());
+                        k.shapes.push(Arc::clone(&shape));
+                        k.dict.insert(shape, id);
                         id
                     }
                 };
@@ -226,6 +236,12 @@ impl TableEncoder {
         }
         let cctx = self.cctx.get_or_insert_with(zstd::zstd_safe::CCtx::create);
         let payload = compress(cctx, &self.body, self.level)?;
+        if as_keyframe {
+            // A keyframe's body holds every shape (~1 MiB at 500 vNICs), a
+            // delta's a few percent of that: do not keep the keyframe's
+            // capacity for the records in between.
+            self.body = Vec::new();
+        }
         Ok(Encoded {
             keyframe: as_keyframe,
             payload,

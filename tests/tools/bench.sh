@@ -6,11 +6,13 @@
 # a libvirt test-driver node with N/2 domains (two vNICs each), light traffic
 # (every tenth guest pings the gateway once a second). Then, in turn:
 #   1. `hvflight run` at 1 Hz for DURATION_S: CPU per second (utime+stime
-#      from /proc), peak RSS (VmHWM), threads, store bytes per hour, and the
-#      sample lag p99 read back from the store;
+#      from /proc), peak RSS (VmHWM), threads, store bytes per hour, the
+#      sample lag p99 read back from the store, and RSS by mapping
+#      (tests/tools/smaps.py: binary, libraries, heap, stacks, packet ring);
 #   2. the same agent with 20 `hvflight tail --json` clients connected and a
 #      bundle taken (`hvflight trigger`) in the middle, LOADED_S seconds: lag
-#      p99 seen by a tail client, bundle write time and size;
+#      p99 seen by a tail client, bundle write time and size, the peak RSS
+#      with the bundle and that peak without the packet ring;
 #   3. node_exporter with the comparable collector set (netdev, netstat,
 #      softnet, conntrack, arp, stat, meminfo, pressure) scraped once a
 #      second for DURATION_S: CPU per scrape, peak RSS.
@@ -77,6 +79,8 @@ for n in "${SIZES[@]}"; do
   sleep "$DURATION_S"
   t1=$(date +%s.%N); c1=$(cpu_ticks $apid); st1=$(du -sb "$work/state/store" | cut -f1)
   a_hwm=$(hwm_kib $apid); a_threads=$(threads $apid); a_anon=$(anon_kib $apid)
+  # Where the resident memory is (binary, libraries, heap, stacks, packet ring).
+  python3 tests/tools/smaps.py $apid > "$work/smaps_quiet.json"
   "$BIN" history --since "${DURATION_S}s" --json --state-dir "$work/state" > "$work/quiet.jsonl" 2>/dev/null || true
 
   # 2. 20 tail clients and a bundle while sampling.
@@ -92,6 +96,9 @@ for n in "${SIZES[@]}"; do
   trig=$("$BIN" trigger --reason "bench" --socket "$sock" 2>&1 || true)
   tb1=$(date +%s.%N)
   sleep $((LOADED_S - LOADED_S / 3))
+  # VmHWM is the peak of the whole run so far: with the bundle written, it includes the bundle's.
+  a_hwm_loaded=$(hwm_kib $apid)
+  python3 tests/tools/smaps.py $apid > "$work/smaps_loaded.json"
   for p in $tails; do kill "$p" 2>/dev/null || true; done
   bundle=$(ls -t "$work/state/bundles/"*.tar.zst 2>/dev/null | head -1 || true)
   bundle_bytes=$( [ -n "$bundle" ] && stat -c %s "$bundle" || echo 0)
@@ -122,11 +129,11 @@ for n in "${SIZES[@]}"; do
   wait $labpid 2>/dev/null || true
 
   python3 - "$work" "$n" "$HZ" "$t0" "$t1" "$c0" "$c1" "$st0" "$st1" "$a_hwm" "$a_threads" \
-      "$a_anon" "$tb0" "$tb1" "$bundle_bytes" "$nc0" "$nc1" "$scrapes" "$ne_hwm" "$bytes" "$trig" "$build_ms" \
+      "$a_anon" "$tb0" "$tb1" "$bundle_bytes" "$nc0" "$nc1" "$scrapes" "$ne_hwm" "$bytes" "$trig" "$build_ms" "$a_hwm_loaded" \
       >> "$OUT/rows.jsonl" <<'PY'
 import glob, json, sys
 (work, n, hz, t0, t1, c0, c1, st0, st1, a_hwm, a_threads, a_anon, tb0, tb1, bundle_bytes,
- nc0, nc1, scrapes, ne_hwm, scrape_bytes, trig, build_ms) = sys.argv[1:]
+ nc0, nc1, scrapes, ne_hwm, scrape_bytes, trig, build_ms, a_hwm_loaded) = sys.argv[1:]
 hz = int(hz); secs = float(t1) - float(t0)
 def pct(v, p):
     v = sorted(v)
@@ -149,6 +156,17 @@ for f in glob.glob(f"{work}/tail*.jsonl"):
 links = len(quiet[-1]["links"] or []) if quiet else None
 doms = len(((quiet[-1].get("libvirt") or {}).get("domains")) or []) if quiet else None
 fails = sorted({f["collector"] for s in quiet for f in s.get("failures", [])})
+def mib(kib):
+    return round(kib / 1024, 1)
+def classes(name):
+    d = json.load(open(f"{work}/{name}"))
+    return {k: {"rss_mib": mib(v["rss_kib"]), "anon_mib": mib(v["anon_kib"])} for k, v in sorted(d["classes"].items())}
+mem_quiet = classes("smaps_quiet.json")
+mem_loaded = classes("smaps_loaded.json")
+# The packet ring: the AF_PACKET mapping (file-backed, in RssFile) and the
+# packets it holds (heap; the last quiet sample says how much).
+ring_map_kib = json.load(open(f"{work}/smaps_quiet.json"))["classes"].get("packet_ring", {}).get("rss_kib", 0)
+ring_heap_kib = max([((s.get("capture") or {}).get("ring_bytes") or 0) for s in quiet] or [0]) / 1024
 agent_cpu_ms = (int(c1) - int(c0)) * 1000 / hz / secs
 ne_cpu_ms = (int(nc1) - int(nc0)) * 1000 / hz / max(1, int(scrapes))
 row = {
@@ -158,6 +176,11 @@ row = {
         "peak_rss_mib": round(int(a_hwm) / 1024, 1),
         "threads": int(a_threads),
         "rss_anon_mib": round(int(a_anon) / 1024, 1),
+        "peak_rss_mib_loaded": mib(int(a_hwm_loaded)),
+        "packet_ring_mib": mib(ring_map_kib + ring_heap_kib),
+        "peak_rss_mib_excl_ring": mib(max(int(a_hwm), int(a_hwm_loaded)) - ring_map_kib - ring_heap_kib),
+        "rss_by_mapping_quiet": mem_quiet,
+        "rss_by_mapping_loaded": mem_loaded,
         "store_mib_per_hour": round((int(st1) - int(st0)) * 3600 / secs / 2**20, 1),
         "store_gib_per_day": round((int(st1) - int(st0)) * 86400 / secs / 2**30, 2),
         "jsonl_mib_per_hour": round(jsonl_mib_per_hour, 1),
@@ -193,15 +216,16 @@ rows = [json.loads(l) for l in open(f"{out}/rows.jsonl")]
 doc = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                    "node": platform.node()}, "rows": rows}
 open(f"{out}/results.json", "w").write(json.dumps(doc, indent=2) + "\n")
-hdr = ["vNICs", "hvf CPU ms/s", "n_e CPU ms/scrape", "ratio", "hvf RSS MiB", "hvf anon MiB", "n_e RSS MiB",
+hdr = ["vNICs", "hvf CPU ms/s", "n_e CPU ms/scrape", "ratio", "hvf RSS MiB", "hvf anon MiB", "hvf peak excl ring", "n_e RSS MiB",
        "store GiB/day", "lag p99 ms", "lag p99 loaded", "bundle s", "bundle MiB"]
 print(" | ".join(hdr))
 for r in rows:
     h, e = r["hvflight"], r["node_exporter"]
     print(" | ".join(str(x) for x in [r["vnics"], h["cpu_ms_per_s"], e["cpu_ms_per_scrape"],
-          r["ratio_cpu_hvflight_per_s_to_node_exporter_per_scrape"], h["peak_rss_mib"], h["rss_anon_mib"], e["peak_rss_mib"],
+          r["ratio_cpu_hvflight_per_s_to_node_exporter_per_scrape"], h["peak_rss_mib"], h["rss_anon_mib"], h["peak_rss_mib_excl_ring"], e["peak_rss_mib"],
           h["store_gib_per_day"], h["lag_ms_p99_quiet"], h["lag_ms_p99_20_tails_and_bundle"],
           h["bundle_trigger_s"], h["bundle_mib"]]))
+    print("   hvflight RSS MiB by mapping (quiet):", ", ".join(f'{k} {v["rss_mib"]}' for k, v in h["rss_by_mapping_quiet"].items()))
     if h["collector_failures"]:
         print("   collector failures:", ", ".join(h["collector_failures"]))
 print(f"(written to {out}/results.json)")
