@@ -84,6 +84,10 @@ pub struct CollectConfig {
     pub libvirt_keepalive_s: u32,
     /// Cap on FDB entries kept per sample (a flooded FDB cannot blow memory).
     pub fdb_max_entries: u64,
+    /// The whole FDB is dumped at least this often (and after lost
+    /// announcements); in between it is kept from the kernel's
+    /// announcements (0 = dump every sample).
+    pub fdb_full_dump_ms: u64,
     /// Read the kernel log.
     pub kmsg: bool,
     pub kmsg_path: PathBuf,
@@ -154,6 +158,7 @@ impl Default for CollectConfig {
             libvirt_interval_ms: crate::collect::libvirt::DEFAULT_INTERVAL_MS,
             libvirt_keepalive_s: 5,
             fdb_max_entries: 65_536,
+            fdb_full_dump_ms: crate::collect::fdb::DEFAULT_FULL_DUMP_MS,
             kmsg: true,
             kmsg_path: "/dev/kmsg".into(),
             kmsg_max_lines_per_s: 2000,

@@ -26,7 +26,7 @@ use hvflight::collect::qdisc::{parse_qdisc, QdiscCollector};
 use hvflight::collect::{CollectError, Collector, Context};
 use hvflight::events::rtnetlink::events_from_datagram;
 use hvflight::lab::{self, Lab, LabConfig};
-use hvflight::sample::{Event, EventKind, Neighbours, Sample};
+use hvflight::sample::{Event, EventKind, FdbEntry, Neighbours, Sample};
 
 const TIMEOUT: Duration = Duration::from_millis(1000);
 
@@ -738,6 +738,141 @@ fn the_fdb_cap_keeps_the_section_bounded_and_says_so_needs_root() {
     let (who, why) = &failures[0];
     assert_eq!(*who, "fdb");
     assert!(why.to_string().contains("capped at 100"), "{why}");
+}
+
+/// One sample's FDB section, with the links section before it (ports are named from it).
+fn fdb_step(links: &mut LinksCollector, fdb: &mut FdbCollector) -> Vec<FdbEntry> {
+    let mut s = Sample::default();
+    links.collect(&Context::default(), &mut s).unwrap();
+    fdb.collect(&Context::default(), &mut s).unwrap();
+    s.fdb.unwrap()
+}
+
+/// Between full dumps the FDB is kept from the kernel's announcements: an
+/// entry added, moved (by learning and by `bridge fdb replace`), deleted, or
+/// gone with its port shows in the very next sample, exactly as a full dump
+/// would show it.
+#[test]
+fn fdb_moves_and_deletes_between_full_dumps_show_in_the_next_sample_needs_root() {
+    let ns = Ns::new("fdbw");
+    // No IPv6: its autoconf traffic would teach the bridge entries between
+    // the two collectors' samples.
+    lab::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.0,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ])
+    .unwrap();
+    let mut lines = vec!["link add br0 type bridge".to_string()];
+    for i in 0..3 {
+        lines.push(format!("link add p{i} type veth peer name q{i}"));
+        lines.push(format!("link set p{i} master br0 up"));
+        lines.push(format!("link set q{i} address 52:54:00:bb:00:0{i} up"));
+        lines.push(format!("addr add 10.9.{i}.1/24 dev q{i}"));
+    }
+    lines.push("link set br0 up".into());
+    ns.batch(&lines);
+    let name = ns.0.clone();
+    // Broadcast pings leave through qN: the bridge learns qN's MAC on pN.
+    let ping_from = move |i: u32| {
+        lab::run(&[
+            "ip",
+            "netns",
+            "exec",
+            &name,
+            "ping",
+            "-q",
+            "-b",
+            "-c",
+            "2",
+            "-i",
+            "0.05",
+            "-w",
+            "1",
+            "-I",
+            &format!("q{i}"),
+            &format!("10.9.{i}.255"),
+        ])
+        .ok();
+    };
+    let nsname = ns.0.clone();
+    let ns2 = ns.0.clone();
+    let (steps, counts) = in_ns(&nsname, move || {
+        let q0_mac = "52:54:00:bb:00:00".to_string();
+        let bridge = |args: &str| {
+            let mut v = vec!["bridge", "-n", ns2.as_str()];
+            v.extend(args.split_whitespace());
+            lab::run(&v).unwrap();
+        };
+        let mut links = LinksCollector::new(TIMEOUT, false).full_dump_every(Duration::ZERO);
+        let mut c = FdbCollector::new(TIMEOUT, 10_000).full_dump_every(Duration::from_secs(3600));
+        let mut reference = FdbCollector::new(TIMEOUT, 10_000).full_dump_every(Duration::ZERO);
+        let mut steps = Vec::new();
+        fdb_step(&mut links, &mut c);
+        // Added: a static entry, a dynamic one, a learned one on each port.
+        bridge("fdb add 52:54:00:aa:00:01 dev p0 master static");
+        bridge("fdb add 52:54:00:aa:00:02 dev p1 master dynamic");
+        for i in 0..3 {
+            ping_from(i);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        steps.push((
+            fdb_step(&mut links, &mut c),
+            fdb_step(&mut links, &mut reference),
+            q0_mac.clone(),
+        ));
+        // Moved, deleted, gone with the port.
+        bridge("fdb replace 52:54:00:aa:00:01 dev p1 master static");
+        bridge("fdb del 52:54:00:aa:00:02 dev p1 master");
+        lab::run(&["ip", "-n", &ns2, "link", "set", "q1", "address", &q0_mac]).unwrap();
+        ping_from(1);
+        lab::run(&["ip", "-n", &ns2, "link", "del", "p2"]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        steps.push((
+            fdb_step(&mut links, &mut c),
+            fdb_step(&mut links, &mut reference),
+            q0_mac,
+        ));
+        (steps, (c.full_dumps, c.announced))
+    });
+    assert_eq!(counts, (1, 2), "one full dump, then announcements only");
+    let strip = |v: &[FdbEntry]| {
+        let mut v = v.to_vec();
+        v.iter_mut().for_each(|e| e.updated_s = None);
+        v
+    };
+    let on = |v: &[FdbEntry], mac: &str| -> Option<String> {
+        v.iter()
+            .find(|e| e.mac == mac && e.master.is_some())
+            .map(|e| e.port.clone())
+    };
+    let (a, ref_a, q0_mac) = &steps[0];
+    assert_eq!(strip(a), strip(ref_a), "after adds: as a full dump says");
+    assert_eq!(on(a, "52:54:00:aa:00:01").as_deref(), Some("p0"));
+    assert_eq!(on(a, "52:54:00:aa:00:02").as_deref(), Some("p1"));
+    assert_eq!(on(a, q0_mac).as_deref(), Some("p0"), "learned");
+    let (b, ref_b, _) = &steps[1];
+    assert_eq!(
+        strip(b),
+        strip(ref_b),
+        "after moves and deletes: as a full dump says"
+    );
+    assert_eq!(
+        on(b, "52:54:00:aa:00:01").as_deref(),
+        Some("p1"),
+        "moved by replace"
+    );
+    assert_eq!(on(b, "52:54:00:aa:00:02"), None, "deleted");
+    assert_eq!(on(b, q0_mac).as_deref(), Some("p1"), "moved by learning");
+    assert!(
+        a.iter().any(|e| e.port == "p2") && !b.iter().any(|e| e.port == "p2" || e.port.is_empty()),
+        "the removed port's entries are gone"
+    );
 }
 
 #[test]

@@ -25,7 +25,8 @@ pub use settings::{resolve, Resolved};
 /// What the loop hands to its consumer (printer, store, control socket).
 pub enum Output<'a> {
     Sample {
-        sample: &'a Sample,
+        /// Shared, so a consumer can keep it without a deep copy.
+        sample: &'a std::sync::Arc<Sample>,
         model: &'a Model,
     },
     Event(&'a Event),
@@ -127,7 +128,7 @@ impl Agent {
     ) {
         let interval = Duration::from_millis(self.config.agent.interval_ms);
         let poll = Duration::from_millis(100).min(interval);
-        let mut prev: Option<Sample> = None;
+        let mut prev: Option<Arc<Sample>> = None;
         let mut next = Instant::now();
         let mut taken = 0u64;
         self.note(
@@ -139,7 +140,8 @@ impl Agent {
             let lag = Instant::now().saturating_duration_since(next);
             let mut sample = self.sampler.sample();
             sample.lag_us = lag.as_micros() as u64;
-            let model = Model::new(&sample, prev.as_ref());
+            let sample = Arc::new(sample);
+            let model = Model::new(&sample, prev.as_deref());
             sink(Output::Sample {
                 sample: &sample,
                 model: &model,

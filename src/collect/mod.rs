@@ -188,10 +188,11 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
         ));
     }
     if on("fdb") {
-        v.push(Box::new(fdb::FdbCollector::new(
-            timeout,
-            cfg.collect.fdb_max_entries as usize,
-        )));
+        v.push(Box::new(
+            fdb::FdbCollector::new(timeout, cfg.collect.fdb_max_entries as usize).full_dump_every(
+                std::time::Duration::from_millis(cfg.collect.fdb_full_dump_ms),
+            ),
+        ));
     }
     if on("neighbours") {
         v.push(Box::new(neigh::NeighCollector::new(timeout)));

@@ -4,14 +4,14 @@
 //! links, bridge, fdb and libvirt, whose sections it reads. The prober
 //! thread starts on the first sample (after the agent entered its netns).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use super::{CollectError, Collector, Context};
 use crate::detect::frames::{self, Mac};
 use crate::detect::guests::GuestTopo;
 use crate::detect::prober::{BridgeTopo, ProbeHandle, Topology};
 use crate::detect::{uplink, DetectConfig};
-use crate::sample::Sample;
+use crate::sample::{Domain, FdbEntry, Sample, Vnic};
 
 pub struct ProbesCollector {
     cfg: DetectConfig,
@@ -27,6 +27,23 @@ impl ProbesCollector {
 /// What the prober needs from one sample (pure).
 pub fn topology(s: &Sample, cfg: &DetectConfig) -> Topology {
     let mut out = Topology::default();
+    // Looked up per port: tables built once, so 500 ports cost 500 lookups,
+    // not 500 scans of every domain's vNICs (and of the FDB). The first
+    // match wins, as a scan in section order would find it.
+    let mut vnic_of: HashMap<&str, (&Domain, &Vnic)> = HashMap::new();
+    for d in s.libvirt.iter().flat_map(|l| &l.domains) {
+        for v in &d.vnics {
+            if let Some(ifname) = v.host_ifname.as_deref() {
+                vnic_of.entry(ifname).or_insert((d, v));
+            }
+        }
+    }
+    let mut learned_on: HashMap<u32, &FdbEntry> = HashMap::new();
+    for e in s.fdb.iter().flatten() {
+        if e.state != "permanent" && !e.is_self {
+            learned_on.entry(e.ifindex).or_insert(e);
+        }
+    }
     for br in s.bridges.iter().flatten() {
         let Some(brl) = s.link(&br.name) else {
             continue;
@@ -45,24 +62,13 @@ pub fn topology(s: &Sample, cfg: &DetectConfig) -> Topology {
                 continue;
             }
             vids.extend(p.vlans.iter().map(|v| v.vid));
-            let dom = s.libvirt.iter().flat_map(|l| &l.domains).find(|d| {
-                d.vnics
-                    .iter()
-                    .any(|v| v.host_ifname.as_deref() == Some(&p.name))
-            });
-            let vnic_mac: Option<Mac> = dom
-                .and_then(|d| {
-                    d.vnics
-                        .iter()
-                        .find(|v| v.host_ifname.as_deref() == Some(&p.name))
-                })
-                .and_then(|v| frames::parse_mac(&v.mac));
+            let found = vnic_of.get(p.name.as_str());
+            let dom = found.map(|(d, _)| *d);
+            let vnic_mac: Option<Mac> = found.and_then(|(_, v)| frames::parse_mac(&v.mac));
             // Without libvirt: the MAC learned on the guest's port.
             let fdb_mac = || {
-                s.fdb
-                    .iter()
-                    .flatten()
-                    .find(|e| e.ifindex == p.ifindex && e.state != "permanent" && !e.is_self)
+                learned_on
+                    .get(&p.ifindex)
                     .and_then(|e| frames::parse_mac(&e.mac))
             };
             let ip = dom

@@ -463,7 +463,8 @@ pub fn sample(opts: &AgentOpts, once: bool, json: bool, count: Option<u64>) -> R
         use std::io::Write;
         if let Output::Sample { sample, model } = o {
             let line = if json {
-                serde_json::to_string(sample).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+                serde_json::to_string(&**sample)
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
             } else {
                 print::sample_line(sample, model)
             };

@@ -15,7 +15,7 @@
 //!   (domain (re)started, port re-created or flapped): a probe for an address
 //!   a guest is still claiming makes it decline its lease.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use super::frames::{self, Frame, Mac, Payload};
@@ -67,6 +67,9 @@ struct Guest {
     pending_ns: Option<u64>,
     paused_until_ns: u64,
     pause_why: &'static str,
+    /// What `rec.paused` says, compared without touching that String's heap
+    /// copy (every guest is looked at every 25 ms).
+    shown_why: &'static str,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -74,6 +77,12 @@ pub struct Guests {
     by_iface: BTreeMap<String, Guest>,
     tokens: f64,
     refilled_ns: Option<u64>,
+    /// Probes sent and maybe still pending, oldest first (sends happen in
+    /// time order and all share one timeout), so `expire` looks only at the
+    /// probes whose timeout passed instead of at every guest every 25 ms.
+    /// An entry whose guest got an answer, was paused or went away since
+    /// no longer matches the guest's `pending_ns` and is dropped unused.
+    sent: VecDeque<(u64, String)>,
 }
 
 /// A stable spread of first probes over the interval.
@@ -88,8 +97,9 @@ impl Guests {
     /// Takes the guests of this sample: new ones are scheduled at their
     /// phase, gone ones dropped, changed ones paused.
     pub fn sync(&mut self, topo: Vec<GuestTopo>, now_ns: u64, t: &GuestTiming) {
-        let names: Vec<String> = topo.iter().map(|g| g.iface.clone()).collect();
-        self.by_iface.retain(|k, _| names.contains(k));
+        let names: std::collections::HashSet<&str> =
+            topo.iter().map(|g| g.iface.as_str()).collect();
+        self.by_iface.retain(|k, _| names.contains(k.as_str()));
         for g in topo {
             match self.by_iface.get_mut(&g.iface) {
                 Some(cur) => {
@@ -129,6 +139,7 @@ impl Guests {
                             pending_ns: None,
                             paused_until_ns: 0,
                             pause_why: "",
+                            shown_why: "",
                         },
                     );
                 }
@@ -203,13 +214,19 @@ impl Guests {
     }
 
     pub fn expire(&mut self, now_ns: u64, t: &GuestTiming) {
-        for g in self.by_iface.values_mut() {
-            if g.pending_ns
-                .is_some_and(|s| now_ns.saturating_sub(s) >= t.timeout_ns)
-            {
-                g.pending_ns = None;
-                g.rec.unanswered += 1;
-                g.rec.consecutive_unanswered += 1;
+        while let Some((sent_ns, _)) = self.sent.front() {
+            if now_ns.saturating_sub(*sent_ns) < t.timeout_ns {
+                break;
+            }
+            let Some((sent_ns, iface)) = self.sent.pop_front() else {
+                break;
+            };
+            if let Some(g) = self.by_iface.get_mut(&iface) {
+                if g.pending_ns == Some(sent_ns) {
+                    g.pending_ns = None;
+                    g.rec.unanswered += 1;
+                    g.rec.consecutive_unanswered += 1;
+                }
             }
         }
     }
@@ -232,12 +249,13 @@ impl Guests {
                 ""
             };
             // Called every 25 ms for every guest: allocate only on a change.
-            if g.rec.paused != why {
+            if g.shown_why != why {
+                g.shown_why = why;
                 g.rec.paused = why.to_string();
             }
-            if g.rec.paused.is_empty() && g.pending_ns.is_none() && now_ns >= g.next_due_ns {
+            if why.is_empty() && g.pending_ns.is_none() && now_ns >= g.next_due_ns {
                 ready.push((g.next_due_ns, name.clone()));
-            } else if !g.rec.paused.is_empty() && g.next_due_ns < g.paused_until_ns {
+            } else if !why.is_empty() && g.next_due_ns < g.paused_until_ns {
                 // After a pause, start again at the guest's own phase.
                 g.next_due_ns =
                     g.paused_until_ns + g.topo.mac.map_or(0, |m| phase(&m, t.interval_ns));
@@ -278,6 +296,7 @@ impl Guests {
             });
             self.tokens -= 1.0;
             g.pending_ns = Some(now_ns);
+            self.sent.push_back((now_ns, name));
             g.next_due_ns = now_ns + t.interval_ns;
             g.rec.sent += 1;
         }

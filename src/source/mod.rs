@@ -1,5 +1,6 @@
 //! Thin OS access: /proc and /sys roots, rtnetlink sockets, libvirt connections, network namespaces. No logic worth a unit test lives here.
 pub mod bpf;
+pub mod fdb_watch;
 pub mod libvirt;
 pub mod link_watch;
 pub mod netlink;
