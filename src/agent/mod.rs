@@ -146,7 +146,12 @@ impl Agent {
                 sample: &sample,
                 model: &model,
             });
-            prev = Some(for_rates(sample));
+            prev = Some(match Arc::try_unwrap(sample) {
+                Ok(s) => Arc::new(for_rates(s)),
+                // Still held by a consumer (the metrics exporter keeps the
+                // latest sample): sharing it costs nothing more.
+                Err(shared) => shared,
+            });
             taken += 1;
             if count.is_some_and(|c| taken >= c) {
                 break;
