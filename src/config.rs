@@ -631,6 +631,23 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
             ),
         );
     }
+    let share = c.detect.netfilter_drop_min_share;
+    if !(0.05..=1.0).contains(&share) {
+        // Near 0 any single drop would make a collapse.
+        return bad(
+            "detect.netfilter_drop_min_share",
+            format!("must be between 0.05 and 1, got {share}"),
+        );
+    }
+    if !(c.detect.netfilter_drop_min_packets >= 1.0) {
+        return bad(
+            "detect.netfilter_drop_min_packets",
+            format!(
+                "must be at least 1, got {}",
+                c.detect.netfilter_drop_min_packets
+            ),
+        );
+    }
     for (k, v) in &c.detect.gateways {
         let (b, vid) = match k.split_once('/') {
             Some((b, vid)) => (b, Some(vid)),
@@ -919,6 +936,34 @@ mod tests {
         assert!(e.starts_with("f.toml:3: key `capture.sample_share`"), "{e}");
         let (c, _) = parse("[capture]\nfilter = \"arp or icmp\"\n", "f.toml").unwrap();
         assert_eq!(c.capture.control_expr(), "arp or icmp");
+    }
+
+    #[test]
+    fn netfilter_drop_thresholds_are_checked_with_file_line_and_key() {
+        for (text, line, key) in [
+            (
+                "[detect]\nnetfilter_drop_min_share = 0.01\n",
+                2,
+                "netfilter_drop_min_share",
+            ),
+            (
+                "[detect]\n\nnetfilter_drop_min_share = 1.5\n",
+                3,
+                "netfilter_drop_min_share",
+            ),
+            (
+                "[detect]\nnetfilter_drop_min_packets = 0.0\n",
+                2,
+                "netfilter_drop_min_packets",
+            ),
+        ] {
+            let e = parse(text, "f.toml").unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("f.toml:{line}: key `detect.{key}`")),
+                "{e}"
+            );
+        }
+        assert!(parse("[detect]\nnetfilter_drop_min_share = 0.05\n", "f.toml").is_ok());
     }
 
     #[test]

@@ -363,6 +363,13 @@ fn scenario_at(sc: Scenario, cadence: &Cadence, analyze: bool) -> f64 {
             "{}: {text}",
             sc.name
         );
+        // …and says what the window is around.
+        let around = if trigger == "degradation" {
+            "around the degradation"
+        } else {
+            "around the collapse"
+        };
+        assert!(text.contains(around), "{}: {text}", sc.name);
     }
     for f in faults.iter().rev() {
         lab.revert(f).unwrap();

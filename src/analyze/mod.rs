@@ -148,6 +148,18 @@ pub struct Report {
     pub timings: Vec<(String, f64)>,
 }
 
+impl Report {
+    /// What the window is around, in the report's words: a detector
+    /// collapse, a degradation, or a manual (or other) trigger.
+    pub fn moment(&self) -> &'static str {
+        match self.incident.trigger.as_str() {
+            "detector" => "the collapse",
+            "degradation" => "the degradation",
+            _ => "the trigger",
+        }
+    }
+}
+
 /// Analyzer settings (`[analyze]` in the config).
 pub use crate::config::AnalyzeConfig;
 

@@ -274,7 +274,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = write!(
         o,
-        "<h1>Incident {} on {}</h1><p>{} ({}: {}) — {} samples from {:+.0} s to {:+.0} s around the collapse, {} events. Source: <code>{}</code></p>",
+        "<h1>Incident {} on {}</h1><p>{} ({}: {}) — {} samples from {:+.0} s to {:+.0} s around {}, {} events. Source: <code>{}</code></p>",
         esc(&r.incident.id),
         esc(&r.host),
         esc(&r.incident.ts),
@@ -283,6 +283,7 @@ pub fn render(r: &Report) -> String {
         r.samples,
         r.window_rel_s[0],
         r.window_rel_s[1],
+        r.moment(),
         r.events,
         esc(&r.source)
     );

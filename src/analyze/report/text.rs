@@ -17,8 +17,12 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "{} samples ({:+.0} s … {:+.0} s around the collapse), {} events",
-        r.samples, r.window_rel_s[0], r.window_rel_s[1], r.events
+        "{} samples ({:+.0} s … {:+.0} s around {}), {} events",
+        r.samples,
+        r.window_rel_s[0],
+        r.window_rel_s[1],
+        r.moment(),
+        r.events
     );
     if r.findings.is_empty() {
         let _ = writeln!(
