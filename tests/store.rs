@@ -586,6 +586,55 @@ fn events_older_than_the_samples_before_them_are_still_found() {
     assert_eq!(samples_of(&recs).len(), 11);
 }
 
+/// After a reboot the agent's first segment starts with its first sample,
+/// and the kernel log since boot arrives late, with older times: a range
+/// before that segment still gets those lines, and a range that starts
+/// within the backlog batch gets its later lines.
+#[test]
+fn the_kernel_log_backlog_of_a_restart_is_found_before_its_segment_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = StoreWriter::open(cfg(dir.path())).unwrap();
+    for i in 0..100 {
+        w.write_sample(&sample(i, 3, T0 + i as i64)).unwrap();
+    }
+    drop(w);
+    // The host was down from T0+100 s; it booted at T0+250 s, the agent
+    // started at T0+300 s and read the boot's lines after its first sample.
+    let mut w = StoreWriter::open(cfg(dir.path())).unwrap();
+    for i in 300..320 {
+        w.write_sample(&sample(i, 3, T0 + i as i64)).unwrap();
+        if i == 301 {
+            w.write_events(&[fixture_event(250), fixture_event(260), fixture_event(270)])
+                .unwrap();
+        }
+    }
+    drop(w);
+    assert_eq!(hvflight::store::writer::segments(dir.path()).len(), 2);
+    let events = |since_s: i64, until_s: i64| -> Vec<String> {
+        let (recs, report) = read_range(
+            dir.path(),
+            (T0 + since_s) * 1_000_000_000,
+            (T0 + until_s) * 1_000_000_000,
+        );
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        recs.iter()
+            .filter_map(|r| match r {
+                Record::Events(e) => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .map(|e| match &e.kind {
+                EventKind::Agent { what, .. } => what.clone(),
+                k => format!("{k:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(events(240, 290), ["e250", "e260", "e270"]);
+    assert_eq!(events(255, 265), ["e260"]);
+    assert_eq!(events(265, 400), ["e270"]);
+    assert!(events(200, 249).is_empty());
+}
+
 #[test]
 fn a_damaged_keyframe_costs_its_interval_and_says_so() {
     use hvflight::store::format::{decode_frame_header, decode_header, FRAME_HEADER_LEN};

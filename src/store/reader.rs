@@ -181,6 +181,16 @@ fn scan_items(
         // successor starts before `since` (without a step between) neither.
         let start = start_ms(seg).unwrap_or(i64::MIN / 1_000_000) as i128 * 1_000_000;
         if start > q.until_ns as i128 + SLACK_NS as i128 {
+            // Only its late records can be in range: the kernel log read
+            // when the agent started (after a reboot: the boot's lines,
+            // older than the segment's first sample). The index lists them.
+            let late_in_range = q.events
+                && index::read(seg)
+                    .iter()
+                    .any(|e| e.kind == index::ENTRY_LATE && e.ts_unix_ns <= q.until_ns);
+            if late_in_range && !scan_segment(seg, q, report, None, true, f) {
+                return;
+            }
             continue;
         }
         let next_start = segs
@@ -192,7 +202,7 @@ fn scan_items(
                 continue;
             }
         }
-        if !scan_segment(seg, q, report, recent.as_deref_mut(), f) {
+        if !scan_segment(seg, q, report, recent.as_deref_mut(), false, f) {
             return;
         }
     }
@@ -207,7 +217,7 @@ pub fn read_segment(
     report: &mut ReadReport,
 ) {
     let q = Query::range(since_ns, until_ns);
-    scan_segment(path, &q, report, None, &mut |it| {
+    scan_segment(path, &q, report, None, false, &mut |it| {
         out.push(match it {
             Item::Record(r) => r,
             Item::Sample(s, _) => Record::Sample(Box::new(s.clone())),
@@ -452,12 +462,14 @@ fn json_sample(json: &[u8]) -> Result<Record, serde_json::Error> {
     serde_json::from_slice::<Sample>(json).map(|s| Record::Sample(Box::new(s)))
 }
 
-/// Reads one segment for a query; false when the consumer wants no more.
+/// Reads one segment for a query (with `late_only`, only the records its
+/// index lists as late); false when the consumer wants no more.
 fn scan_segment(
     path: &Path,
     q: &Query,
     report: &mut ReadReport,
     recent: Option<&mut Recent>,
+    late_only: bool,
     f: &mut dyn FnMut(Item<'_>) -> bool,
 ) -> bool {
     let name = path.display().to_string();
@@ -510,6 +522,9 @@ fn scan_segment(
         .iter()
         .find(|e| e.ts_unix_ns > until && e.offset > start)
         .map_or(len, |e| e.offset);
+    if late_only {
+        (start, start_ts, end) = (hdr_end, None, hdr_end);
+    }
     let mut b = match read_at(&file, start, end) {
         Ok(b) => b,
         Err(e) => {
@@ -551,7 +566,8 @@ fn scan_segment(
             e.kind == index::ENTRY_LATE
                 && (e.offset < start || e.offset >= end)
                 && e.offset < len
-                && e.ts_unix_ns >= q.since_ns
+                // Filed under its first event's time: its later events may
+                // be in range (each is kept by its own time, in `frame`).
                 && e.ts_unix_ns <= q.until_ns
         })
         .collect();
