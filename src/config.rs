@@ -639,7 +639,8 @@ fn validate(c: &Config, locate: &dyn Fn(&str) -> Location) -> Result<(), ConfigE
             format!("must be between 0.05 and 1, got {share}"),
         );
     }
-    if !(c.detect.netfilter_drop_min_packets >= 1.0) {
+    let min_packets = c.detect.netfilter_drop_min_packets;
+    if min_packets.is_nan() || min_packets < 1.0 {
         return bad(
             "detect.netfilter_drop_min_packets",
             format!(
