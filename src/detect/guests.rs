@@ -15,7 +15,8 @@
 //!   (domain (re)started, port re-created or flapped): a probe for an address
 //!   a guest is still claiming makes it decline its lease.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use super::frames::{self, Frame, Mac, Payload};
@@ -67,9 +68,11 @@ struct Guest {
     pending_ns: Option<u64>,
     paused_until_ns: u64,
     pause_why: &'static str,
-    /// What `rec.paused` says, compared without touching that String's heap
-    /// copy (every guest is looked at every 25 ms).
+    /// What `rec.paused` says, so that String is rewritten only on a change.
     shown_why: &'static str,
+    /// The time of this guest's one live entry in `Guests::queue` (None:
+    /// nothing can change for it until an event — `sync`, a frame — does).
+    queued_ns: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -83,6 +86,15 @@ pub struct Guests {
     /// An entry whose guest got an answer, was paused or went away since
     /// no longer matches the guest's `pending_ns` and is dropped unused.
     sent: VecDeque<(u64, String)>,
+    /// When each guest next needs looking at (its probe is due, its pause
+    /// ends, its probe timed out), earliest first, so `due` visits only
+    /// those instead of every guest every 25 ms. Entries are never removed
+    /// in place: one whose time is not its guest's `queued_ns` (rescheduled
+    /// since, or the guest went away) is dropped when it comes up.
+    queue: BinaryHeap<Reverse<(u64, String)>>,
+    /// MAC → iface of the guests, for the frames (rebuilt in `sync` when a
+    /// guest or its MAC changes); on a shared MAC the first iface wins.
+    by_mac: HashMap<Mac, String>,
 }
 
 /// A stable spread of first probes over the interval.
@@ -99,25 +111,40 @@ impl Guests {
     pub fn sync(&mut self, topo: Vec<GuestTopo>, now_ns: u64, t: &GuestTiming) {
         let names: std::collections::HashSet<&str> =
             topo.iter().map(|g| g.iface.as_str()).collect();
+        let before = self.by_iface.len();
         self.by_iface.retain(|k, _| names.contains(k.as_str()));
+        let mut macs_changed = before != self.by_iface.len();
         for g in topo {
             match self.by_iface.get_mut(&g.iface) {
                 Some(cur) => {
+                    let mut touched = cur.topo.running != g.running;
                     if cur.topo.generation != g.generation || cur.topo.mac != g.mac {
                         cur.paused_until_ns = now_ns + t.pause_ns;
                         cur.pause_why = "lifecycle";
                         cur.pending_ns = None;
+                        touched = true;
+                    }
+                    if cur.topo.mac != g.mac {
+                        macs_changed = true;
+                        cur.rec.mac = g.mac.map(|m| frames::mac_str(&m)).unwrap_or_default();
                     }
                     if let Some(ip) = g.ip {
-                        if rank(&cur.rec.ip_source) <= rank("libvirt") {
+                        // libvirt/nova is the strongest source: it always wins.
+                        let shown = cur.rec.ip.as_deref().and_then(|i| i.parse().ok());
+                        if shown != Some(ip) || cur.rec.ip_source != "libvirt" {
+                            touched |= shown.is_none();
                             cur.rec.ip = Some(ip.to_string());
                             cur.rec.ip_source = "libvirt".into();
                         }
                     }
-                    cur.rec.mac = g.mac.map(|m| frames::mac_str(&m)).unwrap_or_default();
                     cur.topo = g;
+                    if touched {
+                        Guests::schedule(&mut self.queue, cur, now_ns);
+                    }
                 }
                 None => {
+                    macs_changed = true;
+                    let name = g.iface.clone();
                     let next = now_ns + g.mac.map_or(0, |m| phase(&m, t.interval_ns));
                     let rec = GuestProbe {
                         iface: g.iface.clone(),
@@ -131,7 +158,7 @@ impl Guests {
                         ..Default::default()
                     };
                     self.by_iface.insert(
-                        g.iface.clone(),
+                        name.clone(),
                         Guest {
                             topo: g,
                             rec,
@@ -140,35 +167,84 @@ impl Guests {
                             paused_until_ns: 0,
                             pause_why: "",
                             shown_why: "",
+                            queued_ns: None,
                         },
                     );
+                    if let Some(cur) = self.by_iface.get_mut(&name) {
+                        Guests::schedule(&mut self.queue, cur, now_ns);
+                    }
                 }
             }
         }
-    }
-
-    fn by_mac(&mut self, mac: &Mac) -> Option<&mut Guest> {
-        self.by_iface
-            .values_mut()
-            .find(|g| g.topo.mac.as_ref() == Some(mac))
-    }
-
-    fn learn(g: &mut Guest, ip: Ipv4Addr, source: &str) {
-        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-            return;
+        if macs_changed {
+            self.by_mac.clear();
+            for (name, g) in &self.by_iface {
+                if let Some(m) = g.topo.mac {
+                    self.by_mac.entry(m).or_insert_with(|| name.clone());
+                }
+            }
         }
+        // Stale entries (guests gone, rescheduled often by frames) are only
+        // dropped when they come up; keep them from piling up meanwhile.
+        if self.queue.len() > 4 * self.by_iface.len() + 64 {
+            self.compact();
+        }
+    }
+
+    /// Has the guest looked at by `due` at `at_ns` (or earlier: a look only
+    /// brings it up to date, so the earliest entry is the one kept).
+    fn schedule(queue: &mut BinaryHeap<Reverse<(u64, String)>>, g: &mut Guest, at_ns: u64) {
+        if g.queued_ns.is_none_or(|q| at_ns < q) {
+            g.queued_ns = Some(at_ns);
+            queue.push(Reverse((at_ns, g.topo.iface.clone())));
+        }
+    }
+
+    /// Rebuilds the queue from the guests' live entries only.
+    fn compact(&mut self) {
+        self.queue = self
+            .by_iface
+            .iter()
+            .filter_map(|(name, g)| g.queued_ns.map(|at| Reverse((at, name.clone()))))
+            .collect();
+    }
+
+    /// Takes an address; returns whether the guest had none before (it may
+    /// have become probeable).
+    fn learn(g: &mut Guest, ip: Ipv4Addr, source: &str) -> bool {
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+            return false;
+        }
+        let had_none = g.rec.ip.is_none();
         if rank(source) >= rank(&g.rec.ip_source) {
             g.rec.ip = Some(ip.to_string());
             g.rec.ip_source = source.to_string();
         }
+        had_none
+    }
+
+    /// Pauses a guest that is claiming an address (see the module doc).
+    fn pause(
+        queue: &mut BinaryHeap<Reverse<(u64, String)>>,
+        g: &mut Guest,
+        why: &'static str,
+        now_ns: u64,
+        t: &GuestTiming,
+    ) {
+        g.paused_until_ns = now_ns + t.pause_ns;
+        g.pause_why = why;
+        g.pending_ns = None;
+        Guests::schedule(queue, g, now_ns);
     }
 
     /// Addresses from the host's neighbour table (weakest source).
     pub fn on_neighbour(&mut self, mac: &Mac, ip: Ipv4Addr) {
-        if let Some(g) = self.by_mac(mac) {
-            if g.rec.ip.is_none() {
-                Guests::learn(g, ip, "neigh");
-            }
+        let Some(g) = guest_by_mac(&self.by_mac, &mut self.by_iface, mac) else {
+            return;
+        };
+        if g.rec.ip.is_none() && Guests::learn(g, ip, "neigh") {
+            // Time 0: looked at on the next `due`, whenever that is.
+            Guests::schedule(&mut self.queue, g, 0);
         }
     }
 
@@ -177,17 +253,19 @@ impl Guests {
     pub fn on_frame(&mut self, f: &Frame, now_ns: u64, t: &GuestTiming) {
         match &f.payload {
             Payload::Arp(a) => {
-                let Some(g) = self.by_mac(&a.sha) else { return };
+                let Some(g) = guest_by_mac(&self.by_mac, &mut self.by_iface, &a.sha) else {
+                    return;
+                };
                 if a.is_address_probe() || a.is_announcement() {
-                    g.paused_until_ns = now_ns + t.pause_ns;
-                    g.pause_why = "address probing";
-                    g.pending_ns = None;
+                    Guests::pause(&mut self.queue, g, "address probing", now_ns, t);
                     if a.is_announcement() {
                         Guests::learn(g, a.spa, "arp");
                     }
                     return;
                 }
-                Guests::learn(g, a.spa, "arp");
+                if Guests::learn(g, a.spa, "arp") {
+                    Guests::schedule(&mut self.queue, g, now_ns);
+                }
                 if a.op == 2
                     && f.dst == g.topo.bridge_mac
                     && g.rec.ip.as_deref() == Some(&a.spa.to_string())
@@ -199,12 +277,10 @@ impl Guests {
                 }
             }
             Payload::Dhcp(d) => {
-                let Some(g) = self.by_mac(&d.chaddr) else {
+                let Some(g) = guest_by_mac(&self.by_mac, &mut self.by_iface, &d.chaddr) else {
                     return;
                 };
-                g.paused_until_ns = now_ns + t.pause_ns;
-                g.pause_why = "dhcp";
-                g.pending_ns = None;
+                Guests::pause(&mut self.queue, g, "dhcp", now_ns, t);
                 if !d.is_client() && d.msg_type == Some(5) {
                     Guests::learn(g, d.yiaddr, "dhcp");
                 }
@@ -231,6 +307,40 @@ impl Guests {
         }
     }
 
+    /// Brings one guest's shown state up to date as of `now_ns`; returns
+    /// whether it may be probed now and, if not, when it next needs
+    /// looking at (None: only an event can change that).
+    fn refresh(g: &mut Guest, now_ns: u64, t: &GuestTiming) -> Result<(), Option<u64>> {
+        let why: &'static str = if !g.topo.running {
+            "not running"
+        } else if g.topo.mac.is_none() || g.rec.ip.is_none() {
+            "no address"
+        } else if now_ns < g.paused_until_ns {
+            g.pause_why
+        } else {
+            ""
+        };
+        if g.shown_why != why {
+            g.shown_why = why;
+            g.rec.paused = why.to_string();
+        }
+        if !why.is_empty() {
+            if g.next_due_ns < g.paused_until_ns {
+                // After a pause, start again at the guest's own phase.
+                g.next_due_ns =
+                    g.paused_until_ns + g.topo.mac.map_or(0, |m| phase(&m, t.interval_ns));
+            }
+            let timed = g.topo.running && g.topo.mac.is_some() && g.rec.ip.is_some();
+            return Err(timed.then_some(g.paused_until_ns));
+        }
+        match g.pending_ns {
+            // A timeout longer than the interval: look again once it expired.
+            Some(sent) => Err(Some(g.next_due_ns.max(sent + t.timeout_ns).max(now_ns + 1))),
+            None if now_ns >= g.next_due_ns => Ok(()),
+            None => Err(Some(g.next_due_ns)),
+        }
+    }
+
     /// Probes due now, within the global cap.
     pub fn due(&mut self, now_ns: u64, t: &GuestTiming) -> Vec<Send> {
         let last = *self.refilled_ns.get_or_insert(now_ns);
@@ -238,42 +348,45 @@ impl Guests {
         self.tokens = (self.tokens + (now_ns.saturating_sub(last)) as f64 / 1e9 * cap).min(cap);
         self.refilled_ns = Some(now_ns);
         let mut ready: Vec<(u64, String)> = Vec::new();
-        for (name, g) in self.by_iface.iter_mut() {
-            let why: &'static str = if !g.topo.running {
-                "not running"
-            } else if g.topo.mac.is_none() || g.rec.ip.is_none() {
-                "no address"
-            } else if now_ns < g.paused_until_ns {
-                g.pause_why
-            } else {
-                ""
+        while self
+            .queue
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now_ns)
+        {
+            let Some(Reverse((at, name))) = self.queue.pop() else {
+                break;
             };
-            // Called every 25 ms for every guest: allocate only on a change.
-            if g.shown_why != why {
-                g.shown_why = why;
-                g.rec.paused = why.to_string();
+            let Some(g) = self.by_iface.get_mut(&name) else {
+                continue; // the guest went away
+            };
+            if g.queued_ns != Some(at) {
+                continue; // rescheduled since
             }
-            if why.is_empty() && g.pending_ns.is_none() && now_ns >= g.next_due_ns {
-                ready.push((g.next_due_ns, name.clone()));
-            } else if !why.is_empty() && g.next_due_ns < g.paused_until_ns {
-                // After a pause, start again at the guest's own phase.
-                g.next_due_ns =
-                    g.paused_until_ns + g.topo.mac.map_or(0, |m| phase(&m, t.interval_ns));
+            g.queued_ns = None;
+            match Guests::refresh(g, now_ns, t) {
+                Ok(()) => ready.push((g.next_due_ns, name)),
+                Err(Some(next)) => Guests::schedule(&mut self.queue, g, next),
+                Err(None) => {}
             }
         }
         ready.sort();
         let mut out = Vec::new();
-        for (_, name) in ready {
-            if self.tokens < 1.0 {
-                break; // the rest wait for the next tokens, oldest first
-            }
+        for (due_ns, name) in ready {
             let Some(g) = self.by_iface.get_mut(&name) else {
                 continue;
             };
+            if self.tokens < 1.0 {
+                // The rest wait for the next tokens, oldest first.
+                g.queued_ns = Some(due_ns);
+                self.queue.push(Reverse((due_ns, name)));
+                continue;
+            }
             let (Some(mac), Some(ip)) = (
                 g.topo.mac,
                 g.rec.ip.as_deref().and_then(|i| i.parse::<Ipv4Addr>().ok()),
             ) else {
+                // Not an address we can probe (cannot happen: we wrote it).
+                Guests::schedule(&mut self.queue, g, now_ns + t.interval_ns);
                 continue;
             };
             let src = g
@@ -296,9 +409,12 @@ impl Guests {
             });
             self.tokens -= 1.0;
             g.pending_ns = Some(now_ns);
-            self.sent.push_back((now_ns, name));
             g.next_due_ns = now_ns + t.interval_ns;
             g.rec.sent += 1;
+            let next = g.next_due_ns.max(now_ns + t.timeout_ns);
+            g.queued_ns = Some(next);
+            self.queue.push(Reverse((next, name.clone())));
+            self.sent.push_back((now_ns, name));
         }
         out
     }
@@ -306,6 +422,16 @@ impl Guests {
     pub fn records(&self) -> Vec<GuestProbe> {
         self.by_iface.values().map(|g| g.rec.clone()).collect()
     }
+}
+
+/// The guest with this MAC (a free function so the caller can still
+/// borrow the queue).
+fn guest_by_mac<'a>(
+    by_mac: &HashMap<Mac, String>,
+    by_iface: &'a mut BTreeMap<String, Guest>,
+    mac: &Mac,
+) -> Option<&'a mut Guest> {
+    by_iface.get_mut(by_mac.get(mac)?)
 }
 
 #[cfg(test)]
@@ -499,5 +625,146 @@ mod tests {
             (Some("10.0.0.2"), "arp")
         );
         assert_eq!(run(&mut g, 20 * S, 31 * S).len(), 1);
+    }
+
+    /// The guest's live queue entries (the others are stale).
+    fn live_entries(g: &Guests) -> usize {
+        g.queue
+            .iter()
+            .filter(|Reverse((at, name))| {
+                g.by_iface
+                    .get(name)
+                    .is_some_and(|x| x.queued_ns == Some(*at))
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_paused_guest_is_not_probed_and_resumes_at_its_phase() {
+        let mut g = Guests::default();
+        g.sync(vec![topo(7, "a")], 0, &T);
+        let p = phase(&mac(7), T.interval_ns);
+        // Restarted at 1 s: paused for 30 s, then probed at its own phase.
+        g.sync(vec![topo(7, "b")], S, &T);
+        let sent = run(&mut g, 0, 31 * S + p + S);
+        let first = sent[&107][0];
+        assert!(
+            first >= 31 * S + p && first < 31 * S + p + S / 10 + 1,
+            "first probe at {first}, phase {p}"
+        );
+        // A guest claiming its address again and again stays paused.
+        let mut g = Guests::default();
+        g.sync(vec![topo(3, "a")], 0, &T);
+        let claim = arp_from(
+            3,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 0, 0, 3),
+            1,
+            frames::BROADCAST,
+        );
+        let mut t = 0;
+        while t < 60 * S {
+            g.on_frame(&claim, t, &T);
+            assert!(g.due(t, &T).is_empty(), "probed at {t} while claiming");
+            t += 5 * S;
+        }
+        assert_eq!(g.records()[0].paused, "address probing");
+        // The last claim at 55 s: paused until 85 s, then its phase.
+        let p = phase(&mac(3), T.interval_ns);
+        let sent = run(&mut g, 60 * S, 85 * S + p + S);
+        assert_eq!(sent[&103].len(), 1, "probed again after the pause");
+        assert!(sent[&103][0] >= 85 * S + p);
+    }
+
+    #[test]
+    fn a_removed_guest_leaves_the_queue_and_a_readded_one_starts_afresh() {
+        let mut g = Guests::default();
+        g.sync((0..100).map(|i| topo(i, "a")).collect(), 0, &T);
+        run(&mut g, 0, 5 * S);
+        g.sync((0..10).map(|i| topo(i, "a")).collect(), 5 * S, &T);
+        let sent = run(&mut g, 5 * S, 30 * S);
+        assert!(
+            sent.keys().all(|ifindex| *ifindex < 110),
+            "a removed guest was probed: {sent:?}"
+        );
+        assert_eq!(live_entries(&g), 10);
+        assert!(g.queue.len() <= 10, "stale entries left: {}", g.queue.len());
+        // Churn: guests come and go every second; the queue stays bounded.
+        for round in 0..200u64 {
+            let from = (round % 2) as usize * 50;
+            g.sync(
+                (from..from + 50).map(|i| topo(i, "a")).collect(),
+                (30 + round) * S,
+                &T,
+            );
+        }
+        assert!(
+            g.queue.len() <= 4 * 50 + 64,
+            "queue grew to {}",
+            g.queue.len()
+        );
+        // vnet20, gone since the last round, re-added at 300 s: probed first
+        // at its phase, not at a due time left from before.
+        g.sync(vec![topo(20, "a")], 300 * S, &T);
+        let p = phase(&mac(20), T.interval_ns);
+        let sent = run(&mut g, 300 * S, 300 * S + p + S);
+        assert_eq!(sent[&120].len(), 1);
+        assert!(
+            sent[&120][0] >= 300 * S + p,
+            "{} before its phase {p}",
+            sent[&120][0]
+        );
+    }
+
+    #[test]
+    fn the_rate_cap_holds_and_guests_waiting_for_tokens_go_oldest_first() {
+        let mut g = Guests::default();
+        let t = GuestTiming { max_per_s: 2, ..T };
+        g.sync((0..40).map(|i| topo(i, "a")).collect(), 0, &t);
+        // Everyone due at once (all phases passed), 2 tokens a second.
+        let mut sent: Vec<(u64, u64)> = Vec::new(); // (time, due time)
+        let mut now = 10 * S;
+        while now < 40 * S {
+            g.expire(now, &t);
+            let due: BTreeMap<u32, u64> = g
+                .by_iface
+                .values()
+                .map(|x| (x.topo.ifindex, x.next_due_ns))
+                .collect();
+            for s in g.due(now, &t) {
+                sent.push((now, due[&s.ifindex]));
+            }
+            now += S / 10;
+        }
+        let mut per_second: BTreeMap<u64, u32> = BTreeMap::new();
+        for (at, _) in &sent {
+            *per_second.entry(at / S).or_default() += 1;
+        }
+        assert!(per_second.values().all(|n| *n <= 3), "{per_second:?}");
+        let firsts: Vec<u64> = sent.iter().take(40).map(|(_, due)| *due).collect();
+        assert!(
+            firsts.windows(2).all(|w| w[0] <= w[1]),
+            "not oldest first: {firsts:?}"
+        );
+        assert!(sent.len() >= 55, "tokens left unused: {}", sent.len());
+    }
+
+    #[test]
+    fn a_guest_that_starts_running_or_gets_an_address_is_probed_without_polling() {
+        let mut g = Guests::default();
+        let mut stopped = topo(1, "a");
+        stopped.running = false;
+        let mut no_ip = topo(2, "a");
+        no_ip.ip = None;
+        g.sync(vec![stopped, no_ip.clone()], 0, &T);
+        assert!(run(&mut g, 0, 20 * S).is_empty());
+        // Neither is looked at while nothing happens to it.
+        assert_eq!(live_entries(&g), 0);
+        g.sync(vec![topo(1, "a"), no_ip], 20 * S, &T);
+        g.on_neighbour(&mac(2), Ipv4Addr::new(10, 0, 0, 2));
+        // Their phases passed long ago: probed at once, then each interval.
+        let sent = run(&mut g, 20 * S, 29 * S);
+        assert_eq!((sent[&101].len(), sent[&102].len()), (1, 1), "{sent:?}");
+        assert_eq!(g.records()[0].paused, "");
     }
 }

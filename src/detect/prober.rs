@@ -239,6 +239,12 @@ struct Prober {
     netlink: Option<crate::source::netlink::RouteSocket>,
     hostnet: packet::HostIpv4,
     hostnet_at: Option<u64>,
+    /// Counts the changes of `hostnet.addrs`: the guests' `bridge_addrs` come from it.
+    hostnet_gen: u64,
+    /// The `hostnet_gen` the guests were last synced with (None: never).
+    guests_synced_gen: Option<u64>,
+    /// Guest port ifindex → iface, for the sends' bookkeeping.
+    guest_iface: BTreeMap<u32, String>,
     errors: Vec<String>,
     icmp_id: u16,
     /// Sends of the last seconds (see `Sent`).
@@ -264,6 +270,9 @@ impl Prober {
             netlink: None,
             hostnet: Default::default(),
             hostnet_at: None,
+            hostnet_gen: 0,
+            guests_synced_gen: None,
+            guest_iface: BTreeMap::new(),
             errors: Vec::new(),
             sent: VecDeque::new(),
             // Echo ids of this agent: tell our replies from other pingers'.
@@ -367,6 +376,35 @@ impl Prober {
                 tg.refresh();
             }
         }
+        // The sampler hands over the topology every sample; the guests in it
+        // rarely change, and cloning and syncing hundreds of them each
+        // second was most of what the prober did besides its schedule.
+        let same_guests = self.guests_synced_gen == Some(self.hostnet_gen)
+            && t.bridges
+                .iter()
+                .map(|b| (&b.name, b.ifindex, &b.guests))
+                .eq(self
+                    .topo
+                    .bridges
+                    .iter()
+                    .map(|b| (&b.name, b.ifindex, &b.guests)));
+        if !same_guests {
+            self.sync_guests(&t, now);
+        }
+        self.topo = t;
+        if changed_bridges {
+            self.hostnet_at = None; // learn addresses and routes of new bridges now
+        }
+    }
+
+    fn sync_guests(&mut self, t: &Topology, now: u64) {
+        self.guests_synced_gen = Some(self.hostnet_gen);
+        self.guest_iface = t
+            .bridges
+            .iter()
+            .flat_map(|b| &b.guests)
+            .map(|g| (g.ifindex, g.iface.clone()))
+            .collect();
         self.guest_macs = t
             .bridges
             .iter()
@@ -388,10 +426,6 @@ impl Prober {
         }
         if self.cfg.guest_probes {
             self.guests.sync(all, now, &self.cfg.guest);
-        }
-        self.topo = t;
-        if changed_bridges {
-            self.hostnet_at = None; // learn addresses and routes of new bridges now
         }
     }
 
@@ -417,7 +451,12 @@ impl Prober {
             }
         };
         match packet::host_ipv4(sock) {
-            Ok(h) => self.hostnet = h,
+            Ok(h) => {
+                if h.addrs != self.hostnet.addrs {
+                    self.hostnet_gen += 1;
+                }
+                self.hostnet = h;
+            }
             Err(e) => {
                 self.netlink = None;
                 self.note(format!("rtnetlink: {e}"));
@@ -579,12 +618,9 @@ impl Prober {
                 match sender.send(s.ifindex, &s.frame) {
                     Ok(()) => {
                         let iface = self
-                            .topo
-                            .bridges
-                            .iter()
-                            .flat_map(|b| &b.guests)
-                            .find(|g| g.ifindex == s.ifindex)
-                            .map(|g| g.iface.clone())
+                            .guest_iface
+                            .get(&s.ifindex)
+                            .cloned()
                             .unwrap_or_default();
                         self.sent.push_back((mono_ns(), Sent::Guest { iface }));
                     }
