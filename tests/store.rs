@@ -516,6 +516,24 @@ fn the_keyframe_index_is_only_a_hint() {
     );
 }
 
+/// The `what` of every agent event a range read returns, in order (the
+/// read must give no warning).
+fn agent_events(dir: &std::path::Path, since_ns: i64, until_ns: i64) -> Vec<String> {
+    let (recs, report) = read_range(dir, since_ns, until_ns);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    recs.iter()
+        .filter_map(|r| match r {
+            Record::Events(e) => Some(e),
+            _ => None,
+        })
+        .flatten()
+        .map(|e| match &e.kind {
+            EventKind::Agent { what, .. } => what.clone(),
+            k => format!("{k:?}"),
+        })
+        .collect()
+}
+
 #[test]
 fn a_range_gets_the_events_of_a_batch_that_began_before_it_and_only_those() {
     // One interval's batch: events at T0+10.0 s, T0+10.6 s and T0+11.2 s.
@@ -537,24 +555,12 @@ fn a_range_gets_the_events_of_a_batch_that_began_before_it_and_only_those() {
         }
     }
     drop(w);
-    let events = |since_ms: i64, until_ms: i64| -> Vec<String> {
-        let (recs, report) = read_range(
+    let events = |since_ms: i64, until_ms: i64| {
+        agent_events(
             dir.path(),
             T0 * 1_000_000_000 + since_ms * 1_000_000,
             T0 * 1_000_000_000 + until_ms * 1_000_000,
-        );
-        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-        recs.iter()
-            .filter_map(|r| match r {
-                Record::Events(e) => Some(e),
-                _ => None,
-            })
-            .flatten()
-            .map(|e| match &e.kind {
-                EventKind::Agent { what, .. } => what.clone(),
-                k => format!("{k:?}"),
-            })
-            .collect()
+        )
     };
     assert_eq!(events(10_500, 20_000), ["b", "c"]);
     assert_eq!(events(9_000, 10_700), ["a", "b"]);
@@ -610,24 +616,12 @@ fn the_kernel_log_backlog_of_a_restart_is_found_before_its_segment_starts() {
     }
     drop(w);
     assert_eq!(hvflight::store::writer::segments(dir.path()).len(), 2);
-    let events = |since_s: i64, until_s: i64| -> Vec<String> {
-        let (recs, report) = read_range(
+    let events = |since_s: i64, until_s: i64| {
+        agent_events(
             dir.path(),
             (T0 + since_s) * 1_000_000_000,
             (T0 + until_s) * 1_000_000_000,
-        );
-        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-        recs.iter()
-            .filter_map(|r| match r {
-                Record::Events(e) => Some(e),
-                _ => None,
-            })
-            .flatten()
-            .map(|e| match &e.kind {
-                EventKind::Agent { what, .. } => what.clone(),
-                k => format!("{k:?}"),
-            })
-            .collect()
+        )
     };
     assert_eq!(events(240, 290), ["e250", "e260", "e270"]);
     assert_eq!(events(255, 265), ["e260"]);

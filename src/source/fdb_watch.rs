@@ -10,7 +10,7 @@
 //! or deletes (learning, ageing, flush, port removal, `bridge fdb
 //! add/replace/del`); only refreshes of an entry's timestamp go unannounced.
 
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::Socket;
 
 const RTNLGRP_NEIGH: u32 = 3;
 const AF_BRIDGE: u8 = 7;
@@ -37,10 +37,7 @@ pub struct Drained {
 impl FdbWatch {
     /// Subscribes in the calling thread's network namespace.
     pub fn open() -> std::io::Result<FdbWatch> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind(&SocketAddr::new(0, 0))?;
-        socket.add_membership(RTNLGRP_NEIGH)?;
-        socket.set_non_blocking(true)?;
+        let socket = super::link_watch::subscribe(RTNLGRP_NEIGH)?;
         // Best effort: without it, a burst is ENOBUFS, which is handled.
         let _ = socket.set_rx_buf_sz(RCVBUF_BYTES);
         Ok(FdbWatch {

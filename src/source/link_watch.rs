@@ -19,13 +19,20 @@ pub struct LinkWatch {
     buf: Vec<u8>,
 }
 
+/// A non-blocking rtnetlink socket in multicast `group`, in the calling
+/// thread's network namespace (the link and FDB watches).
+pub(crate) fn subscribe(group: u32) -> std::io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind(&SocketAddr::new(0, 0))?;
+    socket.add_membership(group)?;
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
 impl LinkWatch {
     /// Subscribes in the calling thread's network namespace.
     pub fn open() -> std::io::Result<LinkWatch> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind(&SocketAddr::new(0, 0))?;
-        socket.add_membership(RTNLGRP_LINK)?;
-        socket.set_non_blocking(true)?;
+        let socket = subscribe(RTNLGRP_LINK)?;
         Ok(LinkWatch {
             socket,
             buf: vec![0; 64 * 1024],
