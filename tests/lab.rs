@@ -338,7 +338,11 @@ fn cleanup_stale_removes_namespaces_of_dead_processes_only_needs_root() {
     child.wait().unwrap();
     let stale = format!("hvf{dead}x0hv");
     let ours = format!("hvf{}xstale", std::process::id());
-    lab::run(&["ip", "netns", "add", &stale]).unwrap();
+    // Other tests' labs run cleanup_stale() as they start, and it may remove
+    // the dead pid's namespace while `ip netns add` is still binding it
+    // (exactly what it is for): add it again then.
+    let add_stale = || lab::run(&["ip", "netns", "add", &stale]);
+    add_stale().or_else(|_| add_stale()).unwrap();
     lab::run(&["ip", "netns", "add", &ours]).unwrap();
     lab::cleanup_stale();
     let left = lab::list_namespaces();
