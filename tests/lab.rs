@@ -338,16 +338,20 @@ fn cleanup_stale_removes_namespaces_of_dead_processes_only_needs_root() {
     child.wait().unwrap();
     let stale = format!("hvf{dead}x0hv");
     let ours = format!("hvf{}xstale", std::process::id());
-    // Other tests' labs run cleanup_stale() as they start, and it may remove
-    // the dead pid's namespace while `ip netns add` is still binding it
-    // (exactly what it is for): add it again then.
-    let add_stale = || lab::run(&["ip", "netns", "add", &stale]);
-    add_stale().or_else(|_| add_stale()).unwrap();
+    // Other tests' labs run cleanup_stale() as they start; it leaves
+    // namespaces younger than STALE_MIN_AGE alone, so it cannot remove the
+    // dead pid's namespace while `ip netns add` is still binding it (a race
+    // that failed CI once).
+    lab::run(&["ip", "netns", "add", &stale]).unwrap();
     lab::run(&["ip", "netns", "add", &ours]).unwrap();
+    // What a concurrent lab start runs: the young namespace stays.
     lab::cleanup_stale();
+    let young_kept = lab::list_namespaces().contains(&stale);
+    lab::cleanup_stale_older_than(std::time::Duration::ZERO);
     let left = lab::list_namespaces();
     let _ = lab::run(&["ip", "netns", "del", &ours]);
     let _ = lab::run(&["ip", "netns", "del", &stale]);
+    assert!(young_kept, "a namespace added a moment ago was removed");
     assert!(!left.contains(&stale), "stale namespace kept: {left:?}");
     assert!(
         left.contains(&ours),

@@ -223,6 +223,17 @@ pub fn list_namespaces() -> Vec<String> {
 /// and qemu processes of dead real-guest labs are killed first (they would
 /// keep the namespace and its taps alive).
 pub fn cleanup_stale() -> usize {
+    cleanup_stale_older_than(STALE_MIN_AGE)
+}
+
+/// Namespaces younger than this are left to `cleanup_stale()`: one that a
+/// process is adding this very moment could otherwise be removed mid-add
+/// (its pid test can race with the `ip netns add` of another process).
+pub const STALE_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `cleanup_stale()` for namespaces at least `min_age` old (by the time of
+/// their /run/netns entry; an entry whose age cannot be read counts as old).
+pub fn cleanup_stale_older_than(min_age: std::time::Duration) -> usize {
     let killed = libvirtd::cleanup_stale_processes();
     if killed > 0 {
         tracing::info!(
@@ -240,6 +251,14 @@ pub fn cleanup_stale() -> usize {
             continue;
         };
         if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let young = std::fs::metadata(format!("/run/netns/{ns}"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < min_age);
+        if young {
             continue;
         }
         if run(&["ip", "netns", "del", &ns]).is_ok() {

@@ -59,12 +59,41 @@ impl Drop for RunningAgent {
     }
 }
 
-/// A TCP port free on loopback right now.
+/// A TCP port free on loopback right now, never handed out before in this
+/// test process, and outside the kernel's ephemeral range. Both matter for a
+/// server that is stopped and started again on its port (Swift down for two
+/// minutes): with port 0 the kernel could hand the same port meanwhile to
+/// another test's server or to an outgoing connection, and the restart
+/// failed to bind (seen in CI).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Below the default ephemeral range (32768–60999); a process-specific
+    // start so two test processes rarely probe the same ports.
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() % SPAN as u32) as u16 + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if (eph_lo..=eph_hi).contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 pub mod swift;
