@@ -516,6 +516,31 @@ fn collector_and_events_survive_a_libvirtd_restart_needs_root() {
 }
 
 #[test]
+fn collector_and_events_share_one_connection() {
+    // Each test-driver connection keeps its own copy of the node (~7 MiB at
+    // 250 domains): the agent opens one per URI, not one per thread.
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node.xml");
+    std::fs::copy(fixture_node(), &node).unwrap();
+    let uri = format!("test://{}", node.display());
+    let (tx, rx) = mpsc::channel();
+    let mut events = hvflight::events::libvirt::start(uri.clone(), 100, tx).unwrap();
+    wait_for(
+        &rx,
+        Duration::from_secs(5),
+        "connected:true",
+        connected(true),
+    );
+    let mut c = libvirt_collector(uri.clone(), 2000, 100);
+    assert_matches_node_xml(&collect(&mut c).unwrap());
+    assert_matches_node_xml(&collect(&mut c).unwrap());
+    let shared = hvflight::source::libvirt_conn::SharedConn::for_uri(&uri);
+    assert_eq!(shared.opens(), 1, "one connection for both");
+    events.stop();
+    drop(c);
+}
+
+#[test]
 fn events_report_the_connection_coming_and_going() {
     let dir = tempfile::tempdir().unwrap();
     let node = dir.path().join("node.xml");

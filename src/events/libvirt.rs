@@ -8,6 +8,8 @@
 //! `libvirt_connection` {connected: true} on every (re)connect and
 //! {connected: false} once per outage (connect failure, or libvirtd gone).
 //! Reconnects back off like the collector's (source::libvirt::Backoff).
+//! The connection is the collector's (source::libvirt_conn::SharedConn):
+//! one per URI in the process.
 //!
 //! Note (machine-notes): the test driver delivers lifecycle events only to
 //! the connection that made the change, so with `test:///` URIs this source
@@ -17,7 +19,7 @@
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
@@ -27,40 +29,11 @@ use super::Worker;
 use crate::kernel::domain_xml::event_name;
 use crate::sample::{Event, EventKind};
 use crate::source::libvirt::Backoff;
+pub use crate::source::libvirt_conn::register_event_loop;
+use crate::source::libvirt_conn::{event_loop_ready, SharedConn, LOOP_TICK_MS};
 
 /// Opens the connection the events thread listens on.
 pub type Opener = Box<dyn FnMut() -> Result<Connect, virt::error::Error> + Send>;
-
-/// How often virEventRunDefaultImpl returns when nothing happens, so the
-/// thread sees its stop flag and notices a dead connection.
-const LOOP_TICK_MS: i32 = 250;
-
-static EVENT_IMPL: Once = Once::new();
-/// Whether libvirt's default event loop is registered (and so may be run).
-static EVENT_LOOP_READY: AtomicBool = AtomicBool::new(false);
-
-/// Registers libvirt's default event loop implementation, once per process.
-/// libvirt wants it before the connections that should deliver events are
-/// opened; `start` calls it, and the agent starts the event sources before
-/// its first sample.
-pub fn register_event_loop() {
-    EVENT_IMPL.call_once(|| {
-        virt::error::clear_error_callback();
-        if let Err(e) = virt::event::event_register_default_impl() {
-            tracing::warn!(error = %e, "libvirt: cannot register the default event loop");
-            return;
-        }
-        // A periodic no-op timer so virEventRunDefaultImpl returns regularly
-        // even when no event comes.
-        if let Err(e) =
-            virt::event::event_add_timeout(LOOP_TICK_MS, |_, _| {}, std::ptr::null_mut())
-        {
-            tracing::warn!(error = %e, "libvirt: cannot add the event loop tick");
-            return;
-        }
-        EVENT_LOOP_READY.store(true, Ordering::Relaxed);
-    });
-}
 
 /// Unanswered keepalive probes after which libvirt declares the daemon
 /// dead and closes the connection (libvirt's default is 5).
@@ -69,7 +42,7 @@ pub const KEEPALIVE_COUNT: u32 = 3;
 /// libvirt's own default keepalive interval, seconds.
 pub const DEFAULT_KEEPALIVE_S: u32 = 5;
 
-/// Listens on a read-only connection to `uri`.
+/// Listens on the process's shared read-only connection to `uri`.
 pub fn start(uri: String, reconnect_ms: u64, tx: Sender<Event>) -> std::io::Result<Worker> {
     start_with_keepalive(uri, reconnect_ms, DEFAULT_KEEPALIVE_S, tx)
 }
@@ -84,10 +57,10 @@ pub fn start_with_keepalive(
     keepalive_s: u32,
     tx: Sender<Event>,
 ) -> std::io::Result<Worker> {
-    let target = uri.clone();
+    let shared = SharedConn::for_uri(&uri);
     start_opener_keepalive(
         uri,
-        Box::new(move || Connect::open_read_only(Some(&target))),
+        Box::new(move || shared.get(true)),
         reconnect_ms,
         keepalive_s,
         tx,
@@ -315,8 +288,7 @@ impl Listener {
             // Dispatches our callbacks, and every other connection's
             // keepalive and I/O (the collector's too), connected or not;
             // returns after at most one loop tick.
-            let ran = EVENT_LOOP_READY.load(Ordering::Relaxed)
-                && virt::event::event_run_default_impl().is_ok();
+            let ran = event_loop_ready() && virt::event::event_run_default_impl().is_ok();
             if !ran {
                 std::thread::sleep(Duration::from_millis(LOOP_TICK_MS as u64));
             }

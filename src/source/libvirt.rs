@@ -1,8 +1,9 @@
 //! libvirt access on a worker thread. Every libvirt call is blocking FFI and
-//! libvirtd may hang (or be stopped), so one thread owns the read-only
-//! connection and the sampler waits for its answer with a timeout: a hung
-//! libvirtd costs a timeout, never the sampling cadence. The worker
-//! reconnects on its own, with exponential backoff.
+//! libvirtd may hang (or be stopped), so the calls run on one thread and
+//! the sampler waits for its answer with a timeout: a hung libvirtd costs a
+//! timeout, never the sampling cadence. The worker reconnects on its own,
+//! with exponential backoff. Its read-only connection is the one the events
+//! listener uses too (source::libvirt_conn).
 //!
 //! Cost per round, whatever the number of domains: one
 //! virConnectGetAllDomainStats(STATE) RPC (names, UUIDs and ids come with
@@ -21,6 +22,7 @@ use virt::domain::Domain;
 use virt_sys as sys;
 
 use crate::kernel::domain_xml::{self, DomainXml};
+use crate::source::libvirt_conn::SharedConn;
 
 /// Age-based XML re-fetches per round; new domains and state changes are
 /// always fetched at once.
@@ -137,7 +139,7 @@ impl LibvirtWorker {
         virt::error::clear_error_callback();
         let (tx, rx) = mpsc::channel::<Sender<Reply>>();
         let mut st = State {
-            uri: uri.clone(),
+            shared: SharedConn::for_uri(&uri),
             conn: None,
             backoff: Backoff::new(reconnect),
             last_error: String::new(),
@@ -152,7 +154,7 @@ impl LibvirtWorker {
                     let r = st.snapshot();
                     let _ = reply.send(r);
                 }
-                st.disconnect();
+                st.disconnect(false);
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the libvirt worker thread");
@@ -209,7 +211,7 @@ struct Cached {
 
 /// Owned by the worker thread only.
 struct State {
-    uri: String,
+    shared: std::sync::Arc<SharedConn>,
     conn: Option<Connect>,
     backoff: Backoff,
     last_error: String,
@@ -234,8 +236,13 @@ fn err_msg(e: &virt::error::Error) -> String {
 }
 
 impl State {
-    fn disconnect(&mut self) {
+    /// Drops our reference; `failed`: a call on it failed, so the next
+    /// connect opens a fresh one rather than getting it back.
+    fn disconnect(&mut self, failed: bool) {
         if let Some(mut c) = self.conn.take() {
+            if failed {
+                self.shared.forget(&c);
+            }
             let _ = c.close();
         }
         self.xml_cache.clear();
@@ -247,8 +254,8 @@ impl State {
             if c.is_alive().unwrap_or(false) {
                 return Ok(());
             }
-            tracing::warn!(uri = %self.uri, "libvirt connection lost; reconnecting");
-            self.disconnect();
+            tracing::warn!(uri = %self.shared.uri(), "libvirt connection lost; reconnecting");
+            self.disconnect(false);
         }
         let now = Instant::now();
         if !self.backoff.ready(now) {
@@ -257,7 +264,7 @@ impl State {
                 retry_in_ms: self.backoff.retry_in(now).as_millis() as u64,
             });
         }
-        match Connect::open_read_only(Some(&self.uri)) {
+        match self.shared.get(false) {
             Ok(c) => {
                 self.conn = Some(c);
                 self.backoff.succeeded();
@@ -281,7 +288,7 @@ impl State {
             Err(e) => {
                 // Most likely the connection died; the next round reconnects
                 // (at once: the backoff was reset by the last success).
-                self.disconnect();
+                self.disconnect(true);
                 return Err(e);
             }
         };

@@ -2,6 +2,7 @@
 pub mod bpf;
 pub mod fdb_watch;
 pub mod libvirt;
+pub mod libvirt_conn;
 pub mod link_watch;
 pub mod netlink;
 pub mod netns;
