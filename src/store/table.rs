@@ -72,7 +72,6 @@ pub struct TableEncoder {
     refs: Vec<u32>,
     occ: Vec<u32>,
     counts: Vec<u32>,
-    cctx: Option<zstd::zstd_safe::CCtx<'static>>,
 }
 
 const NONE: u32 = u32::MAX;
@@ -234,8 +233,9 @@ impl TableEncoder {
             self.counts.extend(rows.iter().map(|r| r.nums.len() as u32));
             put_row_numbers(&mut self.body, rows, &self.counts, &self.refs, Some(kf));
         }
-        let cctx = self.cctx.get_or_insert_with(zstd::zstd_safe::CCtx::create);
-        let payload = compress(cctx, &self.body, self.level)?;
+        // The thread's one compression context (shared with the events batches).
+        let payload = crate::store::format::compress(&self.body, None, self.level)
+            .map_err(TableError::Zstd)?;
         if as_keyframe {
             // A keyframe's body holds every shape (~1 MiB at 500 vNICs), a
             // delta's a few percent of that: do not keep the keyframe's
@@ -285,22 +285,6 @@ fn put_row_numbers(
         }
         a = b;
     }
-}
-
-fn compress(
-    cctx: &mut zstd::zstd_safe::CCtx<'static>,
-    data: &[u8],
-    level: i32,
-) -> Result<Vec<u8>, TableError> {
-    use zstd::zstd_safe::CParameter;
-    let e = |c| TableError::Zstd(std::io::Error::other(zstd::zstd_safe::get_error_name(c)));
-    cctx.set_parameter(CParameter::CompressionLevel(level))
-        .map_err(e)?;
-    cctx.set_parameter(CParameter::ContentSizeFlag(true))
-        .map_err(e)?;
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-    cctx.compress2(&mut out, data).map_err(e)?;
-    Ok(out)
 }
 
 /// zstd with one context per thread (creating one costs as much as
