@@ -12,7 +12,7 @@
 //! - 32-bit counters (softnet, carrier_changes) wrap at 2^32; a decrease
 //!   from the top quarter into the bottom quarter is taken as a wrap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -105,7 +105,7 @@ impl Model {
         m.interval_s = dt;
 
         if let (Some(cl), Some(pl)) = (&cur.links, &prev.links) {
-            let prev_by_name: BTreeMap<&str, _> = pl.iter().map(|l| (l.name.as_str(), l)).collect();
+            let prev_by_name: HashMap<&str, _> = pl.iter().map(|l| (l.name.as_str(), l)).collect();
             for l in cl {
                 let Some(p) = prev_by_name.get(l.name.as_str()) else {
                     continue;
@@ -161,11 +161,15 @@ impl Model {
         }
 
         if let (Some(cq), Some(pq)) = (&cur.qdiscs, &prev.qdiscs) {
+            // One qdisc per vNIC at least: a scan per qdisc would be quadratic.
+            let mut prev_by_key: HashMap<(u32, &str), &crate::sample::Qdisc> = HashMap::new();
+            for p in pq {
+                prev_by_key
+                    .entry((p.ifindex, p.handle.as_str()))
+                    .or_insert(p);
+            }
             for q in cq {
-                if let Some(p) = pq
-                    .iter()
-                    .find(|p| p.ifindex == q.ifindex && p.handle == q.handle)
-                {
+                if let Some(p) = prev_by_key.get(&(q.ifindex, q.handle.as_str())) {
                     if let Some(r) = rate(p.drops, q.drops, Width::U32, dt) {
                         m.qdisc_drops_per_s
                             .insert(format!("{} {}", q.dev, q.handle), r);

@@ -77,7 +77,7 @@ fn series(n: usize, count: usize) -> Vec<Sample> {
                     carrier: Some(true),
                     carrier_changes: Some(2),
                     txqlen: Some(1000),
-                    stats: st.clone(),
+                    stats: *st,
                     ..Default::default()
                 })
                 .collect();

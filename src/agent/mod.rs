@@ -146,12 +146,16 @@ impl Agent {
                 sample: &sample,
                 model: &model,
             });
-            prev = Some(match Arc::try_unwrap(sample) {
+            let older = prev.replace(match Arc::try_unwrap(sample) {
                 Ok(s) => Arc::new(for_rates(s)),
                 // Still held by a consumer (the metrics exporter keeps the
                 // latest sample): sharing it costs nothing more.
                 Err(shared) => shared,
             });
+            // The collectors reuse what nobody holds any more.
+            if let Some(older) = older.and_then(|o| Arc::try_unwrap(o).ok()) {
+                self.sampler.recycle(older);
+            }
             taken += 1;
             if count.is_some_and(|c| taken >= c) {
                 break;

@@ -42,6 +42,8 @@ pub struct LinksCollector {
     full_dump_every: Duration,
     /// The last full dump's sections and when it was taken.
     last_full: Option<(Vec<Link>, Vec<Bridge>, std::time::Instant)>,
+    /// Sections of an earlier sample, handed back by `recycle`.
+    spare: Option<Sections>,
     /// Samples served by a full dump / by the counters-only dump (for tests and the bench).
     pub full_dumps: u64,
     pub stats_dumps: u64,
@@ -58,6 +60,7 @@ impl LinksCollector {
             watch_tried: false,
             full_dump_every: Duration::from_millis(DEFAULT_FULL_DUMP_MS),
             last_full: None,
+            spare: None,
             full_dumps: 0,
             stats_dumps: 0,
         }
@@ -102,11 +105,14 @@ impl LinksCollector {
     /// link came or went between announcements): the caller dumps in full.
     fn stats_only(&mut self) -> Result<Option<Sections>, CollectError> {
         use netlink_packet_route::stats::{StatsAttribute, StatsFilterMask, StatsMessage};
-        let Some((links, bridges, _)) = &self.last_full else {
+        let Some((last_links, last_bridges, _)) = &self.last_full else {
             return Ok(None);
         };
-        let mut links = links.clone();
-        let bridges = bridges.clone();
+        // Into an earlier sample's sections when the agent handed them back:
+        // their strings are reused instead of allocated anew.
+        let (mut links, mut bridges) = self.spare.take().unwrap_or_default();
+        links.clone_from(last_links);
+        bridges.clone_from(last_bridges);
         let pos: std::collections::HashMap<u32, usize> = links
             .iter()
             .enumerate()
@@ -506,6 +512,14 @@ impl Collector for LinksCollector {
             sample.bridges = Some(bridges);
         }
         Ok(())
+    }
+
+    fn recycle(&mut self, old: &mut Sample) {
+        let links = old.links.take().unwrap_or_default();
+        let bridges = old.bridges.take().unwrap_or_default();
+        if links.capacity() > 0 || bridges.capacity() > 0 {
+            self.spare = Some((links, bridges));
+        }
     }
 }
 

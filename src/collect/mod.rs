@@ -76,6 +76,9 @@ pub trait Collector: Send {
     /// Waits at most `timeout` for work a collector starts in the
     /// background (the BPF load); one-shot commands call it before sampling.
     fn wait_ready(&mut self, _timeout: std::time::Duration) {}
+    /// Takes what it can reuse from a sample nobody holds any more (its
+    /// sections' allocations), so the next sample allocates less.
+    fn recycle(&mut self, _old: &mut Sample) {}
 }
 
 /// Runs collectors in order into a fresh sample.
@@ -106,6 +109,14 @@ impl Sampler {
     pub fn wait_ready(&mut self, timeout: std::time::Duration) {
         for c in self.collectors.iter_mut() {
             c.wait_ready(timeout);
+        }
+    }
+
+    /// Hands a sample nobody needs any more back to the collectors (see
+    /// `Collector::recycle`).
+    pub fn recycle(&mut self, mut old: Sample) {
+        for c in self.collectors.iter_mut() {
+            c.recycle(&mut old);
         }
     }
 

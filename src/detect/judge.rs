@@ -5,7 +5,10 @@
 
 use super::uplink::{self, Uplink};
 use super::{Detector, GatewayView, GuestMemo, Verdict};
-use crate::sample::{Bridge, Domain, Sample};
+use std::collections::HashMap;
+
+use super::window::{LinkCounter, ProbeCounter};
+use crate::sample::{Bridge, Domain, GuestProbe, Sample};
 
 const NS: u64 = 1_000_000_000;
 
@@ -17,8 +20,31 @@ pub(super) fn domain_of<'a>(s: &'a Sample, port: &str) -> Option<&'a Domain> {
     })
 }
 
-fn key(name: &str, ifindex: u32, what: &str) -> String {
-    format!("link:{name}/{ifindex}:{what}")
+/// Per-sample lookups the judgement makes for every port, built once per
+/// sample (borrowed from it: no strings copied).
+pub(super) struct Lookups<'a> {
+    /// Host interface → the first domain whose vNIC libvirt maps to it.
+    domains: HashMap<&'a str, &'a Domain>,
+    /// Probed interface → its (first) guest probe.
+    probes: HashMap<&'a str, &'a GuestProbe>,
+}
+
+impl<'a> Lookups<'a> {
+    pub(super) fn new(s: &'a Sample) -> Self {
+        let mut domains = HashMap::new();
+        for d in s.libvirt.iter().flat_map(|l| &l.domains) {
+            for v in &d.vnics {
+                if let Some(ifname) = v.host_ifname.as_deref() {
+                    domains.entry(ifname).or_insert(d);
+                }
+            }
+        }
+        let mut probes = HashMap::new();
+        for g in s.probes.iter().flat_map(|p| &p.guests) {
+            probes.entry(g.iface.as_str()).or_insert(g);
+        }
+        Lookups { domains, probes }
+    }
 }
 
 /// The kernel's drop reason for a netfilter verdict (nftables or
@@ -36,24 +62,17 @@ fn gw_key(bridge: &str, vlan: Option<u16>, what: &str) -> String {
 }
 
 /// Feeds this sample's raw counters into the windows.
-pub(super) fn record(d: &mut Detector, s: &Sample) {
+/// `uplinks[i]`: the uplinks of the sample's i-th bridge.
+pub(super) fn record(d: &mut Detector, s: &Sample, uplinks: &[Vec<Uplink>]) {
     let t = s.mono_ns;
     for l in s.links.iter().flatten() {
-        d.win
-            .record(&key(&l.name, l.ifindex, "rx"), t, l.stats.rx_packets as f64);
-        d.win
-            .record(&key(&l.name, l.ifindex, "tx"), t, l.stats.tx_packets as f64);
-        d.win.record(
-            &key(&l.name, l.ifindex, "txdrop"),
-            t,
-            l.stats.tx_dropped as f64,
-        );
+        let st = &l.stats;
+        let values = [st.rx_packets, st.tx_packets, st.tx_dropped].map(|v| v as f64);
+        d.win.record_link(l.ifindex, &l.name, t, values);
     }
     for p in s.probes.iter().flat_map(|p| &p.guests) {
         d.win
-            .record(&format!("probe:{}:sent", p.iface), t, p.sent as f64);
-        d.win
-            .record(&format!("probe:{}:answered", p.iface), t, p.answered as f64);
+            .record_probe(&p.iface, t, [p.sent as f64, p.answered as f64]);
     }
     for g in s.probes.iter().flat_map(|p| &p.bridges) {
         let sent = (g.arp_sent + g.icmp_sent + g.large_sent).saturating_sub(g.send_errors);
@@ -73,15 +92,15 @@ pub(super) fn record(d: &mut Detector, s: &Sample) {
     // Netfilter drops per uplink port, 0 included: the kernel's entry for a
     // port appears with its first drop, and a window needs the point before.
     if let Some(drops) = &s.drops {
-        for br in s.bridges.iter().flatten() {
-            for u in uplink::uplinks(s, br, &d.cfg.uplinks) {
+        for ups in uplinks {
+            for u in ups {
                 let n: u64 = drops
                     .entries
                     .iter()
                     .filter(|e| e.ifindex == u.ifindex && e.reason == NETFILTER_DROP)
                     .map(|e| e.count)
                     .sum();
-                d.win.record(&nf_key(&u, drops.loaded_mono_ns), t, n as f64);
+                d.win.record(&nf_key(u, drops.loaded_mono_ns), t, n as f64);
             }
         }
     }
@@ -105,21 +124,29 @@ pub(super) fn record(d: &mut Detector, s: &Sample) {
 
 fn sums(d: &Detector, name: &str, ifindex: u32) -> Option<(f64, f64, f64)> {
     Some((
-        d.win.delta(&key(name, ifindex, "rx"))?,
-        d.win.delta(&key(name, ifindex, "tx"))?,
-        d.win.delta(&key(name, ifindex, "txdrop")).unwrap_or(0.0),
+        d.win.link_delta(ifindex, name, LinkCounter::Rx)?,
+        d.win.link_delta(ifindex, name, LinkCounter::Tx)?,
+        d.win
+            .link_delta(ifindex, name, LinkCounter::TxDropped)
+            .unwrap_or(0.0),
     ))
 }
 
 /// Judges one bridge over the window.
-pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
+/// `ups`: the bridge's uplinks (`uplink::uplinks`).
+pub(super) fn judge(
+    d: &mut Detector,
+    s: &Sample,
+    look: &Lookups,
+    br: &Bridge,
+    ups: &[Uplink],
+) -> Verdict {
     let cfg = d.cfg.clone();
     let now = s.mono_ns;
     let mut v = Verdict {
         bridge: br.name.clone(),
         ..Default::default()
     };
-    let ups: Vec<Uplink> = uplink::uplinks(s, br, &cfg.uplinks);
     let full_window = d
         .first_mono_ns
         .is_some_and(|f| (now - f) as f64 / 1e9 >= cfg.window_s);
@@ -140,7 +167,7 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
             last_rtt_ms: g.last_rtt_us.map(|u| u as f64 / 1000.0),
         })
         .collect();
-    v.uplinks = ups.clone();
+    v.uplinks = ups.to_vec();
     let (mut guests_tx, mut receiving_senders, mut traffic_cut) = (0.0, 0usize, 0usize);
     let (mut toward_senders, mut busiest_tx) = (0.0, 0.0f64);
     for p in &br.ports {
@@ -151,28 +178,43 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
             continue;
         }
         v.total_guests += 1;
-        let dom = domain_of(s, &p.name);
-        let memo_key = format!("{}/{}", p.name, p.ifindex);
-        let memo = d.guests.entry(memo_key).or_insert_with(|| GuestMemo {
+        let dom = look.domains.get(p.name.as_str()).copied();
+        // A guest's memo is its port's (name, ifindex): another name on the
+        // ifindex is another port.
+        let fresh = || GuestMemo {
             grace_from_ns: now,
             operstate: link.operstate.clone(),
             bridge: br.name.clone(),
             ..Default::default()
-        });
+        };
+        let (name, memo) = d
+            .guests
+            .entry(p.ifindex)
+            .or_insert_with(|| (p.name.clone(), fresh()));
+        if *name != p.name {
+            *name = p.name.clone();
+            *memo = fresh();
+        }
         // A port flap (a guest reboot, a link set down/up) restarts the grace.
         if memo.operstate != link.operstate {
             memo.operstate = link.operstate.clone();
             memo.grace_from_ns = now;
         }
         // A port that shows up on another bridge is migrating.
-        match d.port_bridge.insert(p.name.clone(), br.name.clone()) {
-            Some(prev) if prev != br.name => {
+        match d.port_bridge.get_mut(&p.name) {
+            Some(prev) if *prev != br.name => {
+                *prev = br.name.clone();
                 memo.migrating_until_ns = now + cfg.migration_grace_s * NS;
                 memo.grace_from_ns = now;
             }
-            _ => {}
+            Some(_) => {}
+            None => {
+                d.port_bridge.insert(p.name.clone(), br.name.clone());
+            }
         }
-        memo.bridge = br.name.clone();
+        if memo.bridge != br.name {
+            memo.bridge = br.name.clone();
+        }
         if let Some(dom) = dom {
             if let Some(t) = d.domain_started_ns.get(&dom.name) {
                 memo.grace_from_ns = memo.grace_from_ns.max(*t);
@@ -185,18 +227,11 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
         // guest's answers to them are not traffic it sends: an idle guest
         // that answers two probes in a window would otherwise look like one
         // that keeps sending and receives nothing (cut off).
-        let delta = |what: &str| {
-            d.win
-                .delta(&format!("probe:{}:{what}", p.name))
-                .unwrap_or(0.0)
-        };
-        let tx = (tx - delta("sent")).max(0.0);
-        let rx = (rx - delta("answered")).max(0.0);
+        let delta = |c| d.win.probe_delta(&p.name, c).unwrap_or(0.0);
+        let tx = (tx - delta(ProbeCounter::Sent)).max(0.0);
+        let rx = (rx - delta(ProbeCounter::Answered)).max(0.0);
         // Host side rx = what the guest sends; tx = what reaches it.
-        let memo = d
-            .guests
-            .get_mut(&format!("{}/{}", p.name, p.ifindex))
-            .expect("inserted above");
+        let (_, memo) = d.guests.get_mut(&p.ifindex).expect("inserted above");
         // Traffic while booting (link-up chatter: IPv6 RS/MLD/DAD flooded
         // between guests) says nothing about the guest's network.
         let past_grace = now.saturating_sub(memo.grace_from_ns) >= cfg.boot_grace_s * NS;
@@ -209,11 +244,7 @@ pub(super) fn judge(d: &mut Detector, s: &Sample, br: &Bridge) -> Verdict {
         if !full_window {
             continue;
         }
-        let probe = s
-            .probes
-            .iter()
-            .flat_map(|pr| &pr.guests)
-            .find(|g| g.iface == p.name);
+        let probe = look.probes.get(p.name.as_str()).copied();
         let probe_answered_recently = probe
             .and_then(|g| g.last_answer_mono_ns)
             .is_some_and(|t| now.saturating_sub(t) <= cfg.responsive_s * NS);

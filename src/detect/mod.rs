@@ -293,7 +293,8 @@ pub struct Detector {
     good_run: u32,
     last_collapse_unix_ns: Option<i64>,
     last_degradation_incident_unix_ns: Option<i64>,
-    guests: HashMap<String, GuestMemo>,
+    /// Per guest port's ifindex: its name and memo.
+    guests: HashMap<u32, (String, GuestMemo)>,
     /// Port name → bridge it was last seen on (a move is a migration).
     port_bridge: HashMap<String, String>,
     /// Domain → until when it is migrating / when it last (re)started (mono ns).
@@ -392,16 +393,27 @@ impl Detector {
             return actions;
         }
         self.first_mono_ns.get_or_insert(s.mono_ns);
-        judge::record(self, s);
         let bridges: &[crate::sample::Bridge] = s.bridges.as_deref().unwrap_or_default();
-        self.last = bridges.iter().map(|b| judge::judge(self, s, b)).collect();
+        // Resolved once for both the netfilter windows and the judgement.
+        let uplinks: Vec<Vec<uplink::Uplink>> = bridges
+            .iter()
+            .map(|b| uplink::uplinks(s, b, &self.cfg.uplinks))
+            .collect();
+        judge::record(self, s, &uplinks);
+        let look = judge::Lookups::new(s);
+        self.last = bridges
+            .iter()
+            .zip(&uplinks)
+            .map(|(b, ups)| judge::judge(self, s, &look, b, ups))
+            .collect();
         self.last_host_degraded = judge::host_degraded(self, s);
         // Ports gone from every bridge are forgotten (their memos and moves).
-        let live: std::collections::HashSet<String> = bridges
+        let live: HashMap<u32, &str> = bridges
             .iter()
-            .flat_map(|b| b.ports.iter().map(|p| format!("{}/{}", p.name, p.ifindex)))
+            .flat_map(|b| b.ports.iter().map(|p| (p.ifindex, p.name.as_str())))
             .collect();
-        self.guests.retain(|k, _| live.contains(k));
+        self.guests
+            .retain(|k, (name, _)| live.get(k) == Some(&name.as_str()));
         let bad: Vec<String> = self
             .last
             .iter()

@@ -294,7 +294,7 @@ fn an_idle_guest_answering_our_probes_is_not_cut_off() {
         let before = &prev.as_ref().unwrap().links.as_ref().unwrap()[3].stats;
         links[3].stats.rx_packets = before.rx_packets + 1;
         links[3].stats.tx_packets = before.tx_packets + 1;
-        h.links[3].stats = links[3].stats.clone();
+        h.links[3].stats = links[3].stats;
         s.probes = Some(guest_probe(n));
         all.extend(run(&mut d, &mut prev, s));
     }
@@ -498,13 +498,11 @@ fn a_tap_not_drained_is_one_guest_cut_off_not_a_collapse() {
     for _ in 0..4 {
         let mut s = h.step(2, 4, 4, 2);
         // vnet1: nothing delivered, 30 frames dropped toward it each second.
-        let before = prev.as_ref().unwrap().links.as_ref().unwrap()[3]
-            .stats
-            .clone();
+        let before = prev.as_ref().unwrap().links.as_ref().unwrap()[3].stats;
         let l = &mut s.links.as_mut().unwrap()[3];
         l.stats.tx_packets = before.tx_packets;
         l.stats.tx_dropped = before.tx_dropped + 30;
-        h.links[3].stats = l.stats.clone();
+        h.links[3].stats = l.stats;
         all.extend(run(&mut d, &mut prev, s));
     }
     assert_eq!(incidents(&all), 0, "{all:?}");

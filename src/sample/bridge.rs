@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Default, PartialEq)]
 pub struct Bridge {
     pub ifindex: u32,
     pub name: String,
@@ -45,7 +45,7 @@ pub struct Bridge {
     pub ports: Vec<BridgePort>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Default, PartialEq)]
 pub struct BridgePort {
     pub ifindex: u32,
     pub name: String,
@@ -75,6 +75,100 @@ pub struct BridgePort {
     pub priority: Option<u16>,
     #[serde(default)]
     pub vlans: Vec<PortVlan>,
+}
+
+/// `clone_from` reuses the target's strings and ports (see `Link`'s).
+impl Clone for Bridge {
+    fn clone(&self) -> Self {
+        let mut b = Bridge::default();
+        b.clone_from(self);
+        b
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        // Destructured so that a new field cannot be forgotten here.
+        let Bridge {
+            ifindex,
+            name,
+            mac,
+            stp_state,
+            forward_delay_cs,
+            hello_time_cs,
+            max_age_cs,
+            ageing_time_cs,
+            priority,
+            vlan_filtering,
+            default_pvid,
+            multicast_snooping,
+            multicast_querier,
+            topology_change,
+            topology_change_detected,
+            root_id,
+            bridge_id,
+            ports,
+        } = source;
+        self.ifindex = *ifindex;
+        self.name.clone_from(name);
+        self.mac.clone_from(mac);
+        self.stp_state = *stp_state;
+        self.forward_delay_cs = *forward_delay_cs;
+        self.hello_time_cs = *hello_time_cs;
+        self.max_age_cs = *max_age_cs;
+        self.ageing_time_cs = *ageing_time_cs;
+        self.priority = *priority;
+        self.vlan_filtering = *vlan_filtering;
+        self.default_pvid = *default_pvid;
+        self.multicast_snooping = *multicast_snooping;
+        self.multicast_querier = *multicast_querier;
+        self.topology_change = *topology_change;
+        self.topology_change_detected = *topology_change_detected;
+        self.root_id.clone_from(root_id);
+        self.bridge_id.clone_from(bridge_id);
+        self.ports.clone_from(ports);
+    }
+}
+
+impl Clone for BridgePort {
+    fn clone(&self) -> Self {
+        let mut p = BridgePort::default();
+        p.clone_from(self);
+        p
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        let BridgePort {
+            ifindex,
+            name,
+            state,
+            learning,
+            unicast_flood,
+            multicast_flood,
+            broadcast_flood,
+            bpdu_guard,
+            root_block,
+            hairpin,
+            isolated,
+            neigh_suppress,
+            cost,
+            priority,
+            vlans,
+        } = source;
+        self.ifindex = *ifindex;
+        self.name.clone_from(name);
+        self.state = *state;
+        self.learning = *learning;
+        self.unicast_flood = *unicast_flood;
+        self.multicast_flood = *multicast_flood;
+        self.broadcast_flood = *broadcast_flood;
+        self.bpdu_guard = *bpdu_guard;
+        self.root_block = *root_block;
+        self.hairpin = *hairpin;
+        self.isolated = *isolated;
+        self.neigh_suppress = *neigh_suppress;
+        self.cost = *cost;
+        self.priority = *priority;
+        self.vlans.clone_from(vlans);
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -110,4 +204,73 @@ pub struct FdbEntry {
     /// Seconds since the entry was last updated (NDA_CACHEINFO), when known.
     #[serde(default)]
     pub updated_s: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Link;
+
+    /// `clone_from` into an older sample's sections yields the source exactly.
+    #[test]
+    fn clone_from_into_other_sections_equals_the_source() {
+        let port = |i: u32, name: &str| BridgePort {
+            ifindex: i,
+            name: name.into(),
+            state: 3,
+            learning: Some(true),
+            cost: Some(2),
+            vlans: vec![PortVlan {
+                vid: 10,
+                pvid: true,
+                untagged: false,
+            }],
+            ..Default::default()
+        };
+        let src = vec![Bridge {
+            ifindex: 3,
+            name: "br0".into(),
+            mac: "02:00:00:00:00:03".into(),
+            stp_state: Some(1),
+            root_id: Some("8000.020000000003".into()),
+            topology_change: Some(false),
+            ports: vec![port(4, "vnet0"), port(5, "vnet1")],
+            ..Default::default()
+        }];
+        let mut old = vec![
+            Bridge {
+                name: "a-much-longer-old-name".into(),
+                bridge_id: Some("x".into()),
+                ports: vec![port(9, "old"), port(10, "old2"), port(11, "old3")],
+                ..Default::default()
+            },
+            Bridge::default(),
+        ];
+        old.clone_from(&src);
+        assert_eq!(old, src);
+        assert_eq!(src.clone(), src);
+
+        let link = Link {
+            ifindex: 4,
+            name: "vnet0".into(),
+            kind: "tun".into(),
+            master: Some(3),
+            mac: "fe:54:00:00:00:01".into(),
+            mtu: 1500,
+            operstate: "up".into(),
+            admin_up: true,
+            carrier: Some(true),
+            carrier_changes: Some(2),
+            txqlen: Some(1000),
+            ..Default::default()
+        };
+        let mut old_link = Link {
+            name: "eno1".into(),
+            link: Some(2),
+            ..Default::default()
+        };
+        old_link.clone_from(&link);
+        assert_eq!(old_link, link);
+        assert_eq!(link.clone(), link);
+    }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Default, PartialEq)]
 pub struct Link {
     pub ifindex: u32,
     pub name: String,
@@ -36,8 +36,60 @@ pub struct Link {
     pub stats: LinkStats,
 }
 
+/// `clone_from` reuses the target's strings: the links collector refreshes
+/// last sample's links from its last full dump every sample (500+ links, four
+/// strings each), which would otherwise allocate them all anew.
+impl Clone for Link {
+    fn clone(&self) -> Self {
+        let mut l = Link {
+            name: String::new(),
+            kind: String::new(),
+            mac: String::new(),
+            operstate: String::new(),
+            ..*self
+        };
+        l.name.clone_from(&self.name);
+        l.kind.clone_from(&self.kind);
+        l.mac.clone_from(&self.mac);
+        l.operstate.clone_from(&self.operstate);
+        l
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        // Destructured so that a new field cannot be forgotten here.
+        let Link {
+            ifindex,
+            name,
+            kind,
+            master,
+            link,
+            mac,
+            mtu,
+            operstate,
+            admin_up,
+            carrier,
+            carrier_changes,
+            txqlen,
+            stats,
+        } = source;
+        self.ifindex = *ifindex;
+        self.name.clone_from(name);
+        self.kind.clone_from(kind);
+        self.master = *master;
+        self.link = *link;
+        self.mac.clone_from(mac);
+        self.mtu = *mtu;
+        self.operstate.clone_from(operstate);
+        self.admin_up = *admin_up;
+        self.carrier = *carrier;
+        self.carrier_changes = *carrier_changes;
+        self.txqlen = *txqlen;
+        self.stats = *stats;
+    }
+}
+
 /// IFLA_STATS64, raw and monotonically increasing (until the interface is re-created).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
 pub struct LinkStats {
     pub rx_packets: u64,
     pub tx_packets: u64,
