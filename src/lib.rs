@@ -31,3 +31,4 @@ pub mod sample;
 pub mod source;
 pub mod store;
 pub mod upload;
+pub mod wake;

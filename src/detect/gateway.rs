@@ -216,6 +216,30 @@ impl Target {
         }
     }
 
+    /// When `due` next has a probe to send (None: not before a frame or a
+    /// topology change gives this target a gateway and an uplink), so the
+    /// prober sleeps until then instead of ticking. Timeouts need no wake of
+    /// their own: `expire` runs before every `due` and every snapshot; only
+    /// a probe held back by the outstanding ARP waits for its timeout.
+    pub fn next_wake_ns(&self, t: &Timing) -> Option<u64> {
+        self.gateway()?;
+        self.uplink_ifindex?;
+        let arp_free_at = self.pending_arp.as_ref().map(|p| p.sent_ns + t.timeout_ns);
+        // Not scheduled yet: `due` schedules it on its next call.
+        let small = self
+            .next_small_ns
+            .unwrap_or(0)
+            .max(arp_free_at.unwrap_or(0));
+        let large = self.next_large_ns.map(|l| {
+            if self.source_ip().is_some() && self.gateway_mac().is_some() {
+                l // an echo: it does not wait for the ARP
+            } else {
+                l.max(arp_free_at.unwrap_or(0))
+            }
+        });
+        Some(large.map_or(small, |l| l.min(small)))
+    }
+
     /// The probes due at `now_ns` (none while no gateway or uplink is known).
     pub fn due(&mut self, now_ns: u64, phase_ns: u64, t: &Timing) -> Vec<Send> {
         let mut out = Vec::new();
@@ -576,6 +600,34 @@ mod tests {
         let late = t.due(60_000 * MS, 0, &T);
         assert_eq!(late.len(), 1);
         assert!(t.due(60_100 * MS, 0, &T).is_empty());
+    }
+
+    #[test]
+    fn the_prober_is_woken_for_the_next_probe_and_an_unanswered_arp_holds_it() {
+        let mut t = target();
+        assert_eq!(t.next_wake_ns(&T), None, "no gateway: nothing to send");
+        t.learned.config = Some(gw());
+        t.refresh();
+        assert_eq!(t.next_wake_ns(&T), Some(0), "not scheduled yet: at once");
+        assert_eq!(t.due(0, 0, &T).len(), 1);
+        // Timeout (500 ms) within the interval: the next round.
+        assert_eq!(t.next_wake_ns(&T), Some(1000 * MS));
+        // A timeout longer than the interval holds the round until it expired.
+        let slow = Timing {
+            timeout_ns: 1500 * MS,
+            ..T
+        };
+        assert_eq!(t.next_wake_ns(&slow), Some(1500 * MS));
+        assert!(
+            t.due(1000 * MS, 0, &slow).is_empty(),
+            "the ARP is still out"
+        );
+        t.expire(1500 * MS, &slow);
+        assert_eq!(t.due(1500 * MS, 0, &slow).len(), 1);
+        // Round 2 schedules the large ARP at 2 s; both wait for this ARP's timeout.
+        assert_eq!(t.next_wake_ns(&slow), Some(3000 * MS));
+        t.on_host_frame(&arp(2, GWM, BR, gw(), Ipv4Addr::UNSPECIFIED), 1501 * MS);
+        assert_eq!(t.next_wake_ns(&slow), Some(2000 * MS), "answered: at once");
     }
 
     #[test]

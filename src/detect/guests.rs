@@ -216,7 +216,11 @@ impl Guests {
             return false;
         }
         let had_none = g.rec.ip.is_none();
-        if rank(source) >= rank(&g.rec.ip_source) {
+        // Rewritten only on a change: guests ARP all the time, and two
+        // Strings per frame were most of what a frame cost.
+        if rank(source) >= rank(&g.rec.ip_source)
+            && (shown_ip(g) != Some(ip) || g.rec.ip_source != source)
+        {
             g.rec.ip = Some(ip.to_string());
             g.rec.ip_source = source.to_string();
         }
@@ -268,7 +272,7 @@ impl Guests {
                 }
                 if a.op == 2
                     && f.dst == g.topo.bridge_mac
-                    && g.rec.ip.as_deref() == Some(&a.spa.to_string())
+                    && shown_ip(g) == Some(a.spa)
                     && g.pending_ns.take().is_some()
                 {
                     g.rec.answered += 1;
@@ -339,6 +343,21 @@ impl Guests {
             None if now_ns >= g.next_due_ns => Ok(()),
             None => Err(Some(g.next_due_ns)),
         }
+    }
+
+    /// When `due` next has a guest to look at (None: only an event — `sync`,
+    /// a frame, a neighbour — can give it one), but not before the bucket
+    /// holds a token again: the prober sleeps until then instead of ticking.
+    pub fn next_wake_ns(&self, t: &GuestTiming) -> Option<u64> {
+        let Reverse((at, _)) = self.queue.peek()?;
+        let token_at = match self.refilled_ns {
+            Some(r) if self.tokens < 1.0 => {
+                let cap = t.max_per_s.max(1) as f64;
+                r + ((1.0 - self.tokens) / cap * 1e9).ceil() as u64
+            }
+            _ => 0,
+        };
+        Some((*at).max(token_at))
     }
 
     /// Probes due now, within the global cap.
@@ -424,6 +443,11 @@ impl Guests {
     }
 }
 
+/// The address the guest's record shows.
+fn shown_ip(g: &Guest) -> Option<Ipv4Addr> {
+    g.rec.ip.as_deref().and_then(|i| i.parse().ok())
+}
+
 /// The guest with this MAC (a free function so the caller can still
 /// borrow the queue).
 fn guest_by_mac<'a>(
@@ -492,6 +516,59 @@ mod tests {
             t += S / 10;
         }
         sent
+    }
+
+    /// Runs the scheduler the way the prober does: woken only at the times
+    /// `next_wake_ns` names (each must be in the future: no busy loop).
+    fn run_by_wakes(g: &mut Guests, from_ns: u64, to_ns: u64) -> BTreeMap<u32, Vec<u64>> {
+        let mut sent: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        let mut t = from_ns;
+        while t < to_ns {
+            g.expire(t, &T);
+            for s in g.due(t, &T) {
+                sent.entry(s.ifindex).or_default().push(t);
+            }
+            let Some(next) = g.next_wake_ns(&T) else {
+                break;
+            };
+            assert!(next > t, "woken again at once at {t}");
+            t = next;
+        }
+        sent
+    }
+
+    #[test]
+    fn woken_only_when_it_says_the_schedule_sends_what_a_tick_sent() {
+        let mut ticked = Guests::default();
+        let mut woken = Guests::default();
+        ticked.sync((0..300).map(|i| topo(i, "a")).collect(), 0, &T);
+        woken.sync((0..300).map(|i| topo(i, "a")).collect(), 0, &T);
+        assert_eq!(woken.next_wake_ns(&T), Some(0), "first phases are due");
+        let a = run(&mut ticked, 0, 60 * S);
+        let b = run_by_wakes(&mut woken, 0, 60 * S);
+        let count = |m: &BTreeMap<u32, Vec<u64>>| m.values().map(|v| v.len()).sum::<usize>();
+        // The cap (5/s) paces both; the tick only rounds times up to 100 ms.
+        assert!(
+            count(&a).abs_diff(count(&b)) <= 6,
+            "{} vs {}",
+            count(&a),
+            count(&b)
+        );
+        for times in b.values() {
+            assert!(times.windows(2).all(|w| w[1] - w[0] >= T.interval_ns));
+        }
+        let mut per_second: BTreeMap<u64, u32> = BTreeMap::new();
+        for t in b.values().flatten() {
+            *per_second.entry(t / S).or_default() += 1;
+        }
+        assert!(per_second.values().all(|n| *n <= T.max_per_s + 1));
+        // Guests that cannot be probed give no wake-up at all.
+        let mut idle = Guests::default();
+        let mut stopped = topo(1, "a");
+        stopped.running = false;
+        idle.sync(vec![stopped], 0, &T);
+        run_by_wakes(&mut idle, 0, 20 * S);
+        assert_eq!(idle.next_wake_ns(&T), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -67,6 +67,17 @@ const REOPEN_EVERY_NS: u64 = 10_000_000_000;
 /// How long `snapshot` waits for the prober's answer before it takes the
 /// results it has (a prober stuck in a slow dump must not stall sampling).
 const ANSWER_WAIT: Duration = Duration::from_millis(100);
+/// The prober sleeps until its next probe is due, a frame comes or it is
+/// woken (snapshot, stop); never longer than this, so a schedule it was not
+/// told about is late by at most this much.
+const MAX_SLEEP_NS: u64 = 1_000_000_000;
+/// Without an eventfd nothing can wake it: the old fixed tick.
+const TICK_NS: u64 = 25_000_000;
+/// Guest probes go out in rounds at most this often (each sends what the
+/// token bucket allows): at the 20/s default cap one round every 50 ms was
+/// 20 wake-ups a second; a guest's probe is at most this much late, against
+/// an interval of seconds.
+const GUEST_ROUND_NS: u64 = 200_000_000;
 
 /// A probe that went out, kept for a few seconds so a snapshot can be
 /// taken as of the moment the sampler read the link counters.
@@ -87,8 +98,8 @@ struct Shared {
     out: Mutex<Out>,
     /// Signalled when the prober has published what `snapshot` asked for.
     published: Condvar,
-    /// An eventfd `snapshot` writes to wake the prober's poll at once.
-    wake: Option<OwnedFd>,
+    /// Written by `snapshot` and on stop to wake the prober's poll at once.
+    wake: crate::wake::Wake,
     stop: AtomicBool,
 }
 
@@ -114,14 +125,11 @@ pub struct ProbeHandle {
 
 impl ProbeHandle {
     pub fn start(cfg: ProberConfig) -> ProbeHandle {
-        // SAFETY: eventfd takes no pointers; a valid descriptor is owned here.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        let wake = (efd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(efd) });
         let shared = Arc::new(Shared {
             topology: Mutex::new(None),
             out: Mutex::new(Out::default()),
             published: Condvar::new(),
-            wake,
+            wake: crate::wake::Wake::new(),
             stop: AtomicBool::new(false),
         });
         let s = Arc::clone(&shared);
@@ -161,11 +169,7 @@ impl ProbeHandle {
         if self.thread.is_some() && out.answered == out.wanted {
             out.wanted += 1;
             let want = out.wanted;
-            if let Some(fd) = &self.shared.wake {
-                let one: u64 = 1;
-                // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-                let _ = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-            }
+            self.shared.wake.wake();
             out = self
                 .shared
                 .published
@@ -207,6 +211,7 @@ impl ProbeHandle {
 impl Drop for ProbeHandle {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wake.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -249,6 +254,10 @@ struct Prober {
     icmp_id: u16,
     /// Sends of the last seconds (see `Sent`).
     sent: VecDeque<(u64, Sent)>,
+    /// When the send socket may be tried again after failing to open.
+    sender_retry_ns: u64,
+    /// When the next guest round may go out (see `GUEST_ROUND_NS`).
+    guest_round_ns: u64,
 }
 
 fn mono_ns() -> u64 {
@@ -275,6 +284,8 @@ impl Prober {
             guest_iface: BTreeMap::new(),
             errors: Vec::new(),
             sent: VecDeque::new(),
+            sender_retry_ns: 0,
+            guest_round_ns: 0,
             // Echo ids of this agent: tell our replies from other pingers'.
             icmp_id: (std::process::id() & 0xffff) as u16,
         }
@@ -299,12 +310,45 @@ impl Prober {
             {
                 self.refresh_hostnet(now);
             }
-            // Answers wake the poll at once; 25 ms is the schedule's granularity.
-            self.wait_and_read(Duration::from_millis(25));
+            // Answers and `snapshot` wake the poll at once; otherwise it
+            // sleeps until the next probe is due.
+            let now = mono_ns();
+            let wait = self.next_wake_ns(now).saturating_sub(now);
+            self.wait_and_read(Duration::from_nanos(wait));
             let now = mono_ns();
             self.send_due(now);
             self.publish_if_asked();
         }
+    }
+
+    /// When the loop next has something to do without being woken: a
+    /// gateway or guest probe due, the host's addresses to re-read, the
+    /// send socket to retry.
+    fn next_wake_ns(&self, now: u64) -> u64 {
+        let mut at = now + MAX_SLEEP_NS;
+        if self.shared.wake.fd().is_none() {
+            at = now + TICK_NS;
+        }
+        if !self.topo.bridges.is_empty() {
+            let hostnet = self.hostnet_at.map_or(now, |t| t + HOSTNET_EVERY_NS);
+            at = at.min(hostnet);
+        }
+        if self.sender.is_none() {
+            return at.min(self.sender_retry_ns);
+        }
+        if self.cfg.gateway_probes {
+            for tg in self.targets.values() {
+                if let Some(t) = tg.next_wake_ns(&self.cfg.gateway) {
+                    at = at.min(t);
+                }
+            }
+        }
+        if self.cfg.guest_probes {
+            if let Some(t) = self.guests.next_wake_ns(&self.cfg.guest) {
+                at = at.min(t.max(self.guest_round_ns));
+            }
+        }
+        at
     }
 
     fn apply(&mut self, t: Topology, now: u64) {
@@ -498,42 +542,44 @@ impl Prober {
     }
 
     fn wait_and_read(&mut self, max_wait: Duration) {
-        let wake = self.shared.wake.as_ref().map(|f| f.as_raw_fd());
         let mut fds: Vec<libc::pollfd> = self
             .caps
             .values()
-            .map(|c| c.cap.as_raw_fd())
-            .chain(wake)
-            .map(|fd| libc::pollfd {
-                fd,
+            .map(|c| libc::pollfd {
+                fd: c.cap.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })
+            .chain([self.shared.wake.pollfd()])
             .collect();
-        // SAFETY: fds is a valid array of pollfd for its length.
-        let _ = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                max_wait.as_millis() as libc::c_int,
-            )
-        };
+        crate::wake::poll(&mut fds, Some(max_wait));
         // The eventfd is the last entry; drain it only when `snapshot` wrote.
-        let woken = fds.last().is_some_and(|p| p.revents & libc::POLLIN != 0);
-        if let Some(fd) = wake.filter(|_| woken) {
-            let mut n: u64 = 0;
-            // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
-            let _ = unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
+        if fds.last().is_some_and(|p| p.revents & libc::POLLIN != 0) {
+            self.shared.wake.drain();
         }
-        let mut seen = Vec::new();
+        let now = mono_ns();
         let mut broken = Vec::new();
+        let empty = BTreeSet::new();
         for (dev, c) in self.caps.iter_mut() {
             // Drain whatever is there (bounded: a flood cannot keep us here).
             for _ in 0..512 {
                 match c.cap.next_packet() {
                     Ok(p) => {
-                        if let Some(f) = frames::parse(p.data) {
-                            seen.push((c.bridge.clone(), c.role, f));
+                        let Some(f) = frames::parse(p.data) else {
+                            continue;
+                        };
+                        let macs = self.guest_macs.get(&c.bridge).unwrap_or(&empty);
+                        for ((name, _), tg) in self.targets.iter_mut() {
+                            if name != &c.bridge {
+                                continue;
+                            }
+                            match c.role {
+                                Role::Host => tg.on_host_frame(&f, now),
+                                Role::Uplink => tg.on_uplink_frame(&f, now, macs),
+                            }
+                        }
+                        if self.cfg.guest_probes {
+                            self.guests.on_frame(&f, now, &self.cfg.guest);
                         }
                     }
                     Err(pcap::Error::TimeoutExpired) | Err(pcap::Error::NoMorePackets) => break,
@@ -544,7 +590,6 @@ impl Prober {
                 }
             }
         }
-        let now = mono_ns();
         for (dev, e) in broken {
             // The device went away or changed: reopen on a later round.
             self.caps.remove(&dev);
@@ -552,29 +597,17 @@ impl Prober {
                 .insert(dev.clone(), (now + REOPEN_EVERY_NS / 10, e.clone()));
             self.note(format!("{dev}: {e}"));
         }
-        for (bridge, role, f) in seen {
-            let empty = BTreeSet::new();
-            let macs = self.guest_macs.get(&bridge).unwrap_or(&empty);
-            for ((name, _), tg) in self.targets.iter_mut() {
-                if name != &bridge {
-                    continue;
-                }
-                match role {
-                    Role::Host => tg.on_host_frame(&f, now),
-                    Role::Uplink => tg.on_uplink_frame(&f, now, macs),
-                }
-            }
-            if self.cfg.guest_probes {
-                self.guests.on_frame(&f, now, &self.cfg.guest);
-            }
-        }
     }
 
     fn send_due(&mut self, now: u64) {
         if self.sender.is_none() {
+            if now < self.sender_retry_ns {
+                return;
+            }
             match RawSender::open() {
                 Ok(s) => self.sender = Some(s),
                 Err(e) => {
+                    self.sender_retry_ns = now + REOPEN_EVERY_NS / 10;
                     self.note(format!("AF_PACKET socket: {e}"));
                     return;
                 }
@@ -614,6 +647,9 @@ impl Prober {
         }
         if self.cfg.guest_probes {
             self.guests.expire(now, &self.cfg.guest);
+        }
+        if self.cfg.guest_probes && now >= self.guest_round_ns {
+            self.guest_round_ns = now + GUEST_ROUND_NS;
             for s in self.guests.due(now, &self.cfg.guest) {
                 match sender.send(s.ifindex, &s.frame) {
                     Ok(()) => {
