@@ -504,8 +504,14 @@ mod tests {
         }
     }
 
-    /// Runs the scheduler in 100 ms steps; returns send times per guest.
-    fn run(g: &mut Guests, from_ns: u64, to_ns: u64) -> BTreeMap<u32, Vec<u64>> {
+    /// Runs the scheduler from `from_ns`, waking at the times `next` gives
+    /// (None: stop early); returns send times per guest.
+    fn drive(
+        g: &mut Guests,
+        from_ns: u64,
+        to_ns: u64,
+        mut next: impl FnMut(&Guests, u64) -> Option<u64>,
+    ) -> BTreeMap<u32, Vec<u64>> {
         let mut sent: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         let mut t = from_ns;
         while t < to_ns {
@@ -513,28 +519,27 @@ mod tests {
             for s in g.due(t, &T) {
                 sent.entry(s.ifindex).or_default().push(t);
             }
-            t += S / 10;
+            let Some(n) = next(g, t) else {
+                break;
+            };
+            t = n;
         }
         sent
+    }
+
+    /// Runs the scheduler in 100 ms steps.
+    fn run(g: &mut Guests, from_ns: u64, to_ns: u64) -> BTreeMap<u32, Vec<u64>> {
+        drive(g, from_ns, to_ns, |_, t| Some(t + S / 10))
     }
 
     /// Runs the scheduler the way the prober does: woken only at the times
     /// `next_wake_ns` names (each must be in the future: no busy loop).
     fn run_by_wakes(g: &mut Guests, from_ns: u64, to_ns: u64) -> BTreeMap<u32, Vec<u64>> {
-        let mut sent: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-        let mut t = from_ns;
-        while t < to_ns {
-            g.expire(t, &T);
-            for s in g.due(t, &T) {
-                sent.entry(s.ifindex).or_default().push(t);
-            }
-            let Some(next) = g.next_wake_ns(&T) else {
-                break;
-            };
+        drive(g, from_ns, to_ns, |g, t| {
+            let next = g.next_wake_ns(&T)?;
             assert!(next > t, "woken again at once at {t}");
-            t = next;
-        }
-        sent
+            Some(next)
+        })
     }
 
     #[test]
