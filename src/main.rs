@@ -25,8 +25,9 @@ fn main() -> ExitCode {
 /// glibc gives each thread that allocates its own malloc arena (up to 8 per
 /// core); the agent's dozen mostly idle threads then keep freed memory in a
 /// dozen places. Two arenas cut peak RSS on a 500-vNIC node from 60 to
-/// ~46 MiB (tests/tools/bench.sh) at no measurable CPU cost. An operator's
-/// MALLOC_ARENA_MAX still wins.
+/// ~46 MiB (tests/tools/bench.sh) at no measurable CPU cost. This is for
+/// every command; `hvflight run` lowers it to one arena for the agent
+/// (commands/run.rs `tune_malloc`). An operator's MALLOC_ARENA_MAX still wins.
 fn limit_malloc_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter; called before

@@ -265,6 +265,49 @@ pub fn cleanup_stale_older_than(min_age: std::time::Duration) -> usize {
             removed += 1;
         }
     }
+    remove_stale_dirs(&std::env::temp_dir(), min_age);
+    removed
+}
+
+/// Prefix of a lab's temp dir (node.xml, guest scripts): `hvflight-lab-<pid>-…`.
+pub const DIR_PREFIX: &str = "hvflight-lab-";
+
+/// Removes the lab temp dirs under `tmp` whose creating process is gone and
+/// that are at least `min_age` old; returns how many. A killed test run
+/// leaves them behind like its namespaces.
+pub fn remove_stale_dirs(tmp: &std::path::Path, min_age: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        // Only `<pid>-…`: other names under the prefix (e.g. artifacts) are not labs.
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if !rest[pid.to_string().len()..].starts_with('-')
+            || std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            continue;
+        }
+        let young = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < min_age);
+        if !young
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && std::fs::remove_dir_all(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
     removed
 }
 
@@ -305,7 +348,10 @@ impl Lab {
         let pid = std::process::id();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{PREFIX}{pid}x{n}");
-        let dir = tempfile::Builder::new().prefix("hvflight-lab-").tempdir()?;
+        // The pid in the name lets `cleanup_stale` remove the dir of a killed run.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{DIR_PREFIX}{pid}-"))
+            .tempdir()?;
         let mut lab = Lab {
             hv_ns: format!("{id}hv"),
             switch_ns: format!("{id}sw"),
@@ -780,5 +826,30 @@ mod tests {
         b.dedup();
         assert_eq!(a.len(), b.len());
         assert_eq!(mac("fe:54:00", 3)[3..], mac("52:54:00", 3)[3..]);
+    }
+
+    #[test]
+    fn stale_dirs_of_dead_processes_go_and_the_rest_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        let make = |n: &str| {
+            let d = tmp.path().join(n);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("node.xml"), "<node/>").unwrap();
+            d
+        };
+        let stale = make(&format!("{DIR_PREFIX}{dead}-abc"));
+        let live = make(&format!("{DIR_PREFIX}{me}-abc"));
+        let other = make(&format!("{DIR_PREFIX}artifacts"));
+        // Young dirs are left: a lab of a process that just started.
+        assert_eq!(remove_stale_dirs(tmp.path(), STALE_MIN_AGE), 0);
+        assert!(stale.exists());
+        assert_eq!(remove_stale_dirs(tmp.path(), std::time::Duration::ZERO), 1);
+        assert!(!stale.exists(), "a dead run's dir was kept");
+        assert!(live.exists(), "a live process's dir was removed");
+        assert!(other.exists(), "a dir that is not a lab's was removed");
     }
 }
