@@ -59,6 +59,10 @@ pub struct AgentConfig {
     pub netns: String,
     /// Host name recorded in samples and bundles; empty = the kernel's hostname.
     pub hostname: String,
+    /// This long after start, the agent unmaps the pages of its binary and
+    /// libraries that start-up touched (they come back on use; agent/trim.rs);
+    /// 0 = never.
+    pub trim_pages_after_ms: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -143,6 +147,7 @@ impl Default for AgentConfig {
             bridges: Vec::new(),
             netns: String::new(),
             hostname: String::new(),
+            trim_pages_after_ms: 10_000,
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod print;
 pub mod settings;
 pub mod status;
+pub mod trim;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};

@@ -191,7 +191,22 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
     let incident_tx = bundles.as_ref().map(|w| w.sender());
     let mut pending: Vec<crate::sample::Event> = Vec::new();
     let mut out = std::io::stdout().lock();
+    let trim_after = std::time::Duration::from_millis(agent.config.agent.trim_pages_after_ms);
+    let mut trim_at = (!trim_after.is_zero()).then(|| std::time::Instant::now() + trim_after);
     agent.run(&shutdown, count, |o| {
+        if let (Output::Sample { .. }, Some(at)) = (&o, trim_at) {
+            if std::time::Instant::now() >= at {
+                trim_at = None;
+                match crate::agent::trim::trim_file_pages() {
+                    Ok(t) => tracing::info!(
+                        mappings = t.mappings,
+                        kib = t.kib,
+                        "unmapped the file pages start-up touched"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "could not read /proc/self/smaps to trim file pages"),
+                }
+            }
+        }
         // The detector judges every sample; what it decides becomes events
         // (stored, tailed) and, for a collapse, an incident with a bundle.
         let mut detector_events: Vec<crate::sample::Event> = Vec::new();
