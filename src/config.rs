@@ -74,6 +74,10 @@ pub struct CollectConfig {
     /// at least this often; in between only the counters are read (0 = dump
     /// everything every sample).
     pub links_full_dump_ms: u64,
+    /// Between full link dumps, the bridges' own attributes the kernel does
+    /// not announce (STP topology change, root id) are re-read by a dump of
+    /// the bridges alone at least this often (0 = every sample).
+    pub bridges_refresh_ms: u64,
     /// How long one libvirt round may take before the section is recorded as failed.
     pub libvirt_timeout_ms: u64,
     /// Delay between reconnect attempts when libvirtd is gone.
@@ -157,6 +161,7 @@ impl Default for CollectConfig {
         CollectConfig {
             netlink_timeout_ms: 500,
             links_full_dump_ms: crate::collect::links::DEFAULT_FULL_DUMP_MS,
+            bridges_refresh_ms: crate::collect::links::DEFAULT_BRIDGES_REFRESH_MS,
             libvirt_timeout_ms: 2000,
             libvirt_reconnect_ms: 5000,
             libvirt_xml_refresh_s: 60,

@@ -1124,3 +1124,96 @@ fn counters_only_samples_match_full_dumps_and_changes_force_a_full_dump_needs_ro
     let br = &after.bridges.as_ref().unwrap()[0];
     assert_eq!(br.ports.iter().find(|p| p.name == "p0").unwrap().state, 0);
 }
+
+/// Between full link dumps, the bridges' own attributes (STP flags the
+/// kernel does not announce) are re-read from a dump filtered to bridges:
+/// one message per bridge, not one per interface, and the sections are what
+/// a full dump says.
+#[test]
+fn bridge_refreshes_read_only_the_bridges_and_match_full_dumps_needs_root() {
+    let ns = Ns::new("brref");
+    let mut cmds = vec![
+        "link set lo up".to_string(),
+        "link add br0 type bridge".into(),
+    ];
+    for i in 0..4 {
+        cmds.push(format!("link add p{i} type veth peer name q{i}"));
+        cmds.push(format!("link set p{i} master br0 up"));
+        cmds.push(format!("link set q{i} up"));
+    }
+    cmds.push("link set br0 up".into());
+    ns.batch(&cmds);
+    std::thread::sleep(Duration::from_millis(1500));
+    let nsname = ns.0.clone();
+    let (refreshed, full, msgs, counts) = in_ns(&nsname, move || {
+        let step = |c: &mut LinksCollector| {
+            let mut s = Sample::default();
+            c.collect(&Context::default(), &mut s).unwrap();
+            s
+        };
+        let mut c = LinksCollector::new(TIMEOUT, true)
+            .full_dump_every(Duration::from_secs(3600))
+            .bridges_every(Duration::ZERO);
+        let mut reference = LinksCollector::new(TIMEOUT, true).full_dump_every(Duration::ZERO);
+        step(&mut c);
+        for _ in 0..20 {
+            let before = (c.stats_dumps, c.bridge_refreshes);
+            let s = step(&mut c);
+            if c.stats_dumps > before.0 {
+                assert_eq!(
+                    c.bridge_refreshes,
+                    before.1 + 1,
+                    "a counters-only sample with bridges_every 0 refreshes the bridges"
+                );
+                let r = step(&mut reference);
+                return (s, r, c.bridge_refresh_msgs, (c.full_dumps, c.stats_dumps));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("every sample needed a full dump: announcements never stopped");
+    });
+    assert_eq!(
+        msgs,
+        1,
+        "the refresh reads the one bridge, not the {} links (kind filter)",
+        full.links.as_ref().unwrap().len()
+    );
+    assert!(counts.1 >= 1, "{counts:?}");
+    let strip = |s: &Sample| {
+        let mut l = s.links.clone().unwrap();
+        l.iter_mut().for_each(|l| l.stats = Default::default());
+        (l, s.bridges.clone())
+    };
+    assert_eq!(strip(&refreshed), strip(&full));
+    let br = &refreshed.bridges.as_ref().unwrap()[0];
+    assert_eq!(br.ports.len(), 4, "ports kept from the full dump");
+    assert!(br.bridge_id.is_some() && br.stp_state == Some(0));
+}
+
+/// The qdisc collector decodes only kind and stats of each message: on the
+/// recorded dump that gives exactly what decoding everything gives.
+#[test]
+fn qdisc_payloads_decoded_in_part_give_the_same_qdiscs() {
+    use hvflight::collect::qdisc::parse_qdisc_payload;
+    let names = fixture_names();
+    let buf = fixture("dump-qdisc.bin");
+    let full: Vec<_> = decoded("dump-qdisc.bin")
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewQueueDiscipline(m) => Some(parse_qdisc(m, &names)),
+            _ => None,
+        })
+        .collect();
+    let part: Vec<_> = frames(&buf)
+        .into_iter()
+        .filter(|(ty, _)| *ty == 36)
+        .map(|(_, p)| parse_qdisc(&parse_qdisc_payload(p).unwrap(), &names))
+        .collect();
+    assert!(!full.is_empty());
+    assert!(
+        full.iter().any(|q| q.packets > 0),
+        "the fixture has counters"
+    );
+    assert_eq!(part, full);
+    assert_eq!(parse_qdisc_payload(&[0; 8]), None, "shorter than a tcmsg");
+}

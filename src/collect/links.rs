@@ -8,8 +8,10 @@
 //! `full_dump_every`; in between, the counters come from one RTM_GETSTATS
 //! dump (IFLA_STATS_LINK_64 only, ~17× cheaper at 500 vNICs) applied to the
 //! last full picture. The sample is the same either way: every announced
-//! attribute is exact at sample resolution; bridge STP flags the kernel does
-//! not announce (topology_change) are at most `full_dump_every` old.
+//! attribute is exact at sample resolution. What the kernel does not
+//! announce — a bridge's own STP flags (topology_change, root id) — comes
+//! from a dump of the bridges alone (a kind filter: one message per bridge,
+//! not one per vNIC) at least every `bridges_every`.
 
 use std::time::Duration;
 
@@ -28,7 +30,9 @@ use crate::source::netlink::{mac_string, RouteSocket};
 type Sections = (Vec<Link>, Vec<Bridge>);
 
 /// Default for `collect.links_full_dump_ms`.
-pub const DEFAULT_FULL_DUMP_MS: u64 = 10_000;
+pub const DEFAULT_FULL_DUMP_MS: u64 = 60_000;
+/// Default for `collect.bridges_refresh_ms`.
+pub const DEFAULT_BRIDGES_REFRESH_MS: u64 = 10_000;
 
 pub struct LinksCollector {
     socket: Option<RouteSocket>,
@@ -40,13 +44,19 @@ pub struct LinksCollector {
     watch: Option<LinkWatch>,
     watch_tried: bool,
     full_dump_every: Duration,
+    bridges_every: Duration,
     /// The last full dump's sections and when it was taken.
     last_full: Option<(Vec<Link>, Vec<Bridge>, std::time::Instant)>,
+    /// When the bridges' own attributes were last read (full dump or refresh).
+    bridges_at: Option<std::time::Instant>,
     /// Sections of an earlier sample, handed back by `recycle`.
     spare: Option<Sections>,
     /// Samples served by a full dump / by the counters-only dump (for tests and the bench).
     pub full_dumps: u64,
     pub stats_dumps: u64,
+    /// Bridges-only refreshes, and how many link messages the last one read.
+    pub bridge_refreshes: u64,
+    pub bridge_refresh_msgs: usize,
 }
 
 impl LinksCollector {
@@ -59,11 +69,22 @@ impl LinksCollector {
             watch: None,
             watch_tried: false,
             full_dump_every: Duration::from_millis(DEFAULT_FULL_DUMP_MS),
+            bridges_every: Duration::from_millis(DEFAULT_BRIDGES_REFRESH_MS),
             last_full: None,
+            bridges_at: None,
             spare: None,
             full_dumps: 0,
             stats_dumps: 0,
+            bridge_refreshes: 0,
+            bridge_refresh_msgs: 0,
         }
+    }
+
+    /// Between full dumps, the bridges' own attributes at least this often
+    /// (0 = every sample).
+    pub fn bridges_every(mut self, every: Duration) -> Self {
+        self.bridges_every = every;
+        self
     }
 
     /// A full dump at least this often (0 = every sample, the old behaviour).
@@ -161,6 +182,71 @@ impl LinksCollector {
         }
         // Port and bridge entries carry no counters: nothing to update there.
         Ok(Some((links, bridges)))
+    }
+
+    /// Re-reads the bridges' own attributes (what the kernel does not
+    /// announce: topology_change, root id …) with a link dump filtered to
+    /// kind "bridge", into `bridges` and the last full picture; their ports
+    /// are announced and stay as they are. False when the set of bridges
+    /// differs from the last full dump's: the caller dumps in full.
+    fn refresh_bridges(
+        &mut self,
+        ctx: &Context,
+        bridges: &mut [Bridge],
+    ) -> Result<bool, CollectError> {
+        use netlink_packet_route::link::{InfoKind, LinkInfo};
+        let mut req = LinkMessage::default();
+        req.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        let mut msgs: Vec<RouteNetlinkMessage> = Vec::new();
+        let res = {
+            let msgs_cell = std::cell::RefCell::new(&mut msgs);
+            let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
+            socket.dump_raw(
+                "bridge links",
+                RouteNetlinkMessage::GetLink(req),
+                &mut || msgs_cell.borrow_mut().clear(),
+                &mut |ty, payload| {
+                    if ty == 16 {
+                        if let Some(m) = parse_link_payload(payload) {
+                            msgs_cell.borrow_mut().push(RouteNetlinkMessage::NewLink(m));
+                        }
+                    }
+                },
+            )
+        };
+        if let Err(e) = res {
+            self.socket = None;
+            return Err(e);
+        }
+        self.bridge_refresh_msgs = msgs.len();
+        // A kernel without the kind filter answers with every link: only
+        // the bridges among them are read.
+        let (_, fresh) = sections(&msgs, &ctx.bridges);
+        let Some((_, last_bridges, _)) = self.last_full.as_mut() else {
+            return Ok(false);
+        };
+        if fresh.len() != bridges.len()
+            || fresh
+                .iter()
+                .zip(bridges.iter())
+                .any(|(f, b)| f.ifindex != b.ifindex || f.name != b.name)
+        {
+            return Ok(false);
+        }
+        for (f, (b, last)) in fresh
+            .into_iter()
+            .zip(bridges.iter_mut().zip(last_bridges.iter_mut()))
+        {
+            let ports = std::mem::take(&mut b.ports);
+            *b = Bridge { ports, ..f };
+            let ports = std::mem::take(&mut last.ports);
+            last.clone_from(b);
+            last.ports = ports;
+        }
+        Ok(true)
     }
 
     fn full_dump(&mut self, ctx: &Context) -> Result<Sections, CollectError> {
@@ -494,7 +580,18 @@ impl Collector for LinksCollector {
 
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
         let full = self.full_dump_due();
-        let cheap = if full { None } else { self.stats_only()? };
+        let mut cheap = if full { None } else { self.stats_only()? };
+        let bridges_due = self
+            .bridges_at
+            .is_none_or(|at| at.elapsed() >= self.bridges_every);
+        if let (Some((_, bridges)), true) = (cheap.as_mut(), bridges_due && self.with_bridges) {
+            if self.refresh_bridges(ctx, bridges)? {
+                self.bridge_refreshes += 1;
+                self.bridges_at = Some(std::time::Instant::now());
+            } else {
+                cheap = None;
+            }
+        }
         let (links, bridges) = match cheap {
             Some(sections) => {
                 self.stats_dumps += 1;
@@ -503,7 +600,9 @@ impl Collector for LinksCollector {
             None => {
                 let (links, bridges) = self.full_dump(ctx)?;
                 self.full_dumps += 1;
-                self.last_full = Some((links.clone(), bridges.clone(), std::time::Instant::now()));
+                let now = std::time::Instant::now();
+                self.last_full = Some((links.clone(), bridges.clone(), now));
+                self.bridges_at = Some(now);
                 (links, bridges)
             }
         };

@@ -193,9 +193,13 @@ pub fn all(cfg: &crate::config::Config) -> Vec<Box<dyn Collector>> {
     let mut v: Vec<Box<dyn Collector>> = Vec::new();
     if on("links") {
         v.push(Box::new(
-            links::LinksCollector::new(timeout, on("bridge")).full_dump_every(
-                std::time::Duration::from_millis(cfg.collect.links_full_dump_ms),
-            ),
+            links::LinksCollector::new(timeout, on("bridge"))
+                .full_dump_every(std::time::Duration::from_millis(
+                    cfg.collect.links_full_dump_ms,
+                ))
+                .bridges_every(std::time::Duration::from_millis(
+                    cfg.collect.bridges_refresh_ms,
+                )),
         ));
     }
     if on("fdb") {

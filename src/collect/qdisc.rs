@@ -31,11 +31,14 @@ fn handle(h: &TcHandle) -> String {
     format!("{:x}:{:x}", h.major, h.minor)
 }
 
-pub fn parse_qdisc(m: &TcMessage, names: &HashMap<u32, String>) -> Qdisc {
+pub fn parse_qdisc<S: AsRef<str>>(m: &TcMessage, names: &HashMap<u32, S>) -> Qdisc {
     let ifindex = m.header.index as u32;
     let mut q = Qdisc {
         ifindex,
-        dev: names.get(&ifindex).cloned().unwrap_or_default(),
+        dev: names
+            .get(&ifindex)
+            .map(|n| n.as_ref().to_string())
+            .unwrap_or_default(),
         handle: handle(&m.header.handle),
         parent: handle(&m.header.parent),
         ..Default::default()
@@ -77,32 +80,72 @@ pub fn parse_qdisc(m: &TcMessage, names: &HashMap<u32, String>) -> Qdisc {
     q
 }
 
+/// Decodes one RTM_NEWQDISC payload, but only the attributes a sample keeps
+/// (TCA_KIND, TCA_STATS, TCA_STATS2): each qdisc's options and extended
+/// stats are decoded by the crate into vectors of their own, which at 500
+/// vNICs cost more than the rest of the message.
+pub fn parse_qdisc_payload(payload: &[u8]) -> Option<TcMessage> {
+    use netlink_packet_core::{NlasIterator, ParseableParametrized};
+    use netlink_packet_route::tc::TcHeader;
+    const TCA_KIND: u16 = 1;
+    const TCA_STATS: u16 = 3;
+    const TCA_STATS2: u16 = 7;
+    const TC_HEADER_LEN: usize = 20;
+    if payload.len() < TC_HEADER_LEN {
+        return None;
+    }
+    let mut m = TcMessage::default();
+    m.header = TcHeader::parse(payload).ok()?;
+    let mut kind = String::new();
+    for nla in NlasIterator::new(&payload[TC_HEADER_LEN..]) {
+        let Ok(nla) = nla else { break };
+        if ![TCA_KIND, TCA_STATS, TCA_STATS2].contains(&nla.kind()) {
+            continue;
+        }
+        if let Ok(a) = TcAttribute::parse_with_param(&nla, kind.as_str()) {
+            if let TcAttribute::Kind(k) = &a {
+                kind.clone_from(k);
+            }
+            m.attributes.push(a);
+        }
+    }
+    Some(m)
+}
+
 impl Collector for QdiscCollector {
     fn name(&self) -> &'static str {
         "qdisc"
     }
 
     fn collect(&mut self, _ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
-        let msgs = socket
-            .dump(
-                "qdisc",
-                RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
-            )
-            .inspect_err(|_| self.socket = None)?;
-        let names: HashMap<u32, String> = sample
+        const RTM_NEWQDISC: u16 = 36;
+        let names: HashMap<u32, &str> = sample
             .links
             .iter()
             .flatten()
-            .map(|l| (l.ifindex, l.name.clone()))
+            .map(|l| (l.ifindex, l.name.as_str()))
             .collect();
-        let qdiscs = msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewQueueDiscipline(m) => Some(parse_qdisc(m, &names)),
-                _ => None,
-            })
-            .collect();
+        let mut qdiscs: Vec<Qdisc> = Vec::new();
+        let res = {
+            let out = std::cell::RefCell::new(&mut qdiscs);
+            let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
+            socket.dump_raw(
+                "qdisc",
+                RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+                &mut || out.borrow_mut().clear(),
+                &mut |ty, payload| {
+                    if ty == RTM_NEWQDISC {
+                        if let Some(m) = parse_qdisc_payload(payload) {
+                            out.borrow_mut().push(parse_qdisc(&m, &names));
+                        }
+                    }
+                },
+            )
+        };
+        if let Err(e) = res {
+            self.socket = None;
+            return Err(e);
+        }
         sample.qdiscs = Some(qdiscs);
         Ok(())
     }
