@@ -148,7 +148,12 @@ impl Agent {
                 model: &model,
             });
             let older = prev.replace(match Arc::try_unwrap(sample) {
-                Ok(s) => Arc::new(for_rates(s)),
+                Ok(mut s) => {
+                    let kept = for_rates(&mut s);
+                    // What the rates do not read goes back to the collectors now.
+                    self.sampler.recycle(s);
+                    Arc::new(kept)
+                }
                 // Still held by a consumer (the metrics exporter keeps the
                 // latest sample): sharing it costs nothing more.
                 Err(shared) => shared,
@@ -216,19 +221,19 @@ impl Agent {
 /// libvirt domains, bridges and lookup tables are about half of a sample
 /// at 500 vNICs, and would otherwise be held twice while the next one is
 /// taken.
-fn for_rates(s: Sample) -> Sample {
+fn for_rates(s: &mut Sample) -> Sample {
     Sample {
         version: s.version,
         seq: s.seq,
         ts_unix_ns: s.ts_unix_ns,
         mono_ns: s.mono_ns,
         boot_ns: s.boot_ns,
-        links: s.links,
-        qdiscs: s.qdiscs,
-        conntrack: s.conntrack,
-        softnet: s.softnet,
-        system: s.system,
-        drops: s.drops,
+        links: std::mem::take(&mut s.links),
+        qdiscs: std::mem::take(&mut s.qdiscs),
+        conntrack: std::mem::take(&mut s.conntrack),
+        softnet: std::mem::take(&mut s.softnet),
+        system: std::mem::take(&mut s.system),
+        drops: std::mem::take(&mut s.drops),
         ..Sample::default()
     }
 }
@@ -262,7 +267,7 @@ mod tests {
         let mut compared = 0;
         for w in samples.windows(2) {
             let whole = Model::new(&w[1], Some(&w[0]));
-            let kept = Model::new(&w[1], Some(&for_rates(w[0].clone())));
+            let kept = Model::new(&w[1], Some(&for_rates(&mut w[0].clone())));
             assert_eq!(whole, kept);
             compared += usize::from(!whole.links.is_empty());
         }

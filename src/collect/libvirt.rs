@@ -38,6 +38,9 @@ pub struct LibvirtCollector {
     /// the host's own links every sample, lifecycle changes from events).
     poll_every: Duration,
     last: Option<(Vec<Domain>, std::time::Instant)>,
+    /// An earlier sample's domains, handed back by `recycle`: the cached
+    /// answer is copied into their strings instead of new ones.
+    spare: Vec<Domain>,
 }
 
 impl LibvirtCollector {
@@ -55,6 +58,7 @@ impl LibvirtCollector {
             timeout: Duration::from_millis(timeout_ms),
             poll_every: Duration::ZERO,
             last: None,
+            spare: Vec::new(),
         }
     }
 
@@ -65,33 +69,29 @@ impl LibvirtCollector {
     }
 }
 
-/// The host port of a guest MAC under libvirt's convention: first octet fe
-/// (libvirt gives taps fe:… so the bridge, which takes its lowest port MAC,
-/// never takes a tap's).
-pub fn host_mac_of(guest_mac: &str) -> String {
-    match guest_mac.split_once(':') {
-        Some((_, rest)) => format!("fe:{}", rest.to_ascii_lowercase()),
-        None => guest_mac.to_ascii_lowercase(),
-    }
-}
-
 /// Fills `host_ifindex`/`host_ifname` of every vNIC from the host's links:
 /// by target dev when it names a real interface, else by MAC (guest MAC
 /// with first octet fe). The bridge itself may carry a port's fe: MAC (it
 /// takes its lowest port MAC), so bridges are never candidates, and among
 /// several candidates the one enslaved to the vNIC's bridge wins.
 pub fn resolve_vnics(domains: &mut [Domain], links: &[Link]) {
+    use crate::detect::frames::parse_mac;
     let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
-    let mut by_mac: HashMap<String, Vec<&Link>> = HashMap::new();
+    // By MAC as bytes: no string per link or vNIC, in any case.
+    let mut by_mac: HashMap<[u8; 6], Vec<&Link>> = HashMap::new();
     for l in links.iter().filter(|l| l.kind != "bridge") {
-        by_mac
-            .entry(l.mac.to_ascii_lowercase())
-            .or_default()
-            .push(l);
+        if let Some(m) = parse_mac(&l.mac) {
+            by_mac.entry(m).or_default().push(l);
+        }
     }
     for v in domains.iter_mut().flat_map(|d| d.vnics.iter_mut()) {
         let found = by_name.get(v.target_dev.as_str()).copied().or_else(|| {
-            let candidates = by_mac.get(&host_mac_of(&v.mac))?;
+            let mut host_mac = parse_mac(&v.mac)?;
+            // libvirt's convention: the host's tap is the guest MAC with
+            // first octet fe (so the bridge, which takes its lowest port
+            // MAC, never takes a tap's).
+            host_mac[0] = 0xfe;
+            let candidates = by_mac.get(&host_mac)?;
             let bridge = by_name.get(v.bridge.as_str()).map(|b| b.ifindex);
             candidates
                 .iter()
@@ -100,7 +100,10 @@ pub fn resolve_vnics(domains: &mut [Domain], links: &[Link]) {
                 .copied()
         });
         v.host_ifindex = found.map(|l| l.ifindex);
-        v.host_ifname = found.map(|l| l.name.clone());
+        match (&mut v.host_ifname, found) {
+            (Some(name), Some(l)) => name.clone_from(&l.name),
+            (slot, found) => *slot = found.map(|l| l.name.clone()),
+        }
     }
 }
 
@@ -113,7 +116,9 @@ impl Collector for LibvirtCollector {
         if let Some((domains, at)) = &self.last {
             let age = at.elapsed();
             if age < self.poll_every {
-                let mut domains = domains.clone();
+                let mut spare = std::mem::take(&mut self.spare);
+                spare.clone_from(domains);
+                let mut domains = spare;
                 resolve_vnics(&mut domains, sample.links.as_deref().unwrap_or_default());
                 sample.libvirt = Some(Libvirt {
                     uri: self.worker.uri.clone(),
@@ -163,5 +168,76 @@ impl Collector for LibvirtCollector {
             age_ms: 0,
         });
         Ok(())
+    }
+
+    fn recycle(&mut self, old: &mut Sample) {
+        if let Some(l) = old.libvirt.take() {
+            self.spare = l.domains;
+        }
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+    use crate::sample::Vnic;
+
+    fn link(ifindex: u32, name: &str, mac: &str, kind: &str, master: Option<u32>) -> Link {
+        Link {
+            ifindex,
+            name: name.into(),
+            mac: mac.into(),
+            kind: kind.into(),
+            master,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn vnics_resolve_by_target_dev_else_by_the_fe_mac_on_their_bridge() {
+        let links = vec![
+            // The bridge took its lowest port's MAC: never a candidate.
+            link(1, "br0", "fe:54:00:00:00:01", "bridge", None),
+            link(2, "br1", "00:00:00:00:00:09", "bridge", None),
+            // The same fe: MAC on two bridges (upper case from a driver).
+            link(5, "vnet5", "FE:54:00:00:00:01", "tun", Some(2)),
+            link(7, "vnet0", "fe:54:00:00:00:01", "tun", Some(1)),
+            link(8, "tap-named", "aa:aa:aa:aa:aa:aa", "tun", Some(1)),
+        ];
+        let vnic = |mac: &str, target: &str, stale: Option<&str>| Vnic {
+            mac: mac.into(),
+            target_dev: target.into(),
+            bridge: "br0".into(),
+            // A recycled vNIC may carry an earlier sample's answer.
+            host_ifname: stale.map(String::from),
+            host_ifindex: stale.map(|_| 99),
+            ..Default::default()
+        };
+        let mut domains = vec![Domain {
+            vnics: vec![
+                vnic("52:54:00:00:00:01", "testnet0", Some("older-name")),
+                vnic("52:54:00:00:00:02", "tap-named", None),
+                vnic("52:54:00:00:00:03", "testnet1", Some("older-name")),
+            ],
+            ..Default::default()
+        }];
+        resolve_vnics(&mut domains, &links);
+        let got: Vec<(Option<u32>, Option<&str>)> = domains[0]
+            .vnics
+            .iter()
+            .map(|v| (v.host_ifindex, v.host_ifname.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(7), Some("vnet0")),
+                (Some(8), Some("tap-named")),
+                (None, None)
+            ]
+        );
+        // Without the vNIC's bridge among the links, the lowest ifindex wins.
+        domains[0].vnics[0].bridge = "gone".into();
+        resolve_vnics(&mut domains, &links);
+        assert_eq!(domains[0].vnics[0].host_ifname.as_deref(), Some("vnet5"));
     }
 }

@@ -3,12 +3,13 @@
 //! Reads the raw sample and the detector's windows; the state machine in
 //! mod.rs turns verdicts into transitions and incidents.
 
+use super::frames::{parse_mac, Mac};
 use super::uplink::{self, Uplink};
 use super::{Detector, GatewayView, GuestMemo, Verdict};
 use std::collections::HashMap;
 
 use super::window::{LinkCounter, ProbeCounter};
-use crate::sample::{Bridge, Domain, GuestProbe, Sample};
+use crate::sample::{Bridge, Domain, FdbEntry, GuestProbe, Sample};
 
 const NS: u64 = 1_000_000_000;
 
@@ -27,6 +28,11 @@ pub(super) struct Lookups<'a> {
     domains: HashMap<&'a str, &'a Domain>,
     /// Probed interface → its (first) guest probe.
     probes: HashMap<&'a str, &'a GuestProbe>,
+    /// The sample's FDB by MAC, entries in the sample's order;
+    /// built on first use (only senders are looked up), so finding a
+    /// guest's entry is not a scan of the whole FDB per guest.
+    fdb: std::cell::OnceCell<HashMap<Mac, Vec<&'a FdbEntry>>>,
+    sample: &'a Sample,
 }
 
 impl<'a> Lookups<'a> {
@@ -43,7 +49,28 @@ impl<'a> Lookups<'a> {
         for g in s.probes.iter().flat_map(|p| &p.guests) {
             probes.entry(g.iface.as_str()).or_insert(g);
         }
-        Lookups { domains, probes }
+        Lookups {
+            domains,
+            probes,
+            fdb: std::cell::OnceCell::new(),
+            sample: s,
+        }
+    }
+
+    /// The FDB entries for `mac` (any case), in the sample's order.
+    fn fdb_entries(&self, mac: &str) -> &[&'a FdbEntry] {
+        let index = self.fdb.get_or_init(|| {
+            let mut m: HashMap<Mac, Vec<&'a FdbEntry>> = HashMap::new();
+            for e in self.sample.fdb.iter().flatten() {
+                if let Some(k) = parse_mac(&e.mac) {
+                    m.entry(k).or_default().push(e);
+                }
+            }
+            m
+        });
+        parse_mac(mac)
+            .and_then(|k| index.get(&k))
+            .map_or(&[], |v| v.as_slice())
     }
 }
 
@@ -292,7 +319,7 @@ pub(super) fn judge(
             // Broadcasts still reach a guest whose unicast cannot: the FDB
             // says where unicast toward it goes.
             let undeliverable = if rx >= cfg.cut_off_min_packets {
-                unicast_undeliverable(s, br, p, dom)
+                unicast_undeliverable(look, s, br, p, dom)
             } else {
                 None
             };
@@ -507,6 +534,7 @@ fn netfilter_drops(
 /// unknown unicast is not flooded to its port (F7). None when it can (or
 /// when the FDB or the guest's MAC are not known).
 fn unicast_undeliverable(
+    look: &Lookups,
     s: &Sample,
     br: &Bridge,
     p: &crate::sample::BridgePort,
@@ -519,9 +547,20 @@ fn unicast_undeliverable(
         .find(|v| v.host_ifname.as_deref() == Some(&p.name))?
         .mac
         .to_ascii_lowercase();
-    let entry = fdb.iter().find(|e| {
-        e.mac.eq_ignore_ascii_case(&mac) && !e.is_self && e.master.is_none_or(|m| m == br.ifindex)
-    });
+    // The sample has an FDB (checked above); an unparsable MAC is looked up
+    // by a scan, as it was before the index.
+    let entry = match parse_mac(&mac) {
+        Some(_) => look
+            .fdb_entries(&mac)
+            .iter()
+            .copied()
+            .find(|e| !e.is_self && e.master.is_none_or(|m| m == br.ifindex)),
+        None => fdb.iter().find(|e| {
+            e.mac.eq_ignore_ascii_case(&mac)
+                && !e.is_self
+                && e.master.is_none_or(|m| m == br.ifindex)
+        }),
+    };
     match entry {
         Some(e) if e.ifindex != p.ifindex => Some(format!(
             "the bridge forwards its MAC {mac} to {} ({} FDB entry), not to its port",
@@ -567,4 +606,43 @@ pub(super) fn host_degraded(d: &Detector, s: &Sample) -> Vec<String> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fdb_index_finds_every_entry_of_a_mac_in_the_samples_order() {
+        let e = |mac: &str, ifindex, is_self| FdbEntry {
+            mac: mac.into(),
+            ifindex,
+            is_self,
+            ..Default::default()
+        };
+        let s = Sample {
+            fdb: Some(vec![
+                e("52:54:00:00:00:01", 7, true),
+                e("52:54:00:00:00:02", 8, false),
+                e("52:54:00:00:00:01", 9, false),
+                e("not a mac", 10, false),
+            ]),
+            ..Default::default()
+        };
+        let look = Lookups::new(&s);
+        let found: Vec<u32> = look
+            .fdb_entries("52:54:00:00:00:01")
+            .iter()
+            .map(|e| e.ifindex)
+            .collect();
+        assert_eq!(found, vec![7, 9]);
+        assert_eq!(look.fdb_entries("52:54:00:00:00:03").len(), 0);
+        assert_eq!(
+            look.fdb_entries("52:54:00:00:00:01").len(),
+            look.fdb_entries("52:54:00:00:00:01".to_uppercase().as_str())
+                .len(),
+            "any case"
+        );
+        assert_eq!(look.fdb_entries("not a mac").len(), 0);
+    }
 }
