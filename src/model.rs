@@ -12,7 +12,8 @@
 //! - 32-bit counters (softnet, carrier_changes) wrap at 2^32; a decrease
 //!   from the top quarter into the bottom quarter is taken as a wrap.
 
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -105,7 +106,8 @@ impl Model {
         m.interval_s = dt;
 
         if let (Some(cl), Some(pl)) = (&cur.links, &prev.links) {
-            let prev_by_name: HashMap<&str, _> = pl.iter().map(|l| (l.name.as_str(), l)).collect();
+            let prev_by_name: FxHashMap<&str, _> =
+                pl.iter().map(|l| (l.name.as_str(), l)).collect();
             for l in cl {
                 let Some(p) = prev_by_name.get(l.name.as_str()) else {
                     continue;
@@ -162,7 +164,8 @@ impl Model {
 
         if let (Some(cq), Some(pq)) = (&cur.qdiscs, &prev.qdiscs) {
             // One qdisc per vNIC at least: a scan per qdisc would be quadratic.
-            let mut prev_by_key: HashMap<(u32, &str), &crate::sample::Qdisc> = HashMap::new();
+            let mut prev_by_key: FxHashMap<(u32, &str), &crate::sample::Qdisc> =
+                FxHashMap::default();
             for p in pq {
                 prev_by_key
                     .entry((p.ifindex, p.handle.as_str()))

@@ -47,6 +47,12 @@ pub struct FdbCollector {
     full_dump_every: Duration,
     /// The last full dump plus the announcements since; None = dump next.
     table: Option<Table>,
+    /// ifindex → link name, kept while the sample's links are the same
+    /// (rebuilding it cloned every link's name every sample).
+    names: HashMap<u32, String>,
+    /// An earlier sample's FDB section, handed back by `recycle`: entries
+    /// are copied into its strings instead of new ones.
+    spare: Vec<FdbEntry>,
     /// Samples served by a full dump / from the announced table (for tests and the bench).
     pub full_dumps: u64,
     pub announced: u64,
@@ -96,6 +102,8 @@ impl FdbCollector {
             watch_tried: false,
             full_dump_every: Duration::from_millis(DEFAULT_FULL_DUMP_MS),
             table: None,
+            names: HashMap::new(),
+            spare: Vec::new(),
             full_dumps: 0,
             announced: 0,
         }
@@ -391,12 +399,34 @@ impl Collector for FdbCollector {
     }
 
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        let names: HashMap<u32, String> = sample
-            .links
-            .iter()
-            .flatten()
-            .map(|l| (l.ifindex, l.name.clone()))
-            .collect();
+        let links = sample.links.as_deref().unwrap_or_default();
+        let same_links = self.names.len() == links.len()
+            && links
+                .iter()
+                .all(|l| self.names.get(&l.ifindex).is_some_and(|n| *n == l.name));
+        if !same_links {
+            self.names = links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
+        }
+        let names = std::mem::take(&mut self.names);
+        let result = self.collect_with(ctx, sample, &names);
+        self.names = names;
+        result
+    }
+
+    fn recycle(&mut self, old: &mut Sample) {
+        if let Some(fdb) = old.fdb.take() {
+            self.spare = fdb;
+        }
+    }
+}
+
+impl FdbCollector {
+    fn collect_with(
+        &mut self,
+        ctx: &Context,
+        sample: &mut Sample,
+        names: &HashMap<u32, String>,
+    ) -> Result<(), CollectError> {
         // Only entries of the watched bridges (NDA_MASTER), when bridges are named.
         let wanted: Option<Vec<u32>> = if ctx.bridges.is_empty() {
             None
@@ -426,9 +456,9 @@ impl Collector for FdbCollector {
                 Some(t) => t.wanted != wanted || t.dumped_at.elapsed() >= self.full_dump_every,
             };
         let mut counters = None;
-        if due || !self.apply_announcements(&names) {
+        if due || !self.apply_announcements(names) {
             self.table = None;
-            counters = Some(self.full_dump(&names, wanted)?);
+            counters = Some(self.full_dump(names, wanted)?);
             self.full_dumps += 1;
         } else {
             self.announced += 1;
@@ -442,18 +472,24 @@ impl Collector for FdbCollector {
                 .retain(|k, _| k.bridge || names.contains_key(&k.owner));
         }
         let now = Instant::now();
-        let mut entries: Vec<FdbEntry> = table
-            .entries
-            .values()
-            .map(|(e, at)| {
-                let mut e = e.clone();
-                e.port = names.get(&e.ifindex).cloned().unwrap_or_default();
-                if let Some(u) = e.updated_s.as_mut() {
-                    *u = u.saturating_add(now.saturating_duration_since(*at).as_secs() as u32);
-                }
-                e
-            })
-            .collect();
+        let mut entries = std::mem::take(&mut self.spare);
+        entries.truncate(table.entries.len());
+        let reused = entries.len();
+        for (i, (e, at)) in table.entries.values().enumerate() {
+            if i < reused {
+                entries[i].clone_from(e);
+            } else {
+                entries.push(e.clone());
+            }
+            let out = &mut entries[i];
+            match names.get(&out.ifindex) {
+                Some(n) => out.port.clone_from(n),
+                None => out.port.clear(),
+            }
+            if let Some(u) = out.updated_s.as_mut() {
+                *u = u.saturating_add(now.saturating_duration_since(*at).as_secs() as u32);
+            }
+        }
         // A stable order (the kernel's dump order is per device, hash order within).
         entries.sort_unstable_by(|a, b| {
             (a.ifindex, &a.mac, a.vlan, a.master, a.is_self)

@@ -4,7 +4,7 @@
 //! a real one reports them from the guest's side; the host's own link
 //! counters (links section) are the truth.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::Duration;
 
 use super::{CollectError, Collector, Context};
@@ -76,9 +76,9 @@ impl LibvirtCollector {
 /// several candidates the one enslaved to the vNIC's bridge wins.
 pub fn resolve_vnics(domains: &mut [Domain], links: &[Link]) {
     use crate::detect::frames::parse_mac;
-    let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
+    let by_name: FxHashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
     // By MAC as bytes: no string per link or vNIC, in any case.
-    let mut by_mac: HashMap<[u8; 6], Vec<&Link>> = HashMap::new();
+    let mut by_mac: FxHashMap<[u8; 6], Vec<&Link>> = FxHashMap::default();
     for l in links.iter().filter(|l| l.kind != "bridge") {
         if let Some(m) = parse_mac(&l.mac) {
             by_mac.entry(m).or_default().push(l);

@@ -4,7 +4,8 @@
 //! links, bridge, fdb and libvirt, whose sections it reads. The prober
 //! thread starts on the first sample (after the agent entered its netns).
 
-use std::collections::{BTreeSet, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeSet;
 
 use super::{CollectError, Collector, Context};
 use crate::detect::frames::{self, Mac};
@@ -30,7 +31,7 @@ pub fn topology(s: &Sample, cfg: &DetectConfig) -> Topology {
     // Looked up per port: tables built once, so 500 ports cost 500 lookups,
     // not 500 scans of every domain's vNICs (and of the FDB). The first
     // match wins, as a scan in section order would find it.
-    let mut vnic_of: HashMap<&str, (&Domain, &Vnic)> = HashMap::new();
+    let mut vnic_of: FxHashMap<&str, (&Domain, &Vnic)> = FxHashMap::default();
     for d in s.libvirt.iter().flat_map(|l| &l.domains) {
         for v in &d.vnics {
             if let Some(ifname) = v.host_ifname.as_deref() {
@@ -38,7 +39,7 @@ pub fn topology(s: &Sample, cfg: &DetectConfig) -> Topology {
             }
         }
     }
-    let mut learned_on: HashMap<u32, &FdbEntry> = HashMap::new();
+    let mut learned_on: FxHashMap<u32, &FdbEntry> = FxHashMap::default();
     for e in s.fdb.iter().flatten() {
         if e.state != "permanent" && !e.is_self {
             learned_on.entry(e.ifindex).or_insert(e);
@@ -81,13 +82,12 @@ pub fn topology(s: &Sample, cfg: &DetectConfig) -> Topology {
                 // Only guests libvirt says are running are ever probed.
                 running: dom.is_some_and(|d| d.state == "running"),
                 ip,
-                generation: format!(
-                    "{:?}/{}/{}/{}",
+                generation: crate::detect::guests::generation_of((
                     dom.and_then(|d| d.id),
                     dom.map(|d| d.state.as_str()).unwrap_or(""),
                     p.ifindex,
-                    link.operstate
-                ),
+                    link.operstate.as_str(),
+                )),
                 bridge_mac: mac,
                 bridge_addrs: Vec::new(),
             });

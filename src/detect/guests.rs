@@ -31,6 +31,15 @@ pub struct GuestTiming {
     pub pause_ns: u64,
 }
 
+/// A `GuestTopo::generation` from what identifies one life of a guest's
+/// port. A hash instead of a formatted string: the topology is rebuilt every
+/// sample for every guest; std's SipHash with its fixed keys, so equal
+/// parts always give the same value.
+pub fn generation_of(parts: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(parts)
+}
+
 /// What the sample says about one guest port.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GuestTopo {
@@ -42,9 +51,10 @@ pub struct GuestTopo {
     pub running: bool,
     /// An address libvirt/nova metadata gives.
     pub ip: Option<Ipv4Addr>,
-    /// Changes when the domain or its port restarts (domain id, state,
-    /// ifindex, operstate): a lifecycle change pauses probing.
-    pub generation: String,
+    /// Changes when the domain or its port restarts (a hash of domain id,
+    /// state, ifindex, operstate: `generation_of`): a lifecycle change
+    /// pauses probing.
+    pub generation: u64,
     pub bridge_mac: Mac,
     /// The bridge's addresses (a probe uses one in the guest's subnet as sender).
     pub bridge_addrs: Vec<(Ipv4Addr, u8)>,
@@ -483,7 +493,7 @@ mod tests {
             mac: Some(mac(i)),
             running: true,
             ip: Some(Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8)),
-            generation: gen.into(),
+            generation: generation_of(gen),
             bridge_mac: BR,
             bridge_addrs: vec![],
         }

@@ -6,7 +6,7 @@
 use super::frames::{parse_mac, Mac};
 use super::uplink::{self, Uplink};
 use super::{Detector, GatewayView, GuestMemo, Verdict};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::window::{LinkCounter, ProbeCounter};
 use crate::sample::{Bridge, Domain, FdbEntry, GuestProbe, Sample};
@@ -25,19 +25,19 @@ pub(super) fn domain_of<'a>(s: &'a Sample, port: &str) -> Option<&'a Domain> {
 /// sample (borrowed from it: no strings copied).
 pub(super) struct Lookups<'a> {
     /// Host interface → the first domain whose vNIC libvirt maps to it.
-    domains: HashMap<&'a str, &'a Domain>,
+    domains: FxHashMap<&'a str, &'a Domain>,
     /// Probed interface → its (first) guest probe.
-    probes: HashMap<&'a str, &'a GuestProbe>,
+    probes: FxHashMap<&'a str, &'a GuestProbe>,
     /// The sample's FDB by MAC, entries in the sample's order;
     /// built on first use (only senders are looked up), so finding a
     /// guest's entry is not a scan of the whole FDB per guest.
-    fdb: std::cell::OnceCell<HashMap<Mac, Vec<&'a FdbEntry>>>,
+    fdb: std::cell::OnceCell<FxHashMap<Mac, Vec<&'a FdbEntry>>>,
     sample: &'a Sample,
 }
 
 impl<'a> Lookups<'a> {
     pub(super) fn new(s: &'a Sample) -> Self {
-        let mut domains = HashMap::new();
+        let mut domains = FxHashMap::default();
         for d in s.libvirt.iter().flat_map(|l| &l.domains) {
             for v in &d.vnics {
                 if let Some(ifname) = v.host_ifname.as_deref() {
@@ -45,7 +45,7 @@ impl<'a> Lookups<'a> {
                 }
             }
         }
-        let mut probes = HashMap::new();
+        let mut probes = FxHashMap::default();
         for g in s.probes.iter().flat_map(|p| &p.guests) {
             probes.entry(g.iface.as_str()).or_insert(g);
         }
@@ -60,7 +60,7 @@ impl<'a> Lookups<'a> {
     /// The FDB entries for `mac` (any case), in the sample's order.
     fn fdb_entries(&self, mac: &str) -> &[&'a FdbEntry] {
         let index = self.fdb.get_or_init(|| {
-            let mut m: HashMap<Mac, Vec<&'a FdbEntry>> = HashMap::new();
+            let mut m: FxHashMap<Mac, Vec<&'a FdbEntry>> = FxHashMap::default();
             for e in self.sample.fdb.iter().flatten() {
                 if let Some(k) = parse_mac(&e.mac) {
                     m.entry(k).or_default().push(e);

@@ -36,7 +36,8 @@ pub mod prober;
 pub mod uplink;
 mod window;
 
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -294,14 +295,14 @@ pub struct Detector {
     last_collapse_unix_ns: Option<i64>,
     last_degradation_incident_unix_ns: Option<i64>,
     /// Per guest port's ifindex: its name and memo.
-    guests: HashMap<u32, (String, GuestMemo)>,
+    guests: FxHashMap<u32, (String, GuestMemo)>,
     /// Port name → bridge it was last seen on (a move is a migration).
-    port_bridge: HashMap<String, String>,
+    port_bridge: FxHashMap<String, String>,
     /// Domain → until when it is migrating / when it last (re)started (mono ns).
-    domain_migrating_until: HashMap<String, u64>,
-    domain_started_ns: HashMap<String, u64>,
-    cut_off_run: HashMap<String, u32>,
-    reported_cut_off: HashMap<String, bool>,
+    domain_migrating_until: FxHashMap<String, u64>,
+    domain_started_ns: FxHashMap<String, u64>,
+    cut_off_run: FxHashMap<String, u32>,
+    reported_cut_off: FxHashMap<String, bool>,
     degradations: BTreeMap<String, Episode>,
     win: window::Windows,
     first_mono_ns: Option<u64>,
@@ -319,12 +320,12 @@ impl Detector {
             good_run: 0,
             last_collapse_unix_ns: None,
             last_degradation_incident_unix_ns: None,
-            guests: HashMap::new(),
-            port_bridge: HashMap::new(),
-            domain_migrating_until: HashMap::new(),
-            domain_started_ns: HashMap::new(),
-            cut_off_run: HashMap::new(),
-            reported_cut_off: HashMap::new(),
+            guests: FxHashMap::default(),
+            port_bridge: FxHashMap::default(),
+            domain_migrating_until: FxHashMap::default(),
+            domain_started_ns: FxHashMap::default(),
+            cut_off_run: FxHashMap::default(),
+            reported_cut_off: FxHashMap::default(),
             degradations: BTreeMap::new(),
             win: window::Windows::default(),
             first_mono_ns: None,
@@ -408,7 +409,7 @@ impl Detector {
             .collect();
         self.last_host_degraded = judge::host_degraded(self, s);
         // Ports gone from every bridge are forgotten (their memos and moves).
-        let live: HashMap<u32, &str> = bridges
+        let live: FxHashMap<u32, &str> = bridges
             .iter()
             .flat_map(|b| b.ports.iter().map(|p| (p.ifindex, p.name.as_str())))
             .collect();

@@ -9,7 +9,8 @@
 //! formats no key and allocates nothing; the few other counters are keyed
 //! by a string.
 
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 
 /// The link counters the detector watches.
 #[derive(Clone, Copy, Debug)]
@@ -30,12 +31,12 @@ pub enum ProbeCounter {
 pub struct Windows {
     /// Per key: (monotonic ns, cumulative value), oldest first; one entry at
     /// or before the window start is kept so a delta covers the whole window.
-    series: HashMap<String, Series>,
+    series: FxHashMap<String, Series>,
     /// Per ifindex: the link's name and its counters. A link's series are
     /// its (name, ifindex): another name on the same ifindex starts afresh.
-    links: HashMap<u32, LinkSeries>,
+    links: FxHashMap<u32, LinkSeries>,
     /// Per probed interface name.
-    probes: HashMap<String, Group<2>>,
+    probes: FxHashMap<String, Group<2>>,
 }
 
 #[derive(Default, Debug)]

@@ -181,7 +181,7 @@ pub struct PortVlan {
 }
 
 /// One bridge forwarding-database entry (`bridge fdb show`).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Default, PartialEq)]
 pub struct FdbEntry {
     pub mac: String,
     /// The port the MAC was learned on (or configured for).
@@ -204,6 +204,39 @@ pub struct FdbEntry {
     /// Seconds since the entry was last updated (NDA_CACHEINFO), when known.
     #[serde(default)]
     pub updated_s: Option<u32>,
+}
+
+/// `clone_from` reuses the target's strings: the FDB collector copies its
+/// table into an earlier sample's entries every sample.
+impl Clone for FdbEntry {
+    fn clone(&self) -> Self {
+        let mut e = FdbEntry::default();
+        e.clone_from(self);
+        e
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        let FdbEntry {
+            mac,
+            ifindex,
+            port,
+            master,
+            vlan,
+            state,
+            is_self,
+            extern_learn,
+            updated_s,
+        } = source;
+        self.mac.clone_from(mac);
+        self.ifindex = *ifindex;
+        self.port.clone_from(port);
+        self.master = *master;
+        self.vlan = *vlan;
+        self.state.clone_from(state);
+        self.is_self = *is_self;
+        self.extern_learn = *extern_learn;
+        self.updated_s = *updated_s;
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! sample must be complete before anyone looks things up in it (collectors
 //! do not; the detector, printers, metrics and analyzer run afterwards).
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::OnceLock;
 
 use super::Sample;
@@ -14,9 +14,9 @@ use super::Sample;
 #[derive(Default, Debug)]
 pub struct Tables {
     /// Link name → position in `Sample::links`.
-    pub links: HashMap<String, usize>,
+    pub links: FxHashMap<String, usize>,
     /// Host interfaces libvirt maps a domain's vNIC to.
-    pub mapped_vnics: HashSet<String>,
+    pub mapped_vnics: FxHashSet<String>,
 }
 
 #[derive(Default, Debug)]
