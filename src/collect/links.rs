@@ -240,11 +240,11 @@ impl LinksCollector {
             .into_iter()
             .zip(bridges.iter_mut().zip(last_bridges.iter_mut()))
         {
+            // `f` has no ports (none were dumped): cloning it is cheap.
+            let ports = std::mem::take(&mut last.ports);
+            *last = Bridge { ports, ..f.clone() };
             let ports = std::mem::take(&mut b.ports);
             *b = Bridge { ports, ..f };
-            let ports = std::mem::take(&mut last.ports);
-            last.clone_from(b);
-            last.ports = ports;
         }
         Ok(true)
     }
