@@ -288,16 +288,21 @@ fn neighbour_dumps_are_counted_by_family_state_and_device() {
     assert_eq!((short.undecodable, short.total), (1, 0));
 }
 
+/// The recorded qdisc dump, every message decoded in full.
+fn fixture_qdiscs(names: &HashMap<u32, String>) -> Vec<hvflight::sample::Qdisc> {
+    decoded("dump-qdisc.bin")
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewQueueDiscipline(m) => Some(parse_qdisc(m, names)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn qdisc_dump_gives_stats_per_device() {
     let names = fixture_names();
-    let qdiscs: Vec<_> = decoded("dump-qdisc.bin")
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewQueueDiscipline(m) => Some(parse_qdisc(m, &names)),
-            _ => None,
-        })
-        .collect();
+    let qdiscs = fixture_qdiscs(&names);
     let on = |dev: &str| {
         qdiscs
             .iter()
@@ -1235,13 +1240,7 @@ fn qdisc_payloads_decoded_in_part_give_the_same_qdiscs() {
     use hvflight::collect::qdisc::parse_qdisc_payload;
     let names = fixture_names();
     let buf = fixture("dump-qdisc.bin");
-    let full: Vec<_> = decoded("dump-qdisc.bin")
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewQueueDiscipline(m) => Some(parse_qdisc(m, &names)),
-            _ => None,
-        })
-        .collect();
+    let full = fixture_qdiscs(&names);
     let part: Vec<_> = frames(&buf)
         .into_iter()
         .filter(|(ty, _)| *ty == 36)

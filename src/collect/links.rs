@@ -200,27 +200,7 @@ impl LinksCollector {
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,
             )]));
-        let mut msgs: Vec<RouteNetlinkMessage> = Vec::new();
-        let res = {
-            let msgs_cell = std::cell::RefCell::new(&mut msgs);
-            let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
-            socket.dump_raw(
-                "bridge links",
-                RouteNetlinkMessage::GetLink(req),
-                &mut || msgs_cell.borrow_mut().clear(),
-                &mut |ty, payload| {
-                    if ty == 16 {
-                        if let Some(m) = parse_link_payload(payload) {
-                            msgs_cell.borrow_mut().push(RouteNetlinkMessage::NewLink(m));
-                        }
-                    }
-                },
-            )
-        };
-        if let Err(e) = res {
-            self.socket = None;
-            return Err(e);
-        }
+        let msgs = self.dump_links("bridge links", RouteNetlinkMessage::GetLink(req), 4)?;
         self.bridge_refresh_msgs = msgs.len();
         // A kernel without the kind filter answers with every link: only
         // the bridges among them are read.
@@ -249,19 +229,25 @@ impl LinksCollector {
         Ok(true)
     }
 
-    fn full_dump(&mut self, ctx: &Context) -> Result<Sections, CollectError> {
-        let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
-        let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
-        let mut msgs: Vec<RouteNetlinkMessage> = Vec::with_capacity(self.last_count);
+    /// One RTM_GETLINK dump, each reply decoded with only the attributes a
+    /// sample keeps (`parse_link_payload`).
+    fn dump_links(
+        &mut self,
+        what: &str,
+        req: RouteNetlinkMessage,
+        capacity: usize,
+    ) -> Result<Vec<RouteNetlinkMessage>, CollectError> {
+        const RTM_NEWLINK: u16 = 16;
+        let mut msgs: Vec<RouteNetlinkMessage> = Vec::with_capacity(capacity);
         let res = {
             let msgs_cell = std::cell::RefCell::new(&mut msgs);
+            let socket = RouteSocket::ensure(&mut self.socket, self.timeout)?;
             socket.dump_raw(
-                "link",
+                what,
                 req,
                 &mut || msgs_cell.borrow_mut().clear(),
                 &mut |ty, payload| {
-                    if ty == 16 {
-                        // RTM_NEWLINK
+                    if ty == RTM_NEWLINK {
                         if let Some(m) = parse_link_payload(payload) {
                             msgs_cell.borrow_mut().push(RouteNetlinkMessage::NewLink(m));
                         }
@@ -273,6 +259,12 @@ impl LinksCollector {
             self.socket = None; // reopen next time: a timed-out socket may hold stale replies
             return Err(e);
         }
+        Ok(msgs)
+    }
+
+    fn full_dump(&mut self, ctx: &Context) -> Result<Sections, CollectError> {
+        let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        let msgs = self.dump_links("link", req, self.last_count)?;
         self.last_count = msgs.len();
         let (links, mut bridges) = sections(&msgs, &ctx.bridges);
         // Port VLANs matter only where VLAN filtering is on (F18): one more

@@ -540,27 +540,19 @@ fn unicast_undeliverable(
     p: &crate::sample::BridgePort,
     dom: Option<&Domain>,
 ) -> Option<String> {
-    let fdb = s.fdb.as_ref()?;
+    // Without an FDB section nothing is known about where unicast goes.
+    s.fdb.as_ref()?;
     let mac = dom?
         .vnics
         .iter()
         .find(|v| v.host_ifname.as_deref() == Some(&p.name))?
         .mac
         .to_ascii_lowercase();
-    // The sample has an FDB (checked above); an unparsable MAC is looked up
-    // by a scan, as it was before the index.
-    let entry = match parse_mac(&mac) {
-        Some(_) => look
-            .fdb_entries(&mac)
-            .iter()
-            .copied()
-            .find(|e| !e.is_self && e.master.is_none_or(|m| m == br.ifindex)),
-        None => fdb.iter().find(|e| {
-            e.mac.eq_ignore_ascii_case(&mac)
-                && !e.is_self
-                && e.master.is_none_or(|m| m == br.ifindex)
-        }),
-    };
+    let entry = look
+        .fdb_entries(&mac)
+        .iter()
+        .copied()
+        .find(|e| !e.is_self && e.master.is_none_or(|m| m == br.ifindex));
     match entry {
         Some(e) if e.ifindex != p.ifindex => Some(format!(
             "the bridge forwards its MAC {mac} to {} ({} FDB entry), not to its port",
