@@ -534,8 +534,26 @@ fn collector_and_events_share_one_connection() {
     let mut c = libvirt_collector(uri.clone(), 2000, 100);
     assert_matches_node_xml(&collect(&mut c).unwrap());
     assert_matches_node_xml(&collect(&mut c).unwrap());
+    // A bundle's domain XML comes over the same connection too (a second
+    // test-driver connection was most of the agent's peak while a bundle
+    // was written at 250 domains). With the node file gone a new
+    // connection cannot be opened: the XML can only come over the held one.
+    std::fs::remove_file(&node).unwrap();
+    let (xmls, rec) = hvflight::bundle::writer::libvirt_xml(&uri, Duration::from_secs(10));
+    assert_eq!(rec.exit_status, Some(0), "{rec:?}");
+    let mut names: Vec<&str> = xmls.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["libvirt/db-01.xml", "libvirt/web-01.xml", "libvirt/web-02.xml"]
+    );
+    assert!(
+        String::from_utf8_lossy(&xmls[0].1).contains("<domain"),
+        "{}",
+        String::from_utf8_lossy(&xmls[0].1)
+    );
     let shared = hvflight::source::libvirt_conn::SharedConn::for_uri(&uri);
-    assert_eq!(shared.opens(), 1, "one connection for both");
+    assert_eq!(shared.opens(), 1, "one connection for all three");
     events.stop();
     drop(c);
 }
