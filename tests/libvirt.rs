@@ -545,7 +545,11 @@ fn collector_and_events_share_one_connection() {
     names.sort();
     assert_eq!(
         names,
-        ["libvirt/db-01.xml", "libvirt/web-01.xml", "libvirt/web-02.xml"]
+        [
+            "libvirt/db-01.xml",
+            "libvirt/web-01.xml",
+            "libvirt/web-02.xml"
+        ]
     );
     assert!(
         String::from_utf8_lossy(&xmls[0].1).contains("<domain"),

@@ -130,6 +130,8 @@ impl Agent {
         let interval = Duration::from_millis(self.config.agent.interval_ms);
         let poll = Duration::from_millis(100).min(interval);
         let mut prev: Option<Arc<Sample>> = None;
+        // One model, refreshed each sample (its maps are reused).
+        let mut model = Model::default();
         let mut next = Instant::now();
         let mut taken = 0u64;
         self.note(
@@ -142,7 +144,7 @@ impl Agent {
             let mut sample = self.sampler.sample();
             sample.lag_us = lag.as_micros() as u64;
             let sample = Arc::new(sample);
-            let model = Model::new(&sample, prev.as_deref());
+            model.refresh(&sample, prev.as_deref());
             sink(Output::Sample {
                 sample: &sample,
                 model: &model,

@@ -12,16 +12,22 @@ use crate::detect::frames::{self, Mac};
 use crate::detect::guests::GuestTopo;
 use crate::detect::prober::{BridgeTopo, ProbeHandle, Topology};
 use crate::detect::{uplink, DetectConfig};
-use crate::sample::{Domain, FdbEntry, Sample, Vnic};
+use crate::sample::{Domain, FdbEntry, Probes, Sample, Vnic};
 
 pub struct ProbesCollector {
     cfg: DetectConfig,
     handle: Option<ProbeHandle>,
+    /// A recycled sample's results: the next snapshot goes into them.
+    spare: Option<Probes>,
 }
 
 impl ProbesCollector {
     pub fn new(cfg: DetectConfig) -> Self {
-        ProbesCollector { cfg, handle: None }
+        ProbesCollector {
+            cfg,
+            handle: None,
+            spare: None,
+        }
     }
 }
 
@@ -144,8 +150,16 @@ impl Collector for ProbesCollector {
             .handle
             .get_or_insert_with(|| ProbeHandle::start(self.cfg.prober()));
         handle.set_topology(topology(sample, &self.cfg));
-        sample.probes = Some(handle.snapshot(sample.mono_ns));
+        let mut p = self.spare.take().unwrap_or_default();
+        handle.snapshot_into(sample.mono_ns, &mut p);
+        sample.probes = Some(p);
         Ok(())
+    }
+
+    fn recycle(&mut self, old: &mut Sample) {
+        if let Some(p) = old.probes.take() {
+            self.spare = Some(p);
+        }
     }
 }
 

@@ -449,7 +449,20 @@ impl Guests {
     }
 
     pub fn records(&self) -> Vec<GuestProbe> {
-        self.by_iface.values().map(|g| g.rec.clone()).collect()
+        let mut v = Vec::new();
+        self.records_into(&mut v);
+        v
+    }
+
+    /// The records into `out`, reusing the records (and their strings)
+    /// already there.
+    pub fn records_into(&self, out: &mut Vec<GuestProbe>) {
+        out.truncate(self.by_iface.len());
+        let kept = out.len();
+        for (o, g) in out.iter_mut().zip(self.by_iface.values()) {
+            o.clone_from(&g.rec);
+        }
+        out.extend(self.by_iface.values().skip(kept).map(|g| g.rec.clone()));
     }
 }
 
@@ -621,6 +634,40 @@ mod tests {
             distinct.len() >= 7,
             "first probes bunched into {distinct:?}"
         );
+    }
+
+    #[test]
+    fn records_into_reuses_records_and_gives_what_records_gives() {
+        let mut g = Guests::default();
+        g.sync((0..5).map(|i| topo(i, "a")).collect(), 0, &T);
+        run(&mut g, 0, 12 * S);
+        let want = g.records();
+        assert_eq!(want.len(), 5);
+        assert!(want.iter().any(|r| r.sent > 0), "{want:?}");
+        // Into fewer records than there are guests, and into more (the
+        // recycled records of a second when there were more guests).
+        let stale = GuestProbe {
+            iface: "gone0".into(),
+            mac: "02:00:00:00:00:ff".into(),
+            ip: Some("10.9.9.9".into()),
+            ip_source: "dhcp".into(),
+            sent: 99,
+            last_answer_mono_ns: Some(7),
+            paused: "lifecycle".into(),
+            ..Default::default()
+        };
+        for n in [0, 2, 5, 9] {
+            let mut out = vec![stale.clone(); n];
+            g.records_into(&mut out);
+            assert_eq!(out, want, "into {n} recycled records");
+        }
+        // GuestProbe's hand-written clone_from copies every field.
+        let mut r = stale.clone();
+        r.clone_from(&want[0]);
+        assert_eq!(r, want[0]);
+        let mut back = want[0].clone();
+        back.clone_from(&stale);
+        assert_eq!(back, stale);
     }
 
     #[test]

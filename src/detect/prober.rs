@@ -165,6 +165,13 @@ impl ProbeHandle {
     /// `ANSWER_WAIT`; a prober that did not answer the last request is not
     /// waited for again until it has).
     pub fn snapshot(&self, at_mono_ns: u64) -> Probes {
+        let mut p = Probes::default();
+        self.snapshot_into(at_mono_ns, &mut p);
+        p
+    }
+
+    /// `snapshot` into `p`, reusing its records (a sample's, recycled).
+    pub fn snapshot_into(&self, at_mono_ns: u64, p: &mut Probes) {
         let mut out = self.shared.out.lock().unwrap_or_else(|e| e.into_inner());
         if self.thread.is_some() && out.answered == out.wanted {
             out.wanted += 1;
@@ -177,7 +184,7 @@ impl ProbeHandle {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let mut p = out.probes.clone();
+        p.clone_from(&out.probes);
         for (t, sent) in out.sent.iter().rev() {
             if *t <= at_mono_ns {
                 break;
@@ -204,7 +211,6 @@ impl ProbeHandle {
                 }
             }
         }
-        p
     }
 }
 
@@ -683,27 +689,29 @@ impl Prober {
             }
             out.wanted
         };
-        let mut p = Probes {
-            bridges: self.targets.values().map(|t| t.rec.clone()).collect(),
-            guests: if self.cfg.guest_probes {
-                self.guests.records()
-            } else {
-                Vec::new()
-            },
-            errors: self.errors.clone(),
-        };
-        p.errors.extend(
-            self.failed
-                .iter()
-                .map(|(d, (_, e))| format!("capture on {d}: {e}")),
-        );
         let horizon = mono_ns().saturating_sub(RECENT_NS);
         while self.sent.front().is_some_and(|(t, _)| *t < horizon) {
             self.sent.pop_front();
         }
         let mut out = self.shared.out.lock().unwrap_or_else(|e| e.into_inner());
-        out.probes = p;
-        out.sent = self.sent.clone();
+        // Into the results published a second ago: their records and
+        // strings are reused (the sampler waits for this answer anyway).
+        let p = &mut out.probes;
+        p.bridges.clear();
+        p.bridges
+            .extend(self.targets.values().map(|t| t.rec.clone()));
+        if self.cfg.guest_probes {
+            self.guests.records_into(&mut p.guests);
+        } else {
+            p.guests.clear();
+        }
+        p.errors.clone_from(&self.errors);
+        p.errors.extend(
+            self.failed
+                .iter()
+                .map(|(d, (_, e))| format!("capture on {d}: {e}")),
+        );
+        out.sent.clone_from(&self.sent);
         out.answered = wanted;
         drop(out);
         self.shared.published.notify_all();

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Default, PartialEq)]
 pub struct Probes {
     #[serde(default)]
     pub bridges: Vec<GatewayProbe>,
@@ -20,6 +20,26 @@ pub struct Probes {
     /// Sockets that could not be opened, sends that failed (device, error).
     #[serde(default)]
     pub errors: Vec<String>,
+}
+
+impl Clone for Probes {
+    fn clone(&self) -> Self {
+        let mut p = Probes::default();
+        p.clone_from(self);
+        p
+    }
+
+    /// Field by field: `Vec::clone_from` then reuses every record's buffers.
+    fn clone_from(&mut self, source: &Self) {
+        let Probes {
+            bridges,
+            guests,
+            errors,
+        } = source;
+        self.bridges.clone_from(bridges);
+        self.guests.clone_from(guests);
+        self.errors.clone_from(errors);
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -93,7 +113,10 @@ pub struct GatewayProbe {
     pub guest_arp_unanswered: u64,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// `Clone` by hand: the prober publishes ~500 of these every second into
+/// the records of the second before, and `clone_from` field by field keeps
+/// their strings' buffers (the derived one allocates five strings each).
+#[derive(Serialize, Deserialize, Debug, Default, PartialEq)]
 pub struct GuestProbe {
     /// The guest's host-side port (vnetN, tapN).
     pub iface: String,
@@ -117,4 +140,37 @@ pub struct GuestProbe {
     /// "lifecycle", "not running", "no address"); empty = probed.
     #[serde(default)]
     pub paused: String,
+}
+
+impl Clone for GuestProbe {
+    fn clone(&self) -> Self {
+        let mut g = GuestProbe::default();
+        g.clone_from(self);
+        g
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        let GuestProbe {
+            iface,
+            mac,
+            ip,
+            ip_source,
+            sent,
+            answered,
+            unanswered,
+            consecutive_unanswered,
+            last_answer_mono_ns,
+            paused,
+        } = source;
+        self.iface.clone_from(iface);
+        self.mac.clone_from(mac);
+        self.ip.clone_from(ip);
+        self.ip_source.clone_from(ip_source);
+        self.sent = *sent;
+        self.answered = *answered;
+        self.unanswered = *unanswered;
+        self.consecutive_unanswered = *consecutive_unanswered;
+        self.last_answer_mono_ns = *last_answer_mono_ns;
+        self.paused.clone_from(paused);
+    }
 }
