@@ -262,7 +262,8 @@ fn fdb_dump_gives_each_mac_on_its_port_with_its_state() {
 #[test]
 fn neighbour_dumps_are_counted_by_family_state_and_device() {
     let names = fixture_names();
-    let names: HashMap<u32, &str> = names.iter().map(|(i, n)| (*i, n.as_str())).collect();
+    let names: rustc_hash::FxHashMap<u32, &str> =
+        names.iter().map(|(i, n)| (*i, n.as_str())).collect();
     let mut n = Neighbours::default();
     for (file, key) in [("dump-neigh4.bin", "inet"), ("dump-neigh6.bin", "inet6")] {
         let buf = fixture(file);

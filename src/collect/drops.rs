@@ -10,7 +10,6 @@
 //! `collect.drops_retry_s`, not every sample. Loading runs on its own thread
 //! (see `State::Loading`).
 
-use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -130,7 +129,8 @@ pub fn section(
     netns: u64,
     links: &[Link],
 ) -> (Drops, Vec<DropKey>) {
-    let by_index: HashMap<u32, &str> = links.iter().map(|l| (l.ifindex, l.name.as_str())).collect();
+    let by_index: rustc_hash::FxHashMap<u32, &str> =
+        links.iter().map(|l| (l.ifindex, l.name.as_str())).collect();
     let mut d = Drops {
         netns_inode: netns,
         map_entries: counts.len() as u32,

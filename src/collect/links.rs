@@ -134,7 +134,7 @@ impl LinksCollector {
         let (mut links, mut bridges) = self.spare.take().unwrap_or_default();
         links.clone_from(last_links);
         bridges.clone_from(last_bridges);
-        let pos: std::collections::HashMap<u32, usize> = links
+        let pos: rustc_hash::FxHashMap<u32, usize> = links
             .iter()
             .enumerate()
             .map(|(i, l)| (l.ifindex, i))

@@ -7,8 +7,8 @@
 //! in: a table at its limit during an F4 storm (tens of thousands of
 //! entries) costs a few counters, not a decoded copy of the table.
 
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::Duration;
 
 use netlink_packet_route::neighbour::{NeighbourHeader, NeighbourMessage, NeighbourState};
@@ -40,8 +40,8 @@ impl NeighCollector {
 #[derive(Default, Debug)]
 pub struct FamilyCount {
     pub total: u32,
-    pub by_state: HashMap<u16, u32>,
-    pub by_ifindex: HashMap<u32, u32>,
+    pub by_state: FxHashMap<u16, u32>,
+    pub by_ifindex: FxHashMap<u32, u32>,
     /// Payloads too short to hold an ndmsg header (skipped).
     pub undecodable: u32,
 }
@@ -63,7 +63,7 @@ impl FamilyCount {
 
     /// Moves the counts into `n` under `key` ("inet" or "inet6"); devices
     /// are named from the sample's links ("?" when unknown: gone meanwhile).
-    pub fn apply_to(self, n: &mut Neighbours, key: &str, names: &HashMap<u32, &str>) {
+    pub fn apply_to(self, n: &mut Neighbours, key: &str, names: &FxHashMap<u32, &str>) {
         let by_state = n.by_state.entry(key.to_string()).or_default();
         for (state, count) in self.by_state {
             *by_state
@@ -88,7 +88,7 @@ impl Collector for NeighCollector {
     }
 
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
-        let names: HashMap<u32, &str> = sample
+        let names: FxHashMap<u32, &str> = sample
             .links
             .iter()
             .flatten()
