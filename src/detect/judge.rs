@@ -7,6 +7,7 @@ use super::frames::{parse_mac, Mac};
 use super::uplink::{self, Uplink};
 use super::{Detector, GatewayView, GuestMemo, Verdict};
 use rustc_hash::FxHashMap;
+use std::collections::HashMap;
 
 use super::window::{LinkCounter, ProbeCounter};
 use crate::sample::{Bridge, Domain, FdbEntry, GuestProbe, Sample};
@@ -30,8 +31,10 @@ pub(super) struct Lookups<'a> {
     probes: FxHashMap<&'a str, &'a GuestProbe>,
     /// The sample's FDB by MAC, entries in the sample's order;
     /// built on first use (only senders are looked up), so finding a
-    /// guest's entry is not a scan of the whole FDB per guest.
-    fdb: std::cell::OnceCell<FxHashMap<Mac, Vec<&'a FdbEntry>>>,
+    /// guest's entry is not a scan of the whole FDB per guest. SipHash
+    /// (std's, randomly keyed), not FxHash: guests choose their MACs, and a
+    /// flood of crafted ones must not turn the index quadratic.
+    fdb: std::cell::OnceCell<HashMap<Mac, Vec<&'a FdbEntry>>>,
     sample: &'a Sample,
 }
 
@@ -60,7 +63,7 @@ impl<'a> Lookups<'a> {
     /// The FDB entries for `mac` (any case), in the sample's order.
     fn fdb_entries(&self, mac: &str) -> &[&'a FdbEntry] {
         let index = self.fdb.get_or_init(|| {
-            let mut m: FxHashMap<Mac, Vec<&'a FdbEntry>> = FxHashMap::default();
+            let mut m: HashMap<Mac, Vec<&'a FdbEntry>> = HashMap::new();
             for e in self.sample.fdb.iter().flatten() {
                 if let Some(k) = parse_mac(&e.mac) {
                     m.entry(k).or_default().push(e);
