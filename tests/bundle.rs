@@ -226,6 +226,47 @@ fn verify_catches_a_changed_entry() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // The bundle is read once, manifest and entries from one stream: the
+    // agent replaces a bundle by its complete version, and a verify that
+    // opened the path twice compared one file's manifest with the other's
+    // entries. A FIFO can be read only once, so it tells.
+    let fifo = dir.path().join("once.tar.zst");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let feeder = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            // Blocks until verify opens it; a broken pipe is the reader's business.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes));
+        })
+    };
+    let mut once = Command::new(bin())
+        .args(["bundle", "verify"])
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while once.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = once.kill();
+            // Unblock a second open of the FIFO so the feeder thread ends.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+            panic!("bundle verify opened the bundle a second time (hung on the FIFO)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let once = once.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
     // Rebuild the archive with one entry changed, manifest untouched.
     let f = std::fs::File::open(&path).unwrap();
     let mut ar = tar::Archive::new(zstd::Decoder::new(f).unwrap());

@@ -16,6 +16,14 @@ pub fn manifest(path: &Path) -> Result<Manifest, String> {
     let mut entries = ar
         .entries()
         .map_err(|e| format!("{}: not a tar archive: {e}", path.display()))?;
+    read_manifest(path, &mut entries)
+}
+
+/// The first entry of `entries`, which must be the manifest.
+fn read_manifest<R: Read>(
+    path: &Path,
+    entries: &mut tar::Entries<'_, R>,
+) -> Result<Manifest, String> {
     let mut first = entries
         .next()
         .ok_or_else(|| format!("{}: empty archive", path.display()))?
@@ -38,13 +46,21 @@ pub fn manifest(path: &Path) -> Result<Manifest, String> {
 }
 
 /// Checks every entry; returns the manifest and the problems found (empty = good).
+///
+/// The file is opened once and the manifest read from the same stream as
+/// the entries: the agent replaces a bundle by its complete version (a
+/// rename), and a manifest read from one file checked against the entries
+/// of the other reported damage that was not there.
 pub fn verify(path: &Path) -> Result<(Manifest, Vec<String>), String> {
-    let m = manifest(path)?;
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut ar = tar::Archive::new(zstd::Decoder::new(f).map_err(|e| e.to_string())?);
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dec = zstd::Decoder::new(f).map_err(|e| format!("{}: not zstd: {e}", path.display()))?;
+    let mut ar = tar::Archive::new(dec);
+    let mut entries = ar
+        .entries()
+        .map_err(|e| format!("{}: not a tar archive: {e}", path.display()))?;
+    let m = read_manifest(path, &mut entries)?;
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    let entries = ar.entries().map_err(|e| e.to_string())?;
     for e in entries {
         let mut e = match e {
             Ok(e) => e,

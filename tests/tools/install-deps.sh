@@ -17,7 +17,7 @@ PKGS=(
   prometheus prometheus-node-exporter          # promtool for the rules; node_exporter side by side in make bench
   lintian man-db systemd                       # .deb checks (lintian, man -w, systemd-analyze verify)
   qemu-system-x86 libvirt-daemon-driver-qemu dnsmasq-base busybox-static cpio  # real guests in the lab
-  iperf3 linux-perf                            # guest throughput with/without the agent; profiles
+  iperf3 linux-perf valgrind                   # guest throughput with/without the agent; profiles (prof.sh, callgrind.sh)
 )
 PKGS+=("$@")
 

@@ -1,0 +1,52 @@
+#!/bin/bash
+# User-space instructions per sample at N vNICs (callgrind), for comparing
+# builds where CPU time is too noisy to (docs/performance.md): on these VMs
+# `prof.sh` gave 11–20 ms/s for one binary; instruction counts repeat.
+#
+#   bash tests/tools/callgrind.sh BIN [BIN...]
+#
+# Builds the bench's lab (N=500 by default: N veth vNICs on one bridge, N/2
+# test-driver domains of two vNICs, a tenth pinging), then runs each binary
+# under `valgrind --tool=callgrind` as `hvflight run --count C` for C1 and
+# C2 samples (3 and 13) and prints (total(C2) - total(C1)) / (C2 - C1):
+# start-up cancels out. All threads are counted (the libvirt test driver's
+# in-process work too); kernel time is not. The callgrind files stay in
+# OUT (default target/prof) for callgrind_annotate. Clean-up (lab) also on
+# failure.
+set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: $0 BIN [BIN...]" >&2; exit 2; }
+N=${N:-500}; C1=${C1:-3}; C2=${C2:-13}
+OUT=${OUT:-target/prof}
+mkdir -p "$OUT"
+command -v valgrind > /dev/null || { echo "callgrind.sh: valgrind missing (tests/tools/install-deps.sh installs it)" >&2; exit 1; }
+W=$(mktemp -d /tmp/hvflight-cg.XXXXXX)
+PIDS=""
+cleanup() {
+  for p in $PIDS; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+jget() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+mkfifo "$W/lab.in"
+"$1" lab --guests "$N" --traffic --traffic-every 10 --vnics-per-domain 2 \
+  < "$W/lab.in" > "$W/lab.json" 2> "$W/lab.err" &
+PIDS="$!"
+exec 7> "$W/lab.in"
+for _ in $(seq 1 1200); do [ -s "$W/lab.json" ] && break; sleep 0.1; done
+[ -s "$W/lab.json" ] || { echo "callgrind.sh: lab of $N did not come up:" >&2; cat "$W/lab.err" >&2; exit 1; }
+ns=$(jget "$W/lab.json" hv_ns); uri=$(jget "$W/lab.json" libvirt_uri)
+total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
+for bin in "$@"; do
+  declare -A ir=()
+  for c in "$C1" "$C2"; do
+    rm -rf "$W/state"
+    f="$OUT/callgrind.$(basename "$bin").$c"
+    valgrind --tool=callgrind --callgrind-out-file="$f" "$bin" run --count "$c" \
+      --netns "$ns" --libvirt-uri "$uri" --state-dir "$W/state" --socket "$W/s.sock" \
+      > /dev/null 2> "$W/err" || { echo "callgrind.sh: $bin failed:" >&2; tail -5 "$W/err" >&2; exit 1; }
+    ir[$c]=$(total "$f")
+  done
+  python3 -c "print(f'$bin: {(${ir[$C2]} - ${ir[$C1]}) / ($C2 - $C1) / 1e6:.1f} M instructions per sample at N=$N')"
+  unset ir
+done
