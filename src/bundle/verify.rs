@@ -1,7 +1,8 @@
 //! Reading a bundle back: the manifest, and a check of every entry against
 //! the sizes and sha256 sums it lists (`hvflight bundle verify`).
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -10,13 +11,21 @@ use super::Manifest;
 
 /// Reads only the manifest (the first entry).
 pub fn manifest(path: &Path) -> Result<Manifest, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let dec = zstd::Decoder::new(f).map_err(|e| format!("{}: not zstd: {e}", path.display()))?;
+    with_entries(path, |entries| read_manifest(path, entries))
+}
+
+/// Opens the bundle once and hands its entries, in archive order, to `f`.
+fn with_entries<T>(
+    path: &Path,
+    f: impl FnOnce(&mut tar::Entries<'_, zstd::Decoder<'static, BufReader<File>>>) -> Result<T, String>,
+) -> Result<T, String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dec = zstd::Decoder::new(file).map_err(|e| format!("{}: not zstd: {e}", path.display()))?;
     let mut ar = tar::Archive::new(dec);
     let mut entries = ar
         .entries()
         .map_err(|e| format!("{}: not a tar archive: {e}", path.display()))?;
-    read_manifest(path, &mut entries)
+    f(&mut entries)
 }
 
 /// The first entry of `entries`, which must be the manifest.
@@ -52,13 +61,15 @@ fn read_manifest<R: Read>(
 /// rename), and a manifest read from one file checked against the entries
 /// of the other reported damage that was not there.
 pub fn verify(path: &Path) -> Result<(Manifest, Vec<String>), String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let dec = zstd::Decoder::new(f).map_err(|e| format!("{}: not zstd: {e}", path.display()))?;
-    let mut ar = tar::Archive::new(dec);
-    let mut entries = ar
-        .entries()
-        .map_err(|e| format!("{}: not a tar archive: {e}", path.display()))?;
-    let m = read_manifest(path, &mut entries)?;
+    with_entries(path, |entries| {
+        let m = read_manifest(path, entries)?;
+        let problems = check_entries(&m, entries);
+        Ok((m, problems))
+    })
+}
+
+/// The problems of the entries after the manifest against what `m` lists.
+fn check_entries<R: Read>(m: &Manifest, entries: &mut tar::Entries<'_, R>) -> Vec<String> {
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for e in entries {
@@ -110,5 +121,5 @@ pub fn verify(path: &Path) -> Result<(Manifest, Vec<String>), String> {
             problems.push(format!("{}: listed in the manifest but missing", x.name));
         }
     }
-    Ok((m, problems))
+    problems
 }

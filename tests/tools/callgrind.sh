@@ -27,15 +27,8 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-jget() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
-mkfifo "$W/lab.in"
-"$1" lab --guests "$N" --traffic --traffic-every 10 --vnics-per-domain 2 \
-  < "$W/lab.in" > "$W/lab.json" 2> "$W/lab.err" &
-PIDS="$!"
-exec 7> "$W/lab.in"
-for _ in $(seq 1 1200); do [ -s "$W/lab.json" ] && break; sleep 0.1; done
-[ -s "$W/lab.json" ] || { echo "callgrind.sh: lab of $N did not come up:" >&2; cat "$W/lab.err" >&2; exit 1; }
-ns=$(jget "$W/lab.json" hv_ns); uri=$(jget "$W/lab.json" libvirt_uri)
+. "$(dirname "$0")/lab.sh"
+lab_up "$1" "$N" "$W"
 total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
 for bin in "$@"; do
   declare -A ir=()
@@ -43,7 +36,7 @@ for bin in "$@"; do
     rm -rf "$W/state"
     f="$OUT/callgrind.$(basename "$bin").$c"
     valgrind --tool=callgrind --callgrind-out-file="$f" "$bin" run --count "$c" \
-      --netns "$ns" --libvirt-uri "$uri" --state-dir "$W/state" --socket "$W/s.sock" \
+      --netns "$LAB_NS" --libvirt-uri "$LAB_URI" --state-dir "$W/state" --socket "$W/s.sock" \
       > /dev/null 2> "$W/err" || { echo "callgrind.sh: $bin failed:" >&2; tail -5 "$W/err" >&2; exit 1; }
     ir[$c]=$(total "$f")
   done

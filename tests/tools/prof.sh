@@ -27,16 +27,10 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-jget() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+. "$(dirname "$0")/lab.sh"
 ticks() { awk '{print $14 + $15}' "$1"; }
-mkfifo "$W/lab.in"
-"$BIN" lab --guests "$N" --traffic --traffic-every 10 --vnics-per-domain 2 \
-  < "$W/lab.in" > "$W/lab.json" 2> "$W/lab.err" &
-PIDS="$!"
-exec 7> "$W/lab.in"
-for _ in $(seq 1 1200); do [ -s "$W/lab.json" ] && break; sleep 0.1; done
-[ -s "$W/lab.json" ] || { echo "prof: lab of $N did not come up:" >&2; cat "$W/lab.err" >&2; exit 1; }
-"$BIN" run --netns "$(jget "$W/lab.json" hv_ns)" --libvirt-uri "$(jget "$W/lab.json" libvirt_uri)" \
+lab_up "$BIN" "$N" "$W"
+"$BIN" run --netns "$LAB_NS" --libvirt-uri "$LAB_URI" \
   --state-dir "$W/state" --socket "$W/s.sock" > /dev/null 2> "$W/agent.err" &
 ap=$!
 PIDS="$ap $PIDS"
