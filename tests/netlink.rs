@@ -22,7 +22,7 @@ use hvflight::collect::links::{
     parse_link, parse_link_payload, port_vlans, sections, LinksCollector,
 };
 use hvflight::collect::neigh::{FamilyCount, NeighCollector};
-use hvflight::collect::qdisc::{parse_qdisc, QdiscCollector};
+use hvflight::collect::qdisc::{fill_qdisc, parse_qdisc, QdiscCollector};
 use hvflight::collect::{CollectError, Collector, Context};
 use hvflight::events::rtnetlink::events_from_datagram;
 use hvflight::lab::{self, Lab, LabConfig};
@@ -602,6 +602,54 @@ fn lab_counters_fdb_and_qdiscs_from_the_collectors_in_process_needs_root() {
         n.gc_thresh.is_none(),
         "gc_thresh is global: absent in a child namespace"
     );
+
+    // The agent hands each sample back to the collectors once nobody needs
+    // it, and they fill the next one in its allocations: the qdiscs come
+    // out the same, nothing left of what the recycled entries held (here
+    // shuffled, and one more than the dump has).
+    let (first, second) = in_ns(&lab.hv_ns, || {
+        let mut cs = netlink_collectors(10_000);
+        let (first, _) = collect_all(&mut cs, &Context::default());
+        let mut old = first.clone();
+        let q = old.qdiscs.as_mut().unwrap();
+        q.reverse();
+        q.push(q[0].clone());
+        for c in cs.iter_mut() {
+            c.recycle(&mut old);
+        }
+        let (second, failures) = collect_all(&mut cs, &Context::default());
+        assert!(failures.is_empty(), "{failures:?}");
+        (first, second)
+    });
+    let id = |s: &Sample| -> Vec<_> {
+        s.qdiscs
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|q| {
+                (
+                    q.ifindex,
+                    q.dev.clone(),
+                    q.kind.clone(),
+                    q.handle.clone(),
+                    q.parent.clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(id(&second), id(&first));
+    for (a, b) in first
+        .qdiscs
+        .as_ref()
+        .unwrap()
+        .iter()
+        .zip(second.qdiscs.as_ref().unwrap())
+    {
+        assert!(
+            b.packets >= a.packets && b.bytes >= a.bytes,
+            "{a:?} -> {b:?}"
+        );
+    }
 }
 
 #[test]
@@ -1254,4 +1302,21 @@ fn qdisc_payloads_decoded_in_part_give_the_same_qdiscs() {
     );
     assert_eq!(part, full);
     assert_eq!(parse_qdisc_payload(&[0; 8]), None, "shorter than a tcmsg");
+
+    // Filled in place (what the collector does with a recycled sample's
+    // qdiscs): the same, whatever each entry held before, here the dump's
+    // qdiscs in reverse order, so every string and counter is overwritten.
+    let fx: rustc_hash::FxHashMap<u32, &str> =
+        names.iter().map(|(&i, n)| (i, n.as_str())).collect();
+    let mut reused: Vec<_> = full.iter().rev().cloned().collect();
+    let payloads: Vec<_> = frames(&buf)
+        .into_iter()
+        .filter(|(ty, _)| *ty == 36)
+        .collect();
+    for ((_, p), q) in payloads.iter().zip(reused.iter_mut()) {
+        assert!(fill_qdisc(p, &fx, q));
+    }
+    assert_eq!(reused, full);
+    let mut q = full[0].clone();
+    assert!(!fill_qdisc(&[0; 8], &fx, &mut q), "shorter than a tcmsg");
 }

@@ -8,10 +8,10 @@
 //! a range read decodes the keyframe before it and then only the records in
 //! the range.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use integer_encoding::VarInt;
+use rustc_hash::FxHashMap;
 
 use super::rows::{
     self, get_varint, get_zigzag, put_varint, put_zigzag, RowBuf, RowsView, ShapeInfo, Splitter,
@@ -46,7 +46,9 @@ pub struct Keyframe {
     /// the shapes are ~1 MiB, and two copies of them were the largest
     /// block of the writer's memory.
     shapes: Vec<Arc<[u8]>>,
-    dict: HashMap<Arc<[u8]>, u32>,
+    /// Fx hashing: the keys are our own shapes (no untrusted input), up to
+    /// ~0.5 KB each, where SipHash cost as much as the comparison.
+    dict: FxHashMap<Arc<[u8]>, u32>,
     ids: Vec<u32>,
     num_off: Vec<u32>,
     nums: Vec<u64>,
@@ -128,19 +130,30 @@ impl TableEncoder {
         let rows = self.split.split(value)?;
         // Shape ids: the keyframe's row at the same place first (the common
         // case: nothing changed), then its dictionary, then new shapes.
-        let mut extra: HashMap<&[u8], u32> = HashMap::new();
+        let mut extra: FxHashMap<&[u8], u32> = FxHashMap::default();
         let mut extra_list: Vec<&[u8]> = Vec::new();
         self.ids.clear();
         let mut as_keyframe = keyframe || self.kf.is_none();
         if !as_keyframe {
             let kf = self.kf.as_deref().expect("keyframe");
             let base = kf.shapes.len() as u32;
+            // Rows since the keyframe moved by `shift` places (an FDB entry
+            // or a link came or went before them): the guess for row i is
+            // the keyframe's row i + shift, so one insertion costs one
+            // dictionary lookup, not one for every row after it.
+            let mut shift: isize = 0;
             for (i, r) in rows.iter().enumerate() {
-                let guess = kf.ids.get(i).copied();
+                let guess = usize::try_from(i as isize + shift)
+                    .ok()
+                    .and_then(|at| kf.ids.get(at))
+                    .copied();
                 let id = match guess {
                     Some(g) if *kf.shapes[g as usize] == *r.shape => g,
                     _ => match kf.dict.get(r.shape.as_slice()) {
-                        Some(&id) => id,
+                        Some(&id) => {
+                            shift = kf.first_occ[id as usize] as isize - i as isize;
+                            id
+                        }
                         None => *extra.entry(r.shape.as_slice()).or_insert_with(|| {
                             extra_list.push(r.shape.as_slice());
                             base + extra_list.len() as u32 - 1

@@ -8,14 +8,18 @@
 # Builds the bench's lab (N=500 by default: N veth vNICs on one bridge, N/2
 # test-driver domains of two vNICs, a tenth pinging), then runs each binary
 # under `valgrind --tool=callgrind` as `hvflight run --count C` for C1 and
-# C2 samples (3 and 13) and prints (total(C2) - total(C1)) / (C2 - C1):
-# start-up cancels out. All threads are counted (the libvirt test driver's
+# C2 samples (25 and 35) and prints (total(C2) - total(C1)) / (C2 - C1):
+# start-up cancels out. Not fewer: under valgrind the test driver's connect
+# (parsing the node file, ~0.9 G instructions) takes so long that with C1=3
+# the first full libvirt snapshot (250 domains' XML) falls between C1 and C2
+# and adds ~14 M per sample (3/13 gave 46.9 M, 5/15 41.7, 25/35 32.8 for one
+# binary); from 25 on the window holds only steady samples. All threads are counted (the libvirt test driver's
 # in-process work too); kernel time is not. The callgrind files stay in
 # OUT (default target/prof) for callgrind_annotate. Clean-up (lab) also on
 # failure.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 BIN [BIN...]" >&2; exit 2; }
-N=${N:-500}; C1=${C1:-3}; C2=${C2:-13}
+N=${N:-500}; C1=${C1:-25}; C2=${C2:-35}
 OUT=${OUT:-target/prof}
 mkdir -p "$OUT"
 command -v valgrind > /dev/null || { echo "callgrind.sh: valgrind missing (tests/tools/install-deps.sh installs it)" >&2; exit 1; }

@@ -37,16 +37,16 @@ PIDS="$ap $PIDS"
 sleep "$WARMUP_S"
 kill -0 "$ap" 2>/dev/null || { echo "prof: the agent exited:" >&2; cat "$W/agent.err" >&2; exit 1; }
 snap() { for t in /proc/$ap/task/*; do echo "$(basename "$t") $(tr ' ' _ < "$t/comm") $(ticks "$t/stat")"; done | sort; }
-snap > "$W/t0"; c0=$(ticks "/proc/$ap/stat"); t0=$(date +%s.%N)
+snap > "$W/t0"; c0=$(ticks "/proc/$ap/stat"); read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$ap/stat"); t0=$(date +%s.%N)
 if [ "$PERF" = perf ]; then
   perf record -e cpu-clock -F "${FREQ:-999}" --call-graph dwarf,16384 -p "$ap" -o "$PERFDATA" -- sleep "$SECS" > /dev/null 2>&1
 else
   sleep "$SECS"
 fi
-c1=$(ticks "/proc/$ap/stat"); t1=$(date +%s.%N); snap > "$W/t1"
+c1=$(ticks "/proc/$ap/stat"); read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$ap/stat"); t1=$(date +%s.%N); snap > "$W/t1"
 hz=$(getconf CLK_TCK)
 secs=$(python3 -c "print(round($t1 - $t0, 1))")
-echo "N=$N over ${secs}s: $(python3 -c "print(round(($c1 - $c0) * 1000 / $hz / ($t1 - $t0), 2))") ms/s (utime+stime, all threads)"
+echo "N=$N over ${secs}s: $(python3 -c "print(round(($c1 - $c0) * 1000 / $hz / ($t1 - $t0), 2))") ms/s (utime+stime, all threads; user $(python3 -c "print(round(($u1 - $u0) * 1000 / $hz / ($t1 - $t0), 2))"), kernel $(python3 -c "print(round(($s1 - $s0) * 1000 / $hz / ($t1 - $t0), 2))"))"
 join "$W/t0" "$W/t1" | awk -v s="$secs" -v hz="$hz" '{d=$5-$3; if (d>0) printf "  %-18s %.2f ms/s\n", $2, d*1000/hz/s}'
 grep -E 'VmHWM|VmRSS|RssAnon|RssFile' "/proc/$ap/status" | tr -s ' \t' ' ' | sed 's/^/  /'
 [ "$PERF" = perf ] && echo "perf data: $PERFDATA (perf report -i $PERFDATA --no-children)"
