@@ -186,7 +186,10 @@ pub fn fill_qdisc(payload: &[u8], names: &FxHashMap<u32, &str>, q: &mut Qdisc) -
 /// Decodes one RTM_NEWQDISC payload, but only the attributes a sample keeps
 /// (TCA_KIND, TCA_STATS, TCA_STATS2): each qdisc's options and extended
 /// stats are decoded by the crate into vectors of their own, which at 500
-/// vNICs cost more than the rest of the message.
+/// vNICs cost more than the rest of the message. The collector no longer
+/// builds messages (`fill_qdisc`); this stays as the crate-shaped decode
+/// `fill_qdisc` is checked against (tests/netlink.rs) and for callers that
+/// want a `TcMessage`.
 pub fn parse_qdisc_payload(payload: &[u8]) -> Option<TcMessage> {
     use netlink_packet_core::{NlasIterator, ParseableParametrized};
     use netlink_packet_route::tc::TcHeader;

@@ -46,8 +46,8 @@ pub struct Keyframe {
     /// the shapes are ~1 MiB, and two copies of them were the largest
     /// block of the writer's memory.
     shapes: Vec<Arc<[u8]>>,
-    /// Fx hashing: the keys are our own shapes (no untrusted input), up to
-    /// ~0.5 KB each, where SipHash cost as much as the comparison.
+    /// Fx hashing: the keys are our own shapes (no untrusted input, so no
+    /// need for SipHash's flooding resistance), up to ~0.5 KB each.
     dict: FxHashMap<Arc<[u8]>, u32>,
     ids: Vec<u32>,
     num_off: Vec<u32>,
