@@ -157,7 +157,7 @@ fn host_capture_values_match_the_files() {
     assert_eq!(c.stats.len(), 17, "{:?}", c.stats.keys());
     assert!(c.stats.contains_key("insert_failed") && c.stats.contains_key("early_drop"));
 
-    let m = collect(&mut SnmpCollector, &ctx)
+    let m = collect(&mut SnmpCollector::new(), &ctx)
         .unwrap()
         .snmp
         .unwrap()
@@ -297,12 +297,57 @@ fn in_a_child_namespace_root_only_files_are_none_not_failures() {
         "6.18 shows the global max read-only in a namespace"
     );
 
-    let m = collect(&mut SnmpCollector, &ctx)
+    let m = collect(&mut SnmpCollector::new(), &ctx)
         .unwrap()
         .snmp
         .unwrap()
         .counters;
     assert!(m["Icmp.OutEchos"] >= 3, "the namespace's own counters");
+}
+
+/// The snmp collector keeps last read's keys and fills a recycled sample's
+/// map in place: whatever it is handed back (the sample before, an older
+/// one with other keys, none), each read gives what a new collector gives.
+#[test]
+fn snmp_counters_recycled_in_place_match_a_fresh_read() {
+    let f = FakeProc::host();
+    let ctx = f.ctx();
+    let fresh = |ctx: &Context| {
+        collect(&mut SnmpCollector::new(), ctx)
+            .unwrap()
+            .snmp
+            .unwrap()
+            .counters
+    };
+    let mut c = SnmpCollector::new();
+    let mut read = |old: Option<Sample>| {
+        if let Some(mut old) = old {
+            c.recycle(&mut old);
+        }
+        collect(&mut c, &ctx).unwrap()
+    };
+    let s1 = read(None);
+    assert_eq!(s1.snmp.as_ref().unwrap().counters, fresh(&ctx));
+    // Values move: the recycled map is overwritten.
+    let snmp = std::fs::read_to_string(f.path("net/snmp")).unwrap();
+    let moved = snmp.replacen("Ip: 2 64 ", "Ip: 1 64 ", 1);
+    assert_ne!(
+        moved, snmp,
+        "the fixture's Ip line starts with Forwarding 2, DefaultTTL 64"
+    );
+    std::fs::write(f.path("net/snmp"), &moved).unwrap();
+    let s2 = read(Some(s1.clone()));
+    assert_eq!(s2.snmp.as_ref().unwrap().counters, fresh(&ctx));
+    assert_eq!(s2.snmp.as_ref().unwrap().counters["Ip.Forwarding"], 1);
+    // The names change (IPv6 gone): a new map, and then handed the old
+    // sample whose map has the IPv6 keys, it is not reused for them.
+    f.remove("net/snmp6");
+    let s3 = read(Some(s2));
+    assert_eq!(s3.snmp.as_ref().unwrap().counters, fresh(&ctx));
+    let s4 = read(Some(s1));
+    let m = &s4.snmp.as_ref().unwrap().counters;
+    assert_eq!(*m, fresh(&ctx));
+    assert!(!m.keys().any(|k| k.starts_with("Ip6.")));
 }
 
 #[test]
@@ -331,7 +376,7 @@ fn absent_optional_files_leave_fields_empty() {
         .unwrap();
     assert_eq!((c.count, c.max, c.buckets), (None, None, None));
     assert!(c.stats.is_empty());
-    let m = collect(&mut SnmpCollector, &ctx)
+    let m = collect(&mut SnmpCollector::new(), &ctx)
         .unwrap()
         .snmp
         .unwrap()

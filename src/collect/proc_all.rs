@@ -27,7 +27,7 @@ pub fn proc_collectors_where(on: impl Fn(&str) -> bool) -> Vec<Box<dyn Collector
         v.push(match name {
             "conntrack" => Box::new(ConntrackCollector),
             "softnet" => Box::new(SoftnetCollector),
-            "snmp" => Box::new(SnmpCollector),
+            "snmp" => Box::new(SnmpCollector::new()),
             "system" => Box::new(SystemCollector),
             _ => Box::new(NetfilterCollector::new()),
         });

@@ -5,11 +5,77 @@
 use std::collections::BTreeMap;
 
 use super::{CollectError, Collector, Context};
-use crate::kernel::snmp::{parse_paired, parse_snmp6};
+use crate::kernel::snmp::{parse_paired_with, parse_snmp6_with};
 use crate::sample::{Sample, Snmp};
 use crate::source::procfs;
 
-pub struct SnmpCollector;
+/// The ~400 counters' keys are the same every second: the collector keeps
+/// them (in file order) and the map of a recycled sample, and overwrites
+/// its values in place; a key string and a map are built only when the
+/// files' names change (a kernel upgrade, IPv6 switched on or off).
+#[derive(Default)]
+pub struct SnmpCollector {
+    /// "Section.Field" in the order the files list them, from the last read.
+    keys: Vec<String>,
+    /// This read's values, in the order of `keys`.
+    vals: Vec<i64>,
+    /// For the map's entries in key order, the index into `keys`/`vals`
+    /// (empty when the files name a counter twice: then no map is reused).
+    order: Vec<usize>,
+    /// A recycled sample's map.
+    spare: Option<BTreeMap<String, i64>>,
+    text: String,
+}
+
+/// Whether `k` is the key of (section, name).
+fn is_key(k: &str, section: Option<&str>, name: &str) -> bool {
+    match section {
+        None => k == name,
+        Some(s) => {
+            k.len() == s.len() + 1 + name.len()
+                && k.starts_with(s)
+                && k.as_bytes()[s.len()] == b'.'
+                && k.ends_with(name)
+        }
+    }
+}
+
+impl SnmpCollector {
+    pub fn new() -> Self {
+        SnmpCollector::default()
+    }
+
+    /// The map of this read's counters: the recycled one with its values
+    /// overwritten when it holds exactly these keys, a new one otherwise.
+    fn map(&mut self) -> BTreeMap<String, i64> {
+        if let Some(mut m) = self.spare.take() {
+            // `order` is from the read that built the map: stale once the
+            // names changed, then it no longer matches `keys` in length.
+            let same = !self.order.is_empty()
+                && self.order.len() == self.keys.len()
+                && m.len() == self.order.len()
+                && m.keys().zip(&self.order).all(|(k, &i)| *k == self.keys[i]);
+            if same {
+                for (v, &i) in m.values_mut().zip(&self.order) {
+                    *v = self.vals[i];
+                }
+                return m;
+            }
+        }
+        let m: BTreeMap<String, i64> = self
+            .keys
+            .iter()
+            .cloned()
+            .zip(self.vals.iter().copied())
+            .collect();
+        self.order.clear();
+        if m.len() == self.keys.len() {
+            self.order.extend(0..self.keys.len());
+            self.order.sort_by(|&a, &b| self.keys[a].cmp(&self.keys[b]));
+        }
+        m
+    }
+}
 
 impl Collector for SnmpCollector {
     fn name(&self) -> &'static str {
@@ -18,19 +84,45 @@ impl Collector for SnmpCollector {
 
     fn collect(&mut self, ctx: &Context, sample: &mut Sample) -> Result<(), CollectError> {
         let root = &ctx.proc_root;
-        let mut counters: Vec<(String, i64)> = Vec::with_capacity(512);
-        let mut text = String::with_capacity(8192);
+        let (keys, vals) = (&mut self.keys, &mut self.vals);
+        vals.clear();
+        let mut put = |section: Option<&str>, name: &str, v: i64| {
+            let i = vals.len();
+            match keys.get_mut(i) {
+                Some(k) if is_key(k, section, name) => {}
+                slot => {
+                    let k = match section {
+                        Some(s) => format!("{s}.{name}"),
+                        None => name.to_string(),
+                    };
+                    match slot {
+                        Some(old) => *old = k,
+                        None => keys.push(k),
+                    }
+                }
+            }
+            vals.push(v);
+        };
+        let text = &mut self.text;
         for rel in ["net/snmp", "net/netstat"] {
-            procfs::read_required_into(root, rel, &mut text)?;
-            parse_paired(&text, &mut counters).map_err(|e| procfs::parse_err(root, rel, e))?;
+            procfs::read_required_into(root, rel, text)?;
+            parse_paired_with(text, &mut put).map_err(|e| procfs::parse_err(root, rel, e))?;
         }
-        if procfs::read_into(root, "net/snmp6", &mut text)? {
-            parse_snmp6(&text, &mut counters)
+        if procfs::read_into(root, "net/snmp6", text)? {
+            parse_snmp6_with(text, &mut put)
                 .map_err(|e| procfs::parse_err(root, "net/snmp6", e))?;
         }
+        let n = vals.len();
+        keys.truncate(n);
         sample.snmp = Some(Snmp {
-            counters: BTreeMap::from_iter(counters),
+            counters: self.map(),
         });
         Ok(())
+    }
+
+    fn recycle(&mut self, old: &mut Sample) {
+        if let Some(s) = old.snmp.take() {
+            self.spare = Some(s.counters);
+        }
     }
 }

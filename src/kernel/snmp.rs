@@ -25,6 +25,18 @@ fn key(section: &str, field: &str) -> String {
 ///
 /// snmp / netstat format, added to `out`. Values are signed: Tcp.MaxConn is -1.
 pub fn parse_paired(text: &str, out: &mut impl Extend<(String, i64)>) -> Result<(), LineError> {
+    parse_paired_with(text, &mut |section, name, v| {
+        out.extend([(key(section.unwrap_or_default(), name), v)])
+    })
+}
+
+/// `parse_paired` handing each counter to `out` as (section, name, value),
+/// no key built: the snmp collector keeps last sample's keys and builds one
+/// only when it differs.
+pub fn parse_paired_with(
+    text: &str,
+    out: &mut impl FnMut(Option<&str>, &str, i64),
+) -> Result<(), LineError> {
     // (line number, section, names) of a names line waiting for its values.
     let mut pending: Option<(usize, &str, &str)> = None;
     let mut last = 0;
@@ -55,7 +67,7 @@ pub fn parse_paired(text: &str, out: &mut impl Extend<(String, i64)>) -> Result<
                     let v: i64 = v
                         .parse()
                         .map_err(|e| LineError::new(n, format!("{section}.{name}: {v:?}: {e}")))?;
-                    out.extend([(key(section, name), v)]);
+                    out(Some(section), name, v);
                 }
                 (Some(name), None) => {
                     return Err(LineError::new(n, format!("{section}: no value for {name}")))
@@ -87,6 +99,21 @@ const SNMP6_SECTIONS: [&str; 4] = ["UdpLite6", "Icmp6", "Udp6", "Ip6"];
 /// snmp6 format, added to `out`: "Ip6InReceives  123" → "Ip6.InReceives".
 /// A name with an unknown prefix is kept whole.
 pub fn parse_snmp6(text: &str, out: &mut impl Extend<(String, i64)>) -> Result<(), LineError> {
+    parse_snmp6_with(text, &mut |section, name, v| {
+        let k = match section {
+            Some(p) => key(p, name),
+            None => name.to_string(),
+        };
+        out.extend([(k, v)])
+    })
+}
+
+/// `parse_snmp6` handing each counter to `out` as (section, name, value);
+/// the section is None for a name with an unknown prefix (kept whole).
+pub fn parse_snmp6_with(
+    text: &str,
+    out: &mut impl FnMut(Option<&str>, &str, i64),
+) -> Result<(), LineError> {
     let mut last = 0;
     for (i, l) in text.lines().enumerate() {
         last = i + 1;
@@ -100,14 +127,13 @@ pub fn parse_snmp6(text: &str, out: &mut impl Extend<(String, i64)>) -> Result<(
         let v: i64 = v
             .parse()
             .map_err(|e| LineError::new(i + 1, format!("{k}: {v:?}: {e}")))?;
-        let key = match SNMP6_SECTIONS
+        match SNMP6_SECTIONS
             .iter()
             .find(|p| k.len() > p.len() && k.starts_with(**p))
         {
-            Some(p) => key(p, &k[p.len()..]),
-            None => k.to_string(),
-        };
-        out.extend([(key, v)]);
+            Some(p) => out(Some(p), &k[p.len()..], v),
+            None => out(None, k, v),
+        }
     }
     if !text.is_empty() && !text.ends_with('\n') {
         return Err(LineError::new(last, "no final newline: truncated read"));
