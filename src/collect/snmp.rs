@@ -11,8 +11,9 @@ use crate::source::procfs;
 
 /// The ~400 counters' keys are the same every second: the collector keeps
 /// them (in file order) and the map of a recycled sample, and overwrites
-/// its values in place; a key string and a map are built only when the
-/// files' names change (a kernel upgrade, IPv6 switched on or off).
+/// its values in place: a key string is built only when the files' names
+/// change (a kernel upgrade, IPv6 switched on or off), a map only when no
+/// recycled one holds exactly this read's keys.
 #[derive(Default)]
 pub struct SnmpCollector {
     /// "Section.Field" in the order the files list them, from the last read.
@@ -24,6 +25,7 @@ pub struct SnmpCollector {
     order: Vec<usize>,
     /// A recycled sample's map.
     spare: Option<BTreeMap<String, i64>>,
+    /// The files' text, its buffer kept between reads.
     text: String,
 }
 
