@@ -22,7 +22,7 @@ use hvflight::collect::links::{
     parse_link, parse_link_payload, port_vlans, sections, LinksCollector,
 };
 use hvflight::collect::neigh::{FamilyCount, NeighCollector};
-use hvflight::collect::qdisc::{fill_qdisc, parse_qdisc, QdiscCollector};
+use hvflight::collect::qdisc::{fill_qdisc, QdiscCollector};
 use hvflight::collect::{CollectError, Collector, Context};
 use hvflight::events::rtnetlink::events_from_datagram;
 use hvflight::lab::{self, Lab, LabConfig};
@@ -287,6 +287,54 @@ fn neighbour_dumps_are_counted_by_family_state_and_device() {
     let mut short = FamilyCount::default();
     short.add_payload(&[2, 0, 0]);
     assert_eq!((short.undecodable, short.total), (1, 0));
+}
+
+/// A qdisc from the crate's full decode of its message: the reference the
+/// collector's partial, in-place decode (`fill_qdisc`) is checked against.
+fn parse_qdisc(
+    m: &netlink_packet_route::tc::TcMessage,
+    names: &HashMap<u32, String>,
+) -> hvflight::sample::Qdisc {
+    use netlink_packet_route::tc::{TcAttribute, TcHandle, TcStats2};
+    let handle = |h: &TcHandle| match (h.major, h.minor) {
+        (0xffff, 0xffff) => "root".to_string(),
+        (a, b) => format!("{a:x}:{b:x}"),
+    };
+    let ifindex = m.header.index as u32;
+    let mut q = hvflight::sample::Qdisc {
+        ifindex,
+        dev: names.get(&ifindex).cloned().unwrap_or_default(),
+        handle: handle(&m.header.handle),
+        parent: handle(&m.header.parent),
+        ..Default::default()
+    };
+    let mut have_stats2 = false;
+    for a in &m.attributes {
+        match a {
+            TcAttribute::Kind(k) => q.kind = k.clone(),
+            TcAttribute::Stats2(s) => {
+                have_stats2 = true;
+                for st in s {
+                    match st {
+                        TcStats2::Basic(b) => (q.bytes, q.packets) = (b.bytes, b.packets as u64),
+                        TcStats2::Queue(qu) => {
+                            (q.drops, q.overlimits, q.requeues) =
+                                (qu.drops as u64, qu.overlimits as u64, qu.requeues as u64);
+                            (q.backlog_bytes, q.qlen) = (qu.backlog as u64, qu.qlen as u64);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            TcAttribute::Stats(s) if !have_stats2 => {
+                (q.bytes, q.packets, q.drops) = (s.bytes, s.packets as u64, s.drops as u64);
+                (q.overlimits, q.backlog_bytes, q.qlen) =
+                    (s.overlimits as u64, s.backlog as u64, s.qlen as u64);
+            }
+            _ => {}
+        }
+    }
+    q
 }
 
 /// The recorded qdisc dump, every message decoded in full.
@@ -1282,41 +1330,35 @@ fn bridge_refreshes_read_only_the_bridges_and_match_full_dumps_needs_root() {
     assert!(br.bridge_id.is_some() && br.stp_state == Some(0));
 }
 
-/// The qdisc collector decodes only kind and stats of each message: on the
-/// recorded dump that gives exactly what decoding everything gives.
+/// The qdisc collector decodes only kind and stats of each message, in
+/// place (what it does with a recycled sample's qdiscs): on the recorded
+/// dump that gives exactly what decoding everything gives, into new
+/// entries and into entries that held other qdiscs (the dump's qdiscs in
+/// reverse order, so every string and counter is overwritten).
 #[test]
 fn qdisc_payloads_decoded_in_part_give_the_same_qdiscs() {
-    use hvflight::collect::qdisc::parse_qdisc_payload;
     let names = fixture_names();
     let buf = fixture("dump-qdisc.bin");
     let full = fixture_qdiscs(&names);
-    let part: Vec<_> = frames(&buf)
-        .into_iter()
-        .filter(|(ty, _)| *ty == 36)
-        .map(|(_, p)| parse_qdisc(&parse_qdisc_payload(p).unwrap(), &names))
-        .collect();
     assert!(!full.is_empty());
     assert!(
         full.iter().any(|q| q.packets > 0),
         "the fixture has counters"
     );
-    assert_eq!(part, full);
-    assert_eq!(parse_qdisc_payload(&[0; 8]), None, "shorter than a tcmsg");
-
-    // Filled in place (what the collector does with a recycled sample's
-    // qdiscs): the same, whatever each entry held before, here the dump's
-    // qdiscs in reverse order, so every string and counter is overwritten.
     let fx: rustc_hash::FxHashMap<u32, &str> =
         names.iter().map(|(&i, n)| (i, n.as_str())).collect();
-    let mut reused: Vec<_> = full.iter().rev().cloned().collect();
     let payloads: Vec<_> = frames(&buf)
         .into_iter()
         .filter(|(ty, _)| *ty == 36)
         .collect();
-    for ((_, p), q) in payloads.iter().zip(reused.iter_mut()) {
-        assert!(fill_qdisc(p, &fx, q));
-    }
-    assert_eq!(reused, full);
+    let fill = |mut into: Vec<hvflight::sample::Qdisc>| {
+        for ((_, p), q) in payloads.iter().zip(into.iter_mut()) {
+            assert!(fill_qdisc(p, &fx, q));
+        }
+        into
+    };
+    assert_eq!(fill(vec![Default::default(); payloads.len()]), full);
+    assert_eq!(fill(full.iter().rev().cloned().collect()), full);
     let mut q = full[0].clone();
     assert!(!fill_qdisc(&[0; 8], &fx, &mut q), "shorter than a tcmsg");
 }

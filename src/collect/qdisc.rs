@@ -1,11 +1,8 @@
 //! Qdisc statistics (what `tc -s qdisc` prints) from one RTM_GETQDISC dump.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use netlink_packet_route::tc::{
-    TcAttribute, TcHandle, TcMessage, TcStats, TcStats2, TcStatsBasic, TcStatsQueue,
-};
+use netlink_packet_route::tc::{TcHandle, TcMessage, TcStats, TcStatsBasic, TcStatsQueue};
 use netlink_packet_route::RouteNetlinkMessage;
 use rustc_hash::FxHashMap;
 
@@ -32,62 +29,6 @@ impl QdiscCollector {
     }
 }
 
-fn handle(h: &TcHandle) -> String {
-    if h.major == 0xffff && h.minor == 0xffff {
-        return "root".into();
-    }
-    format!("{:x}:{:x}", h.major, h.minor)
-}
-
-pub fn parse_qdisc<S: AsRef<str>>(m: &TcMessage, names: &HashMap<u32, S>) -> Qdisc {
-    let ifindex = m.header.index as u32;
-    let mut q = Qdisc {
-        ifindex,
-        dev: names
-            .get(&ifindex)
-            .map(|n| n.as_ref().to_string())
-            .unwrap_or_default(),
-        handle: handle(&m.header.handle),
-        parent: handle(&m.header.parent),
-        ..Default::default()
-    };
-    let mut have_stats2 = false;
-    for a in &m.attributes {
-        match a {
-            TcAttribute::Kind(k) => q.kind = k.clone(),
-            TcAttribute::Stats2(s) => {
-                have_stats2 = true;
-                for st in s {
-                    match st {
-                        TcStats2::Basic(b) => {
-                            q.bytes = b.bytes;
-                            q.packets = b.packets as u64;
-                        }
-                        TcStats2::Queue(qu) => {
-                            q.drops = qu.drops as u64;
-                            q.overlimits = qu.overlimits as u64;
-                            q.requeues = qu.requeues as u64;
-                            q.backlog_bytes = qu.backlog as u64;
-                            q.qlen = qu.qlen as u64;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            TcAttribute::Stats(s) if !have_stats2 => {
-                q.bytes = s.bytes;
-                q.packets = s.packets as u64;
-                q.drops = s.drops as u64;
-                q.overlimits = s.overlimits as u64;
-                q.backlog_bytes = s.backlog as u64;
-                q.qlen = s.qlen as u64;
-            }
-            _ => {}
-        }
-    }
-    q
-}
-
 /// `handle` into `out`, reusing its buffer.
 fn write_handle(h: &TcHandle, out: &mut String) {
     use std::fmt::Write;
@@ -100,12 +41,14 @@ fn write_handle(h: &TcHandle, out: &mut String) {
 }
 
 /// Fills `q` from one RTM_NEWQDISC payload in place, its strings reused:
-/// what `parse_qdisc(&parse_qdisc_payload(p))` gives, without building the
-/// crate's message (a vector of attributes, one of TCA_STATS2's parts and a
-/// string for the kind per qdisc, 500 of each per second at 500 vNICs). The
+/// only the header, TCA_KIND, TCA_STATS and TCA_STATS2 are read, and not
+/// through the crate's `TcMessage` (a vector of attributes, one of
+/// TCA_STATS2's parts, the kind as a string, and each qdisc's options and
+/// extended stats decoded: per qdisc, 500 per second at 500 vNICs). The
 /// attributes are walked here, but each one is decoded by the crate's own
-/// parsers (`TcStatsBasic`, `TcStatsQueue`, `TcStats`). False for a
-/// payload shorter than a tcmsg (`q` is then unspecified).
+/// parsers (`TcStatsBasic`, `TcStatsQueue`, `TcStats`); tests/netlink.rs
+/// checks the result against the crate's full decode. False for a payload
+/// shorter than a tcmsg (`q` is then unspecified).
 pub fn fill_qdisc(payload: &[u8], names: &FxHashMap<u32, &str>, q: &mut Qdisc) -> bool {
     use netlink_packet_core::NlasIterator;
     use netlink_packet_route::tc::TcHeader;
@@ -181,41 +124,6 @@ pub fn fill_qdisc(payload: &[u8], names: &FxHashMap<u32, &str>, q: &mut Qdisc) -
         }
     }
     true
-}
-
-/// Decodes one RTM_NEWQDISC payload, but only the attributes a sample keeps
-/// (TCA_KIND, TCA_STATS, TCA_STATS2): each qdisc's options and extended
-/// stats are decoded by the crate into vectors of their own, which at 500
-/// vNICs cost more than the rest of the message. The collector no longer
-/// builds messages (`fill_qdisc`); this stays as the crate-shaped decode
-/// `fill_qdisc` is checked against (tests/netlink.rs) and for callers that
-/// want a `TcMessage`.
-pub fn parse_qdisc_payload(payload: &[u8]) -> Option<TcMessage> {
-    use netlink_packet_core::{NlasIterator, ParseableParametrized};
-    use netlink_packet_route::tc::TcHeader;
-    const TCA_KIND: u16 = 1;
-    const TCA_STATS: u16 = 3;
-    const TCA_STATS2: u16 = 7;
-    const TC_HEADER_LEN: usize = 20;
-    if payload.len() < TC_HEADER_LEN {
-        return None;
-    }
-    let mut m = TcMessage::default();
-    m.header = TcHeader::parse(payload).ok()?;
-    let mut kind = String::new();
-    for nla in NlasIterator::new(&payload[TC_HEADER_LEN..]) {
-        let Ok(nla) = nla else { break };
-        if ![TCA_KIND, TCA_STATS, TCA_STATS2].contains(&nla.kind()) {
-            continue;
-        }
-        if let Ok(a) = TcAttribute::parse_with_param(&nla, kind.as_str()) {
-            if let TcAttribute::Kind(k) = &a {
-                kind.clone_from(k);
-            }
-            m.attributes.push(a);
-        }
-    }
-    Some(m)
 }
 
 impl Collector for QdiscCollector {

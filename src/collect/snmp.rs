@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{CollectError, Collector, Context};
-use crate::kernel::snmp::{parse_paired_with, parse_snmp6_with};
+use crate::kernel::snmp::{is_key, key, parse_paired_with, parse_snmp6_with};
 use crate::sample::{Sample, Snmp};
 use crate::source::procfs;
 
@@ -27,19 +27,6 @@ pub struct SnmpCollector {
     spare: Option<BTreeMap<String, i64>>,
     /// The files' text, its buffer kept between reads.
     text: String,
-}
-
-/// Whether `k` is the key of (section, name).
-fn is_key(k: &str, section: Option<&str>, name: &str) -> bool {
-    match section {
-        None => k == name,
-        Some(s) => {
-            k.len() == s.len() + 1 + name.len()
-                && k.starts_with(s)
-                && k.as_bytes()[s.len()] == b'.'
-                && k.ends_with(name)
-        }
-    }
 }
 
 impl SnmpCollector {
@@ -92,16 +79,8 @@ impl Collector for SnmpCollector {
             let i = vals.len();
             match keys.get_mut(i) {
                 Some(k) if is_key(k, section, name) => {}
-                slot => {
-                    let k = match section {
-                        Some(s) => format!("{s}.{name}"),
-                        None => name.to_string(),
-                    };
-                    match slot {
-                        Some(old) => *old = k,
-                        None => keys.push(k),
-                    }
-                }
+                Some(old) => *old = key(section, name),
+                None => keys.push(key(section, name)),
             }
             vals.push(v);
         };

@@ -11,13 +11,30 @@
 
 use super::proc_error::LineError;
 
-/// "Section.Field", without format!'s machinery (this runs ~400 times a sample).
-fn key(section: &str, field: &str) -> String {
+/// "Section.Field" (the name alone without a section), without format!'s
+/// machinery (this runs ~400 times a sample when keys are rebuilt).
+pub(crate) fn key(section: Option<&str>, field: &str) -> String {
+    let Some(section) = section else {
+        return field.to_string();
+    };
     let mut k = String::with_capacity(section.len() + 1 + field.len());
     k.push_str(section);
     k.push('.');
     k.push_str(field);
     k
+}
+
+/// Whether `k` is `key(section, field)`, without building it.
+pub(crate) fn is_key(k: &str, section: Option<&str>, field: &str) -> bool {
+    match section {
+        None => k == field,
+        Some(s) => {
+            k.len() == s.len() + 1 + field.len()
+                && k.starts_with(s)
+                && k.as_bytes()[s.len()] == b'.'
+                && k.ends_with(field)
+        }
+    }
 }
 
 /// Counters go into anything extendable: a map, or a Vec that the caller
@@ -26,7 +43,7 @@ fn key(section: &str, field: &str) -> String {
 /// snmp / netstat format, added to `out`. Values are signed: Tcp.MaxConn is -1.
 pub fn parse_paired(text: &str, out: &mut impl Extend<(String, i64)>) -> Result<(), LineError> {
     parse_paired_with(text, &mut |section, name, v| {
-        out.extend([(key(section.unwrap_or_default(), name), v)])
+        out.extend([(key(section, name), v)])
     })
 }
 
@@ -100,11 +117,7 @@ const SNMP6_SECTIONS: [&str; 4] = ["UdpLite6", "Icmp6", "Udp6", "Ip6"];
 /// A name with an unknown prefix is kept whole.
 pub fn parse_snmp6(text: &str, out: &mut impl Extend<(String, i64)>) -> Result<(), LineError> {
     parse_snmp6_with(text, &mut |section, name, v| {
-        let k = match section {
-            Some(p) => key(p, name),
-            None => name.to_string(),
-        };
-        out.extend([(k, v)])
+        out.extend([(key(section, name), v)])
     })
 }
 
@@ -144,6 +157,26 @@ pub fn parse_snmp6_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The snmp collector keeps a key when `is_key` says it is the one it
+    /// would build: exactly `key`'s, near misses not.
+    #[test]
+    fn is_key_matches_exactly_what_key_builds() {
+        for (section, field) in [(Some("Ip"), "InReceives"), (None, "Ip6Odd")] {
+            assert!(is_key(&key(section, field), section, field));
+        }
+        assert_eq!(key(Some("Tcp"), "MaxConn"), "Tcp.MaxConn");
+        for k in [
+            "Ip.InReceive",
+            "Ip.InReceivesX",
+            "IpXInReceives",
+            "Ipx.InReceives",
+            "InReceives",
+        ] {
+            assert!(!is_key(k, Some("Ip"), "InReceives"), "{k}");
+        }
+        assert!(!is_key("Ip.InReceives", None, "InReceives"));
+    }
     use std::collections::BTreeMap;
 
     const SNMP: &str = include_str!("../../tests/fixtures/proc/host/net/snmp");
