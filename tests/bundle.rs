@@ -400,6 +400,41 @@ impl Drop for Tmpfs {
 }
 
 #[test]
+fn deep_state_spool_filling_its_disk_moves_to_memory_and_loses_nothing_needs_root() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success(),
+        "cannot mount a tmpfs for the disk-full test"
+    );
+    let _guard = Tmpfs(mnt.clone());
+    let mut deep = hvflight::bundle::writer::DeepState::spooled_in(&mnt);
+    let a = vec![b'a'; 700_000];
+    let b: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    deep.add("deep/a.txt", &a);
+    // The second does not fit into 1 MiB: written in part, then ENOSPC.
+    deep.add("deep/b.txt", &b);
+    deep.add("deep/c.txt", b"after");
+    for (f, want) in deep.files.iter().zip([&a[..], &b[..], b"after"]) {
+        let mut got = Vec::new();
+        deep.reader(f).read_to_end(&mut got).unwrap();
+        assert!(got == want, "{} differs after the spool filled up", f.name);
+    }
+    drop(deep);
+    // Its file went with it.
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+    let st = nix::sys::statvfs::statvfs(&mnt).unwrap();
+    assert_eq!(st.blocks_free(), st.blocks(), "the spool's blocks are not freed");
+}
+
+#[test]
 fn disk_full_leaves_no_bundle_under_its_name_and_retries_when_space_returns_needs_root() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");

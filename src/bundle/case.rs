@@ -84,10 +84,8 @@ mod tests {
             ts_unix_ns: 1_425_004_200_000_000_000,
             ..Default::default()
         };
-        let deep = DeepState {
-            files: vec![("deep/x.txt".into(), b"some deep state".to_vec())],
-            commands: Vec::new(),
-        };
+        let mut deep = DeepState::in_memory();
+        deep.add("deep/x.txt", b"some deep state");
         let p = writer::write(&cfg, &incident, &deep, None, incident.ts_unix_ns, true).unwrap();
         set_case(&p, "SR-4711").unwrap();
         let (m, problems) = verify::verify(&p).unwrap();

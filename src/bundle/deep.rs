@@ -177,6 +177,154 @@ pub fn physical_nics(sys_root: &Path) -> Vec<String> {
     out
 }
 
+/// Deep state captured once per incident (at its start) and reused by the
+/// complete bundle, minutes later. Its files wait in one spool file next to
+/// the bundles, not in memory: at 500 vNICs they are ~2.6 MiB (more with
+/// the vectors' spare room), held for the whole incident and on top of the
+/// bundle writer's own peak. The spool is an unlinked temporary file, so a
+/// crash leaves nothing behind; where none can be made (read-only or full
+/// filesystem) the files stay in memory, as before.
+#[derive(Debug, Default)]
+pub struct DeepState {
+    pub files: Vec<DeepFile>,
+    pub commands: Vec<CommandRun>,
+    spool: Spool,
+}
+
+/// One file of the deep state: where it is in the spool, its size and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeepFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    offset: u64,
+}
+
+#[derive(Debug, Default)]
+enum Spool {
+    #[default]
+    None,
+    File { f: std::fs::File, len: u64 },
+    Memory(Vec<u8>),
+}
+
+impl DeepState {
+    /// Spooled in `dir` (created if missing), else in memory.
+    pub fn spooled_in(dir: &Path) -> DeepState {
+        let f = std::fs::create_dir_all(dir).and_then(|_| tempfile::tempfile_in(dir));
+        let spool = match f {
+            Ok(f) => Spool::File { f, len: 0 },
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "deep state kept in memory: no spool file");
+                Spool::Memory(Vec::new())
+            }
+        };
+        DeepState {
+            spool,
+            ..Default::default()
+        }
+    }
+
+    /// Held in memory (tests, small states).
+    pub fn in_memory() -> DeepState {
+        DeepState {
+            spool: Spool::Memory(Vec::new()),
+            ..Default::default()
+        }
+    }
+
+    /// Adds a file. When the spool file cannot take it (disk full), the
+    /// spool moves to memory with everything in it: nothing is lost.
+    pub fn add(&mut self, name: impl Into<String>, data: &[u8]) {
+        let offset = match &mut self.spool {
+            Spool::None => {
+                self.spool = Spool::Memory(Vec::new());
+                0
+            }
+            Spool::File { f, len } => {
+                use std::io::Write;
+                match f.write_all(data) {
+                    Ok(()) => *len,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "deep state spool file full: kept in memory");
+                        let mut all = vec![0u8; *len as usize];
+                        if let Err(e) = read_exact_at(f, &mut all, 0) {
+                            tracing::error!(error = %e, "deep state spool unreadable; its earlier files are cut");
+                        }
+                        let at = *len;
+                        self.spool = Spool::Memory(all);
+                        at
+                    }
+                }
+            }
+            Spool::Memory(v) => v.len() as u64,
+        };
+        match &mut self.spool {
+            Spool::File { len, .. } => *len += data.len() as u64,
+            Spool::Memory(v) => v.extend_from_slice(data),
+            Spool::None => unreachable!("set above"),
+        }
+        self.files.push(DeepFile {
+            name: name.into(),
+            size: data.len() as u64,
+            sha256: super::writer::sha256_hex(data),
+            offset,
+        });
+    }
+
+    /// The bytes of all files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Reads one file's content.
+    pub fn reader<'a>(&'a self, file: &DeepFile) -> Box<dyn Read + 'a> {
+        match &self.spool {
+            Spool::File { f, .. } => Box::new(At {
+                f,
+                pos: file.offset,
+                end: file.offset + file.size,
+            }),
+            Spool::Memory(v) => {
+                Box::new(&v[file.offset as usize..(file.offset + file.size) as usize])
+            }
+            Spool::None => Box::new(std::io::empty()),
+        }
+    }
+}
+
+fn read_exact_at(f: &std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(buf, at)
+}
+
+/// A reader over a range of the spool file (pread: the file's own cursor,
+/// where the next file is appended, stays put).
+struct At<'a> {
+    f: &'a std::fs::File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.f.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "deep state spool file shorter than written",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +362,73 @@ mod tests {
         assert_eq!(out, b"out\n");
         assert_eq!(rec.exit_status, Some(3));
         assert_eq!(rec.stderr_tail, "oops");
+    }
+
+    fn content(d: &DeepState, f: &DeepFile) -> Vec<u8> {
+        let mut b = Vec::new();
+        d.reader(f).read_to_end(&mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn a_spooled_deep_state_reads_back_each_file_and_leaves_no_file_behind() {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("bundles");
+        let files: Vec<(String, Vec<u8>)> = (0..5)
+            .map(|i| (format!("deep/f{i}.txt"), vec![b'a' + i as u8; 70_000 * i + 1]))
+            .chain([("deep/empty.txt".to_string(), Vec::new())])
+            .collect();
+        for mut d in [DeepState::spooled_in(&spool_dir), DeepState::in_memory()] {
+            for (n, b) in &files {
+                d.add(n.clone(), b);
+            }
+            assert_eq!(d.files.len(), files.len());
+            assert_eq!(
+                d.bytes(),
+                files.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+            );
+            // Read out of order, twice: a read does not move the next file.
+            for f in d.files.iter().rev().chain(&d.files) {
+                let want = &files.iter().find(|(n, _)| *n == f.name).unwrap().1;
+                assert_eq!(&content(&d, f), want, "{}", f.name);
+                let hex: String = Sha256::digest(want)
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect();
+                assert_eq!(f.sha256, hex);
+            }
+            // Added after reads: appended, not written over the first.
+            d.add("deep/late.txt", b"late");
+            assert_eq!(content(&d, d.files.last().unwrap()), b"late");
+            assert_eq!(content(&d, &d.files[1]), files[1].1);
+        }
+        // The spool is unlinked: nothing in the directory, even while held.
+        let held = DeepState::spooled_in(&spool_dir);
+        assert!(matches!(held.spool, Spool::File { .. }));
+        assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn without_a_spool_file_the_deep_state_stays_in_memory() {
+        // A directory that cannot be made.
+        let mut d = DeepState::spooled_in(Path::new("/proc/hvflight-no-such-dir/bundles"));
+        assert!(matches!(d.spool, Spool::Memory(_)));
+        d.add("deep/x.txt", b"x");
+        assert_eq!(content(&d, &d.files[0]), b"x");
+        // A spool file that takes nothing (ENOSPC from the first byte).
+        let full = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut d = DeepState {
+            spool: Spool::File { f: full, len: 0 },
+            ..Default::default()
+        };
+        d.add("deep/y.txt", b"yy");
+        assert!(matches!(d.spool, Spool::Memory(_)));
+        assert_eq!(content(&d, &d.files[0]), b"yy");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub struct BundleStats {
 /// JSON lines, zstd's window) would otherwise stay in the agent's RSS until
 /// the next incident. Once per bundle; the sampler's own steady memory is
 /// reused each second anyway.
-fn release_freed_memory() {
+pub(super) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of malloc's arenas.
     unsafe {

@@ -78,19 +78,13 @@ fn io(path: &Path, source: std::io::Error) -> BundleError {
     }
 }
 
-/// Deep state captured once per incident (at its start) and reused by the
-/// complete bundle.
-#[derive(Clone, Debug, Default)]
-pub struct DeepState {
-    pub files: Vec<(String, Vec<u8>)>,
-    pub commands: Vec<CommandRun>,
-}
+pub use super::deep::{DeepFile, DeepState};
 
 /// Total deep-state bytes kept; the rest is cut (and marked).
 const MAX_DEEP_BYTES: usize = 64 << 20;
 
 pub fn capture_deep(cfg: &BundleConfig) -> DeepState {
-    let mut d = DeepState::default();
+    let mut d = DeepState::spooled_in(&cfg.dir);
     let mut total = 0usize;
     let nics = deep::physical_nics(&cfg.sys_root);
     for (name, argv) in deep::commands(&nics) {
@@ -100,13 +94,13 @@ pub fn capture_deep(cfg: &BundleConfig) -> DeepState {
             rec.truncated = true;
         }
         total += out.len();
-        d.files.push((format!("deep/{name}.txt"), out));
+        d.add(format!("deep/{name}.txt"), &out);
         d.commands.push(rec);
     }
     for rel in deep::PROC_FILES {
         let p = cfg.proc_root.join(rel);
         if let Ok(b) = std::fs::read(&p) {
-            d.files.push((format!("deep/proc/{rel}"), b));
+            d.add(format!("deep/proc/{rel}"), &b);
         }
     }
     // /proc/net/bonding/<bond> (the analyzer's F24) and the tail of
@@ -115,15 +109,17 @@ pub fn capture_deep(cfg: &BundleConfig) -> DeepState {
         for e in rd.flatten() {
             if let Ok(b) = std::fs::read(e.path()) {
                 let n = e.file_name().to_string_lossy().into_owned();
-                d.files.push((format!("deep/proc/net/bonding/{n}"), b));
+                d.add(format!("deep/proc/net/bonding/{n}"), &b);
             }
         }
     }
     if let Some(b) = tail(Path::new(OVS_LOG), 4 << 20) {
-        d.files.push(("deep/ovs-vswitchd.log".into(), b));
+        d.add("deep/ovs-vswitchd.log", &b);
     }
     let (xmls, rec) = libvirt_xml(&cfg.libvirt_uri, cfg.command_timeout);
-    d.files.extend(xmls);
+    for (n, b) in xmls {
+        d.add(n, &b);
+    }
     d.commands.push(rec);
     d
 }
@@ -221,7 +217,7 @@ pub fn libvirt_xml(uri: &str, timeout: Duration) -> (Vec<(String, Vec<u8>)>, Com
     (files, rec)
 }
 
-fn sha256_hex(b: &[u8]) -> String {
+pub(super) fn sha256_hex(b: &[u8]) -> String {
     let d = Sha256::digest(b);
     d.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -450,6 +446,10 @@ pub fn write(
     if let Some(e) = write_err {
         return Err(io(&hist_path, e));
     }
+    // The scan's decoded samples and read buffers (~4 MiB at 500 vNICs)
+    // are free now, in pieces zstd's one-block context cannot reuse: given
+    // back first, the bundle's peak is the larger of the two, not the sum.
+    super::worker::release_freed_memory();
     let mut store_warnings = report.warnings;
     hist.flush().map_err(|e| io(&hist_path, e))?;
     let Hashing {
@@ -472,7 +472,14 @@ pub fn write(
         "deep/drop_reasons.txt".to_string(),
         drop_summary.text(incident.ts_unix_ns).into_bytes(),
     )];
-    for (n, b) in deep.files.iter().chain(&generated) {
+    for f in &deep.files {
+        entries.push(Entry {
+            name: f.name.clone(),
+            size: f.size,
+            sha256: f.sha256.clone(),
+        });
+    }
+    for (n, b) in &generated {
         entries.push(Entry {
             name: n.clone(),
             size: b.len() as u64,
@@ -509,7 +516,7 @@ pub fn write(
 
     // Room for it? Estimate: the history compresses ~10x, deep state ~4x.
     let need = hist_size / 8
-        + deep.files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() / 3
+        + deep.bytes() / 3
         + pcap.map_or(0, |c| c.size / 2)
         + 65536;
     if let Some(free) = crate::store::writer::free_bytes(&cfg.dir) {
@@ -532,38 +539,39 @@ pub fn write(
         let f = std::fs::File::create(&tmp_path)?;
         let enc = zstd::Encoder::new(f, 3)?;
         let mut tar = tar::Builder::new(enc);
+        // Every entry: a regular file, owner-only, the incident's time.
         let add = |tar: &mut tar::Builder<zstd::Encoder<'static, std::fs::File>>,
                    path: &str,
-                   data: &[u8]|
+                   size: u64,
+                   data: &mut dyn std::io::Read|
          -> std::io::Result<()> {
             let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
+            h.set_size(size);
             h.set_mode(0o600);
             h.set_mtime((incident.ts_unix_ns / 1_000_000_000).max(0) as u64);
             h.set_cksum();
             tar.append_data(&mut h, path, data)
         };
-        add(&mut tar, "manifest.json", &manifest_json)?;
-        let mut h = tar::Header::new_gnu();
-        h.set_size(hist_size);
-        h.set_mode(0o600);
-        h.set_mtime((incident.ts_unix_ns / 1_000_000_000).max(0) as u64);
-        h.set_cksum();
-        tar.append_data(
-            &mut h,
-            "history/records.jsonl",
-            std::fs::File::open(&hist_path)?,
+        add(
+            &mut tar,
+            "manifest.json",
+            manifest_json.len() as u64,
+            &mut &manifest_json[..],
         )?;
-        for (n, b) in deep.files.iter().chain(&generated) {
-            add(&mut tar, n, b)?;
+        add(
+            &mut tar,
+            "history/records.jsonl",
+            hist_size,
+            &mut std::fs::File::open(&hist_path)?,
+        )?;
+        for f in &deep.files {
+            add(&mut tar, &f.name, f.size, &mut deep.reader(f))?;
+        }
+        for (n, b) in &generated {
+            add(&mut tar, n, b.len() as u64, &mut &b[..])?;
         }
         if let Some((c, f)) = pcap.and_then(|c| Some((c, c.file.as_ref()?))) {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(c.size);
-            h.set_mode(0o600);
-            h.set_mtime((incident.ts_unix_ns / 1_000_000_000).max(0) as u64);
-            h.set_cksum();
-            tar.append_data(&mut h, &c.summary.entry, f.reopen()?)?;
+            add(&mut tar, &c.summary.entry, c.size, &mut f.reopen()?)?;
         }
         let enc = tar.into_inner()?;
         let f = enc.finish()?;

@@ -341,10 +341,9 @@ pub fn big_bundle(bundles: &Path, host: &str, mib: usize) -> PathBuf {
     };
     let mut data = vec![0u8; mib << 20];
     fastrand::fill(&mut data);
-    let deep = hvflight::bundle::writer::DeepState {
-        files: vec![("deep/proc/random.bin".into(), data)],
-        commands: Vec::new(),
-    };
+    let mut deep = hvflight::bundle::writer::DeepState::spooled_in(&cfg.dir);
+    deep.add("deep/proc/random.bin", &data);
+    drop(data);
     hvflight::bundle::writer::write(&cfg, &incident, &deep, None, now, true).unwrap()
 }
 
