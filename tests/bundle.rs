@@ -431,7 +431,11 @@ fn deep_state_spool_filling_its_disk_moves_to_memory_and_loses_nothing_needs_roo
     // Its file went with it.
     assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
     let st = nix::sys::statvfs::statvfs(&mnt).unwrap();
-    assert_eq!(st.blocks_free(), st.blocks(), "the spool's blocks are not freed");
+    assert_eq!(
+        st.blocks_free(),
+        st.blocks(),
+        "the spool's blocks are not freed"
+    );
 }
 
 #[test]

@@ -204,7 +204,10 @@ pub struct DeepFile {
 enum Spool {
     #[default]
     None,
-    File { f: std::fs::File, len: u64 },
+    File {
+        f: std::fs::File,
+        len: u64,
+    },
     Memory(Vec<u8>),
 }
 
@@ -376,7 +379,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool_dir = dir.path().join("bundles");
         let files: Vec<(String, Vec<u8>)> = (0..5)
-            .map(|i| (format!("deep/f{i}.txt"), vec![b'a' + i as u8; 70_000 * i + 1]))
+            .map(|i| {
+                (
+                    format!("deep/f{i}.txt"),
+                    vec![b'a' + i as u8; 70_000 * i + 1],
+                )
+            })
             .chain([("deep/empty.txt".to_string(), Vec::new())])
             .collect();
         for mut d in [DeepState::spooled_in(&spool_dir), DeepState::in_memory()] {

@@ -515,10 +515,7 @@ pub fn write(
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
 
     // Room for it? Estimate: the history compresses ~10x, deep state ~4x.
-    let need = hist_size / 8
-        + deep.bytes() / 3
-        + pcap.map_or(0, |c| c.size / 2)
-        + 65536;
+    let need = hist_size / 8 + deep.bytes() / 3 + pcap.map_or(0, |c| c.size / 2) + 65536;
     if let Some(free) = crate::store::writer::free_bytes(&cfg.dir) {
         if free < cfg.min_free_bytes + need {
             prune(cfg, &final_path);

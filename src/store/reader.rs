@@ -226,6 +226,84 @@ pub fn read_segment(
     });
 }
 
+/// The part of a segment a walk holds: the file from `base` to `hi`, read
+/// a piece (`READ_PIECE`) at a time up to `end` (the next keyframe past
+/// the query's range, or the end of the file). A bundle's window is 15
+/// minutes of history, ~4 MiB at 500 vNICs, which a whole-range read held
+/// on top of the decoded samples.
+struct Window<'f> {
+    file: &'f File,
+    len: u64,
+    b: Vec<u8>,
+    base: u64,
+    hi: u64,
+    end: u64,
+}
+
+/// What a segment walk reads at a time.
+const READ_PIECE: usize = 256 << 10;
+
+impl<'f> Window<'f> {
+    fn new(file: &'f File, len: u64, start: u64, end: u64) -> Window<'f> {
+        Window {
+            file,
+            len,
+            b: Vec::new(),
+            base: start,
+            hi: start,
+            end,
+        }
+    }
+
+    /// Appends at least `at_least` bytes (a piece, at most up to `end`).
+    fn read(&mut self, at_least: usize) -> std::io::Result<()> {
+        let to = self
+            .hi
+            .saturating_add(READ_PIECE.max(at_least) as u64)
+            .min(self.end);
+        let n = to.saturating_sub(self.hi) as usize;
+        let at = self.b.len();
+        self.b.resize(at + n, 0);
+        if let Err(e) = self.file.read_exact_at(&mut self.b[at..], self.hi) {
+            self.b.truncate(at);
+            return Err(e);
+        }
+        self.hi = to;
+        Ok(())
+    }
+
+    /// Drops what the walk has passed (`off` moves with it) and reads on;
+    /// with `to_len`, past `end` to the end of the file (a record the index
+    /// bound cut). False when there is nothing more to read.
+    fn more(
+        &mut self,
+        off: &mut usize,
+        at_least: usize,
+        to_len: bool,
+        report: &mut ReadReport,
+    ) -> bool {
+        if self.hi >= self.end {
+            if !to_len || self.end >= self.len {
+                return false;
+            }
+            self.end = self.len;
+        }
+        self.b.drain(..*off);
+        self.base += *off as u64;
+        *off = 0;
+        let from = self.hi;
+        let ok = self.read(at_least).is_ok();
+        report.bytes_read += self.hi - from;
+        ok
+    }
+
+    /// Everything up to `end`: the rare paths that search for the next
+    /// frame after damage look at all of it, as a whole read did.
+    fn read_all(&mut self, off: &mut usize, report: &mut ReadReport) {
+        while self.more(off, usize::MAX, false, report) {}
+    }
+}
+
 fn read_at(file: &File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
     let mut b = vec![0u8; to.saturating_sub(from) as usize];
     file.read_exact_at(&mut b, from)?;
@@ -525,28 +603,33 @@ fn scan_segment(
     if late_only {
         (start, start_ts, end) = (hdr_end, None, hdr_end);
     }
-    let mut b = match read_at(&file, start, end) {
-        Ok(b) => b,
-        Err(e) => {
-            report.warnings.push(format!("{name}: cannot read: {e}"));
-            return true;
-        }
-    };
+    // The range is read a piece at a time (`Window`), not whole.
+    // The first frame whole (the index check below reads it).
+    let first = read_at(&file, start, (start + FRAME_HEADER_LEN as u64).min(end))
+        .ok()
+        .and_then(|hb| format::decode_frame_header(&hb))
+        .map_or(0, |h| FRAME_HEADER_LEN + h.len);
+    let mut win = Window::new(&file, len, start, end);
+    if let Err(e) = win.read(first) {
+        report.warnings.push(format!("{name}: cannot read: {e}"));
+        return true;
+    }
     // Trust the index only where the frame it names is what it says.
     if let Some(ts) = start_ts {
-        let ok = format::decode_frame_header(&b).is_some_and(|h| {
+        let b = &win.b;
+        let ok = format::decode_frame_header(b).is_some_and(|h| {
             FRAME_HEADER_LEN + h.len <= b.len()
                 && h.ts_unix_ns == ts
                 && h.kind == format::KIND_TABLE_KEYFRAME
                 && format::frame_ok(&b[..FRAME_HEADER_LEN + h.len], &h)
         });
         if !ok {
-            start = hdr_end;
-            end = len;
-            b = read_at(&file, start, end).unwrap_or_default();
+            (start, end) = (hdr_end, len);
+            win = Window::new(&file, len, start, end);
+            let _ = win.read(0);
         }
     }
-    report.bytes_read += b.len() as u64;
+    report.bytes_read += win.hi - start;
 
     let mut w = Walk {
         name: name.clone(),
@@ -578,20 +661,28 @@ fn scan_segment(
     }
 
     let mut off = 0usize;
-    while off < b.len() {
-        let abs = start + off as u64;
-        let Some(h) = format::decode_frame_header(&b[off..]) else {
-            if b.len() - off < FRAME_HEADER_LEN && find_magic(&b, off + 1).is_none() {
-                if end < len {
-                    b.extend(read_at(&file, end, len).unwrap_or_default());
-                    end = len;
+    loop {
+        if off >= win.b.len() && !win.more(&mut off, 0, false, report) {
+            break;
+        }
+        let abs = win.base + off as u64;
+        let Some(h) = format::decode_frame_header(&win.b[off..]) else {
+            if win.b.len() - off < FRAME_HEADER_LEN
+                && win.more(&mut off, FRAME_HEADER_LEN, false, report)
+            {
+                continue;
+            }
+            win.read_all(&mut off, report);
+            if win.b.len() - off < FRAME_HEADER_LEN && find_magic(&win.b, off + 1).is_none() {
+                if win.more(&mut off, usize::MAX, true, report) {
+                    win.read_all(&mut off, report);
                     continue;
                 }
                 report.torn_tails.push((path.to_path_buf(), abs));
                 return true;
             }
             w.warn(report, abs, "no record header; skipping to the next record");
-            match find_magic(&b, off + 1) {
+            match find_magic(&win.b, off + 1) {
                 Some(n) => {
                     off = n;
                     continue;
@@ -599,16 +690,15 @@ fn scan_segment(
                 None => return true,
             }
         };
-        let fend = off + FRAME_HEADER_LEN + h.len;
-        if fend > b.len() {
-            if end < len {
-                // The index bound cut a record: read on to the end.
-                b.extend(read_at(&file, end, len).unwrap_or_default());
-                end = len;
+        let need = FRAME_HEADER_LEN + h.len;
+        if off + need > win.b.len() {
+            // The rest of the record: in the next piece, or past the
+            // index's bound (it cut a record: read on to the end).
+            if win.more(&mut off, need, true, report) {
                 continue;
             }
             // Either a torn tail or a corrupt length: look for a later frame.
-            match find_magic(&b, off + 1) {
+            match find_magic(&win.b, off + 1) {
                 Some(n) => {
                     w.warn(report, abs, "record length runs past the end; skipped");
                     off = n;
@@ -620,7 +710,8 @@ fn scan_segment(
                 }
             }
         }
-        let frame = &b[off..fend];
+        let fend = off + need;
+        let frame = &win.b[off..fend];
         if !format::frame_ok(frame, &h) {
             w.warn(report, abs, "corrupt record (checksum mismatch); skipped");
             if h.kind == format::KIND_KEYFRAME || h.kind == format::KIND_TABLE_KEYFRAME {
@@ -629,7 +720,8 @@ fn scan_segment(
                 w.table_kf_dec = None;
                 w.kf_broken = true;
             }
-            off = find_magic(&b, off + 1).unwrap_or(b.len());
+            win.read_all(&mut off, report);
+            off = find_magic(&win.b, off + 1).unwrap_or(win.b.len());
             continue;
         }
         if !w.frame(abs, &h, &frame[FRAME_HEADER_LEN..], report, f) {
@@ -637,6 +729,7 @@ fn scan_segment(
         }
         off = fend;
     }
+    let end = win.end;
     for e in late.iter().filter(|e| e.offset >= end) {
         if !late_record(&file, len, e.offset, &mut w, report, f) {
             return false;
