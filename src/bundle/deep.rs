@@ -200,15 +200,16 @@ pub struct DeepFile {
     offset: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 enum Spool {
-    #[default]
-    None,
-    File {
-        f: std::fs::File,
-        len: u64,
-    },
+    File { f: std::fs::File, len: u64 },
     Memory(Vec<u8>),
+}
+
+impl Default for Spool {
+    fn default() -> Spool {
+        Spool::Memory(Vec::new())
+    }
 }
 
 impl DeepState {
@@ -230,49 +231,48 @@ impl DeepState {
 
     /// Held in memory (tests, small states).
     pub fn in_memory() -> DeepState {
-        DeepState {
-            spool: Spool::Memory(Vec::new()),
-            ..Default::default()
-        }
+        DeepState::default()
     }
 
     /// Adds a file. When the spool file cannot take it (disk full), the
     /// spool moves to memory with everything in it: nothing is lost.
     pub fn add(&mut self, name: impl Into<String>, data: &[u8]) {
-        let offset = match &mut self.spool {
-            Spool::None => {
-                self.spool = Spool::Memory(Vec::new());
-                0
-            }
-            Spool::File { f, len } => {
-                use std::io::Write;
-                match f.write_all(data) {
-                    Ok(()) => *len,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "deep state spool file full: kept in memory");
-                        let mut all = vec![0u8; *len as usize];
-                        if let Err(e) = read_exact_at(f, &mut all, 0) {
-                            tracing::error!(error = %e, "deep state spool unreadable; its earlier files are cut");
-                        }
-                        let at = *len;
-                        self.spool = Spool::Memory(all);
-                        at
-                    }
-                }
-            }
-            Spool::Memory(v) => v.len() as u64,
-        };
-        match &mut self.spool {
-            Spool::File { len, .. } => *len += data.len() as u64,
-            Spool::Memory(v) => v.extend_from_slice(data),
-            Spool::None => unreachable!("set above"),
-        }
+        let offset = self.append(data);
         self.files.push(DeepFile {
             name: name.into(),
             size: data.len() as u64,
             sha256: super::writer::sha256_hex(data),
             offset,
         });
+    }
+
+    /// Appends to the spool; returns where the data starts.
+    fn append(&mut self, data: &[u8]) -> u64 {
+        if let Spool::File { f, len } = &mut self.spool {
+            use std::io::Write;
+            use std::os::unix::fs::FileExt;
+            let at = *len;
+            match f.write_all(data) {
+                Ok(()) => {
+                    *len += data.len() as u64;
+                    return at;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "deep state spool file full: kept in memory");
+                    let mut all = vec![0u8; at as usize];
+                    if let Err(e) = f.read_exact_at(&mut all, 0) {
+                        tracing::error!(error = %e, "deep state spool unreadable; its earlier files are cut");
+                    }
+                    self.spool = Spool::Memory(all);
+                }
+            }
+        }
+        let Spool::Memory(v) = &mut self.spool else {
+            unreachable!("a spool file returned above or became memory")
+        };
+        let at = v.len() as u64;
+        v.extend_from_slice(data);
+        at
     }
 
     /// The bytes of all files.
@@ -291,14 +291,8 @@ impl DeepState {
             Spool::Memory(v) => {
                 Box::new(&v[file.offset as usize..(file.offset + file.size) as usize])
             }
-            Spool::None => Box::new(std::io::empty()),
         }
     }
-}
-
-fn read_exact_at(f: &std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    f.read_exact_at(buf, at)
 }
 
 /// A reader over a range of the spool file (pread: the file's own cursor,

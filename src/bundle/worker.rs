@@ -39,19 +39,6 @@ pub struct BundleStats {
     pub in_progress: AtomicU64,
 }
 
-/// Hands what writing a bundle freed back to the system: glibc keeps freed
-/// memory for reuse, and a bundle's (the deep state, a libvirt connection,
-/// JSON lines, zstd's window) would otherwise stay in the agent's RSS until
-/// the next incident. Once per bundle; the sampler's own steady memory is
-/// reused each second anyway.
-pub(super) fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of malloc's arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 fn incident_id(ts: i64) -> String {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(
@@ -167,7 +154,7 @@ fn run(
                 Ok(p) => {
                     stats.written.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(bundle = %p.display(), "bundle written (incident start)");
-                    release_freed_memory();
+                    super::release_freed_memory();
                     if let Some(r) = reply.take() {
                         let _ = r.send(Ok((incident.id.clone(), p)));
                     }
@@ -204,7 +191,7 @@ fn run(
                     stats.written.fetch_add(1, Ordering::Relaxed);
                     stats.in_progress.store(0, Ordering::Relaxed);
                     tracing::info!(bundle = %p.display(), "bundle complete");
-                    release_freed_memory();
+                    super::release_freed_memory();
                     if let Some(a) = &cfg.announce {
                         let _ = a.send(p);
                     }

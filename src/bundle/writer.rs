@@ -449,7 +449,7 @@ pub fn write(
     // The scan's decoded samples and read buffers (~4 MiB at 500 vNICs)
     // are free now, in pieces zstd's one-block context cannot reuse: given
     // back first, the bundle's peak is the larger of the two, not the sum.
-    super::worker::release_freed_memory();
+    super::release_freed_memory();
     let mut store_warnings = report.warnings;
     hist.flush().map_err(|e| io(&hist_path, e))?;
     let Hashing {
