@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use hvflight::lab::{self, Fault, Lab, LabConfig};
 use hvflight::sample::{EventKind, Sample};
 
@@ -494,4 +496,79 @@ fn bridges_default_to_libvirts_and_ip_netns_exec_works_needs_root() {
     let s: Sample = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(names(&s), vec!["br0"]);
     assert!(s.link(&lab.guests[0].host_port).is_some());
+}
+
+/// VmHWM (the peak RSS since start) and RssFile of a process, in KiB.
+fn peak_and_file_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |key: &str| -> u64 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+    };
+    (kib("VmHWM:"), kib("RssFile:"))
+}
+
+/// The agent with `trim_pages_after_ms` (0 = no trimming at all) on the
+/// lab, after its third sample: (peak RSS since start, RssFile), KiB.
+fn start_up_memory(lab: &Lab, trim_pages_after_ms: u64) -> (u64, u64) {
+    let a = common::RunningAgent::start(
+        &format!("[agent]\ntrim_pages_after_ms = {trim_pages_after_ms}\n"),
+        &[
+            "--interval-ms",
+            "200",
+            "--netns",
+            &lab.hv_ns,
+            "--libvirt-uri",
+            &lab.libvirt_uri(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seq = a.status()["sampling"]["last_seq"].as_u64().unwrap_or(0);
+        if seq >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent (trim_pages_after_ms = {trim_pages_after_ms}) took no 3 samples in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = peak_and_file_kib(a.child.id());
+    // Trimmed pages come back on use: the agent goes on sampling.
+    let seq = a.status()["sampling"]["last_seq"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(1000));
+    let later = a.status()["sampling"]["last_seq"].as_u64().unwrap_or(0);
+    assert!(
+        later > seq,
+        "the agent (trim_pages_after_ms = {trim_pages_after_ms}) stopped sampling at {seq}"
+    );
+    m
+}
+
+#[test]
+fn start_up_gives_back_each_stages_file_pages_so_the_peak_stays_low_needs_root() {
+    // An operator reads the agent's peak RSS (systemd's MemoryPeak, VmHWM):
+    // start-up code (libvirt's set-up, BPF, the first full dumps) must not
+    // stay mapped and add up while the next stage maps its own. The long
+    // trim_pages_after_ms keeps the 10 s trim out of this test: only the
+    // trims between start-up stages differ between the two runs.
+    let lab = Lab::start(LabConfig::default()).unwrap();
+    let (peak_off, file_off) = start_up_memory(&lab, 0);
+    let (peak_on, file_on) = start_up_memory(&lab, 600_000);
+    eprintln!(
+        "no trimming: peak {peak_off} KiB, RssFile {file_off} KiB; \
+         start-up trims: peak {peak_on} KiB, RssFile {file_on} KiB"
+    );
+    assert!(
+        peak_on + 4096 < peak_off,
+        "peak RSS since start {peak_on} KiB with start-up trims against \
+         {peak_off} KiB without: not lower by 4 MiB"
+    );
+    assert!(
+        file_on < file_off,
+        "RssFile after three samples {file_on} KiB with start-up trims against {file_off} KiB without"
+    );
 }

@@ -77,6 +77,7 @@ mod tests {
             proc_root: "/proc".into(),
             sys_root: "/sys".into(),
             announce: None,
+            trim_file_pages: false,
         };
         let incident = crate::bundle::Incident {
             id: "c0ffee00".into(),

@@ -167,6 +167,24 @@ pub(crate) fn release_freed_memory() {
     }
 }
 
+/// Between the stages of a bundle (before it, after the deep state, after
+/// each write): freed memory back to the system and, with `file_pages`, the
+/// code and constants the stage mapped unmapped (agent/trim.rs). The bundle
+/// runs beside the sampler: pages the sampler's fault-around mapped and the
+/// deep state's (libvirt's XML, spawning commands) would otherwise add to
+/// the history scan's and zstd's, and stay mapped until the next trim that
+/// never comes. At 500 vNICs a bundle mapped ~3.3 MiB of file pages on top
+/// of the sampler's ~13.7 MiB.
+pub(crate) fn give_back(file_pages: bool, stage: &str) {
+    release_freed_memory();
+    if file_pages {
+        match crate::agent::trim::trim_file_pages() {
+            Ok(t) => tracing::debug!(stage, kib = t.kib, "bundle: unmapped file pages"),
+            Err(e) => tracing::debug!(error = %e, stage, "bundle: could not trim file pages"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

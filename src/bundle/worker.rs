@@ -142,7 +142,9 @@ fn run(
                 c.hold(incident.ts_unix_ns - before, incident.ts_unix_ns + after),
             )
         });
+        super::give_back(cfg.trim_file_pages, "before");
         let deep = writer::capture_deep(&cfg);
+        super::give_back(cfg.trim_file_pages, "deep state");
         // First: at once, with what happened before (a reboot may follow).
         let mut reply = req.reply;
         loop {
@@ -154,7 +156,7 @@ fn run(
                 Ok(p) => {
                     stats.written.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(bundle = %p.display(), "bundle written (incident start)");
-                    super::release_freed_memory();
+                    super::give_back(cfg.trim_file_pages, "first write");
                     if let Some(r) = reply.take() {
                         let _ = r.send(Ok((incident.id.clone(), p)));
                     }
@@ -191,7 +193,7 @@ fn run(
                     stats.written.fetch_add(1, Ordering::Relaxed);
                     stats.in_progress.store(0, Ordering::Relaxed);
                     tracing::info!(bundle = %p.display(), "bundle complete");
-                    super::release_freed_memory();
+                    super::give_back(cfg.trim_file_pages, "complete write");
                     if let Some(a) = &cfg.announce {
                         let _ = a.send(p);
                     }

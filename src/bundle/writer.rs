@@ -31,6 +31,9 @@ pub struct BundleConfig {
     pub sys_root: PathBuf,
     /// Told the path of every complete bundle (the uploader's spool intake).
     pub announce: Option<std::sync::mpsc::Sender<PathBuf>>,
+    /// Unmap the file pages each stage of a bundle touched once it is done
+    /// (agent.trim_pages_after_ms > 0; see agent/trim.rs).
+    pub trim_file_pages: bool,
 }
 
 impl BundleConfig {
@@ -49,6 +52,7 @@ impl BundleConfig {
             proc_root: c.collect.proc_root.clone(),
             sys_root: c.collect.sys_root.clone(),
             announce: None,
+            trim_file_pages: c.agent.trim_pages_after_ms > 0,
         }
     }
 }

@@ -55,10 +55,18 @@ fn tune_malloc() {
 pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Result<ExitCode> {
     tune_malloc();
     let resolved = prepare(opts)?;
+    // Each stage of start-up gives back the file pages it touched before the
+    // next stage maps its own (agent/trim.rs): the peak since start stays
+    // near the running agent's RSS.
+    let mut startup =
+        crate::agent::trim::Startup::new(resolved.config.agent.trim_pages_after_ms > 0);
+    startup.after("config and namespace");
     let shutdown = shutdown_flag()?;
     let mut agent = Agent::new(resolved.config);
     agent.start_event_sources();
+    startup.after("event sources");
     let capture = start_capture(&mut agent);
+    startup.after("capture");
     tracing::info!(
         host = %agent::hostname(&agent.config),
         interval_ms = agent.config.agent.interval_ms,
@@ -66,6 +74,7 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
         "agent running"
     );
     let mut store = open_store(&agent.config);
+    startup.after("store");
     let status = Arc::new(std::sync::Mutex::new(agent::status::AgentStatus::new(
         agent::hostname(&agent.config),
         agent.config.agent.interval_ms,
@@ -111,6 +120,7 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
         &agent::hostname(&agent.config),
     );
     bundle_cfg.announce = uploader.as_ref().map(|u| u.sender());
+    startup.after("uploader");
     let bundles = match crate::bundle::worker::BundleWorker::start_with_capture(
         bundle_cfg,
         capture.as_ref().map(|c| c.handle()),
@@ -142,6 +152,7 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
         });
         f
     });
+    startup.after("bundle worker");
     let control = match crate::control::server::ControlServer::start(
         &agent.config.agent.socket,
         &agent.config.agent.socket_group,
@@ -193,7 +204,13 @@ pub fn run(opts: &AgentOpts, print: bool, json: bool, count: Option<u64>) -> Res
     let mut out = std::io::stdout().lock();
     let trim_after = std::time::Duration::from_millis(agent.config.agent.trim_pages_after_ms);
     let mut trim_at = (!trim_after.is_zero()).then(|| std::time::Instant::now() + trim_after);
+    startup.after("control socket and exporter");
     agent.run(&shutdown, count, |o| {
+        if let Output::Sample { .. } = &o {
+            // The first sample's full dumps are the last stage of start-up.
+            startup.after("first sample");
+            startup.finish();
+        }
         if let (Output::Sample { .. }, Some(at)) = (&o, trim_at) {
             if std::time::Instant::now() >= at {
                 trim_at = None;

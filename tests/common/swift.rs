@@ -329,6 +329,7 @@ pub fn big_bundle(bundles: &Path, host: &str, mib: usize) -> PathBuf {
         proc_root: "/proc".into(),
         sys_root: "/sys".into(),
         announce: None,
+        trim_file_pages: false,
     };
     let now = hvflight::clock::now().unix_ns;
     let incident = hvflight::bundle::Incident {
