@@ -44,6 +44,8 @@ struct Candidate {
     len: usize,
     exec: bool,
     rss_kib: u64,
+    /// The mapped file: st_dev (from smaps' "major:minor") and inode.
+    file: (u64, u64),
 }
 
 /// Read-only file mappings with resident pages and no private ones.
@@ -68,7 +70,19 @@ fn candidates(smaps: &str) -> Vec<Candidate> {
             };
             finish(cur.take(), &mut out);
             let perms = f.next().unwrap_or("");
-            let path = f.nth(3).unwrap_or("");
+            let _offset = f.next();
+            let dev = f
+                .next()
+                .and_then(|d| d.split_once(':'))
+                .and_then(|(ma, mi)| {
+                    Some(libc::makedev(
+                        u32::from_str_radix(ma, 16).ok()?,
+                        u32::from_str_radix(mi, 16).ok()?,
+                    ))
+                })
+                .unwrap_or(0);
+            let inode = f.next().and_then(|i| i.parse().ok()).unwrap_or(0);
+            let path = f.next().unwrap_or("");
             let eligible = path.starts_with('/')
                 && perms.starts_with('r')
                 && perms.as_bytes().get(1) == Some(&b'-')
@@ -79,6 +93,7 @@ fn candidates(smaps: &str) -> Vec<Candidate> {
                     len: b.saturating_sub(a),
                     exec: perms.as_bytes().get(2) == Some(&b'x'),
                     rss_kib: 0,
+                    file: (dev, inode),
                 },
                 eligible,
             ));
@@ -101,12 +116,64 @@ fn candidates(smaps: &str) -> Vec<Candidate> {
     out
 }
 
+/// The files (st_dev, inode) of the executable and of the shared objects
+/// loaded when the first trim ran, before any thread of the agent: only
+/// their mappings are trimmed. Those are never unmapped while the process
+/// lives. A library dlopen'ed later could be dlclose'd by another thread
+/// between our read of smaps and our madvise, and its address range handed
+/// to new anonymous memory: MADV_DONTNEED there would zero live data.
+fn startup_objects() -> &'static std::collections::HashSet<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    static OBJECTS: std::sync::OnceLock<std::collections::HashSet<(u64, u64)>> =
+        std::sync::OnceLock::new();
+    unsafe extern "C" fn name_of(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info for each object, and
+        // `data` is the Vec given below, alive for the whole call.
+        unsafe {
+            let names = &mut *(data as *mut Vec<std::ffi::OsString>);
+            let name = (*info).dlpi_name;
+            if !name.is_null() {
+                let n = std::ffi::CStr::from_ptr(name).to_bytes();
+                if !n.is_empty() {
+                    names.push(std::ffi::OsStr::from_bytes(n).to_owned());
+                }
+            }
+        }
+        0
+    }
+    OBJECTS.get_or_init(|| {
+        // The executable's entry has an empty name: /proc/self/exe.
+        let mut names = vec![std::ffi::OsString::from("/proc/self/exe")];
+        // SAFETY: the callback only reads the info it is given and pushes
+        // into `names`, which outlives the call.
+        unsafe {
+            libc::dl_iterate_phdr(Some(name_of), &mut names as *mut _ as *mut libc::c_void);
+        }
+        names
+            .iter()
+            .filter_map(|n| std::fs::metadata(n).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect()
+    })
+}
+
 /// Unmaps the resident pages of the process's read-only file mappings
-/// (see the module comment); safe at any time, meant once after start-up.
+/// (see the module comment) of the executable and the libraries loaded
+/// with it; safe at any time, meant for after each stage of start-up and
+/// once later.
 pub fn trim_file_pages() -> std::io::Result<Trimmed> {
+    let objects = startup_objects();
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut done = Trimmed::default();
-    for c in candidates(&smaps) {
+    for c in candidates(&smaps)
+        .into_iter()
+        .filter(|c| objects.contains(&c.file))
+    {
         // SAFETY: the range is a whole read-only private file mapping with
         // no private pages (checked above; nothing can write to it), so
         // MADV_DONTNEED only drops page-table entries and the next access
@@ -134,6 +201,7 @@ pub struct Startup {
     on: bool,
     done: Trimmed,
     trims: usize,
+    spent: std::time::Duration,
 }
 
 impl Startup {
@@ -142,6 +210,7 @@ impl Startup {
             on,
             done: Trimmed::default(),
             trims: 0,
+            spent: std::time::Duration::ZERO,
         }
     }
 
@@ -150,13 +219,17 @@ impl Startup {
         if !self.on {
             return;
         }
+        let t0 = std::time::Instant::now();
         match trim_file_pages() {
             Ok(t) => {
+                let spent = t0.elapsed();
                 tracing::debug!(
                     stage,
                     kib = t.kib,
+                    us = spent.as_micros() as u64,
                     "start-up: unmapped this stage's file pages"
                 );
+                self.spent += spent;
                 self.trims += 1;
                 self.done.mappings += t.mappings;
                 self.done.kib += t.kib;
@@ -175,6 +248,7 @@ impl Startup {
             tracing::info!(
                 stages = self.trims,
                 kib = self.done.kib,
+                ms = self.spent.as_millis() as u64,
                 "start-up: unmapped the file pages each stage touched"
             );
         }
@@ -232,13 +306,15 @@ Rss:                   4 kB
                     start: 0x55d0a0000000,
                     len: 0x100000,
                     exec: false,
-                    rss_kib: 512
+                    rss_kib: 512,
+                    file: (libc::makedev(0xfd, 1), 123),
                 },
                 Candidate {
                     start: 0x55d0a0100000,
                     len: 0x800000,
                     exec: true,
-                    rss_kib: 6000
+                    rss_kib: 6000,
+                    file: (libc::makedev(0xfd, 1), 123),
                 },
             ],
             "relocated data, writable data, anonymous memory, sockets, the \
@@ -265,5 +341,41 @@ Rss:                   4 kB
         let v: Vec<String> = (0..1000).map(|i| format!("{i:x}")).collect();
         assert_eq!(v[255], "ff");
         assert_eq!(u64::from_str_radix(&v[999], 16).unwrap(), 999);
+    }
+
+    #[test]
+    fn a_library_loaded_after_the_first_trim_is_never_trimmed() {
+        // Such a library may be unloaded by another thread, and its range
+        // reused, between reading smaps and madvise (see startup_objects).
+        // libBrokenLocale (glibc's, in every Debian) is nothing the test
+        // binary links.
+        const LIB: &str = "libBrokenLocale.so.1";
+        trim_file_pages().unwrap();
+        let name = std::ffi::CString::new(LIB).unwrap();
+        // SAFETY: a glibc library without constructors with side effects;
+        // the handle is kept open (never dlclose'd) for the test's life.
+        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW) };
+        assert!(!handle.is_null(), "{LIB} not loadable: is libc6 installed?");
+        let resident = || -> u64 {
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let mut in_lib = false;
+            let mut kib = 0;
+            for l in smaps.lines() {
+                if l.split_whitespace().next().is_some_and(|f| f.contains('-')) {
+                    in_lib = l.ends_with(LIB) || l.contains(&format!("/{LIB}"));
+                } else if let (true, Some(v)) = (in_lib, l.strip_prefix("Rss:")) {
+                    kib += v.split_whitespace().next().unwrap().parse::<u64>().unwrap();
+                }
+            }
+            kib
+        };
+        let before = resident();
+        assert!(before > 0, "{LIB} mapped but nothing resident");
+        let t = trim_file_pages().unwrap();
+        assert!(
+            t.mappings > 0,
+            "the start-up objects are still trimmed: {t:?}"
+        );
+        assert_eq!(resident(), before, "{LIB}'s pages were unmapped");
     }
 }
