@@ -17,7 +17,8 @@
 #   3. node_exporter with the comparable collector set (netdev, netstat,
 #      softnet, conntrack, arp, stat, meminfo, pressure) scraped once a
 #      second for DURATION_S: CPU per scrape, peak RSS.
-# Writes target/bench/results.json and prints a table.
+# Writes target/bench/results.json and prints a table, then the issue's
+# targets at 500 vNICs, each "met" or "MISSED" (also in results.json).
 #
 # Usage: tests/tools/bench.sh [N...]     DURATION_S=60 LOADED_S=30 to change the runs.
 set -euo pipefail
@@ -188,6 +189,10 @@ row = {
         "peak_rss_mib_loaded": mib(int(a_hwm_loaded)),
         "packet_ring_mib": mib(ring_map_kib + ring_heap_kib),
         "peak_rss_mib_excl_ring": mib(max(int(a_hwm), int(a_hwm_loaded)) - ring_map_kib - ring_heap_kib),
+        # The "peak RSS excluding the packet ring": the whole run,
+        # start-up and the bundle included, less the ring as the quiet
+        # agent held it (at start-up it held at most that).
+        "peak_rss_mib_whole_run_excl_ring": mib(max(int(a_hwm), int(a_hwm_loaded), int(a_hwm_start)) - ring_map_kib - ring_heap_kib),
         "rss_by_mapping_quiet": mem_quiet,
         "rss_by_mapping_loaded": mem_loaded,
         "store_mib_per_hour": round((int(st1) - int(st0)) * 3600 / secs / 2**20, 1),
@@ -226,17 +231,40 @@ rows = [json.loads(l) for l in open(f"{out}/rows.jsonl")]
 doc = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                    "node": platform.node()}, "rows": rows}
 open(f"{out}/results.json", "w").write(json.dumps(doc, indent=2) + "\n")
-hdr = ["vNICs", "hvf CPU ms/s", "n_e CPU ms/scrape", "ratio", "hvf RSS MiB", "since start", "hvf anon MiB", "hvf peak excl ring", "n_e RSS MiB",
+hdr = ["vNICs", "hvf CPU ms/s", "n_e CPU ms/scrape", "ratio", "hvf RSS MiB", "since start", "hvf anon MiB", "hvf peak excl ring", "whole run excl ring", "n_e RSS MiB",
        "store GiB/day", "lag p99 ms", "lag p99 loaded", "bundle s", "bundle MiB"]
 print(" | ".join(hdr))
 for r in rows:
     h, e = r["hvflight"], r["node_exporter"]
     print(" | ".join(str(x) for x in [r["vnics"], h["cpu_ms_per_s"], e["cpu_ms_per_scrape"],
-          r["ratio_cpu_hvflight_per_s_to_node_exporter_per_scrape"], h["peak_rss_mib"], h["peak_rss_mib_since_start"], h["rss_anon_mib"], h["peak_rss_mib_excl_ring"], e["peak_rss_mib"],
+          r["ratio_cpu_hvflight_per_s_to_node_exporter_per_scrape"], h["peak_rss_mib"], h["peak_rss_mib_since_start"], h["rss_anon_mib"], h["peak_rss_mib_excl_ring"], h["peak_rss_mib_whole_run_excl_ring"], e["peak_rss_mib"],
           h["store_gib_per_day"], h["lag_ms_p99_quiet"], h["lag_ms_p99_20_tails_and_bundle"],
           h["bundle_trigger_s"], h["bundle_mib"]]))
     print("   hvflight RSS MiB by mapping (quiet):", ", ".join(f'{k} {v["rss_mib"]}' for k, v in h["rss_by_mapping_quiet"].items()))
     if h["collector_failures"]:
         print("   collector failures:", ", ".join(h["collector_failures"]))
+# The targets, checked at 500 vNICs (and the curve's linearity).
+at = {r["vnics"]: r for r in rows}
+if 500 in at:
+    h, r = at[500]["hvflight"], at[500]
+    checks = [
+        ("CPU / node_exporter per scrape <= 0.25", r["ratio_cpu_hvflight_per_s_to_node_exporter_per_scrape"], 0.25),
+        ("peak RSS excluding the ring, whole run <= 40 MiB", h["peak_rss_mib_whole_run_excl_ring"], 40),
+        ("store <= 1 GiB/day", h["store_gib_per_day"], 1),
+        ("lag p99, 20 tails + bundle <= 50 ms", h["lag_ms_p99_20_tails_and_bundle"], 50),
+        ("lag p99, quiet <= 50 ms", h["lag_ms_p99_quiet"], 50),
+    ]
+    doc["targets_at_500"] = [{"target": t, "value": v, "met": v is not None and v <= lim} for t, v, lim in checks]
+    if 50 in at and 1000 in at:
+        c = [at[n]["hvflight"]["cpu_ms_per_s"] / n for n in (50, 500, 1000)]
+        # Linear or better: the cost per vNIC does not grow from 500 to 1000.
+        doc["targets_at_500"].append({"target": "CPU per vNIC at 1000 <= 1.1 x at 500 (linear)",
+                                      "value": round(c[2] / c[1], 2), "met": c[2] <= 1.1 * c[1]})
+    print("targets at 500 vNICs:")
+    for t in doc["targets_at_500"]:
+        print(f'   {"met   " if t["met"] else "MISSED"} {t["target"]}: {t["value"]}')
+    open(f"{out}/results.json", "w").write(json.dumps(doc, indent=2) + "\n")
+else:
+    print("targets at 500 vNICs: not checked, 500 is not among this run's sizes")
 print(f"(written to {out}/results.json)")
 PY
