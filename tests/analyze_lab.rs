@@ -16,17 +16,7 @@ use common::RunningAgent;
 const CONFIG: &str = "[detect]\nboot_grace_s = 0\nwindow_s = 2.0\ncollapse_after = 2\nrecover_after = 3\n[bundle]\nbefore_s = 60\nafter_s = 1\ncommand_timeout_ms = 3000\n";
 
 fn agent(lab: &Lab) -> RunningAgent {
-    RunningAgent::start(
-        CONFIG,
-        &[
-            "--interval-ms",
-            "200",
-            "--netns",
-            &lab.hv_ns,
-            "--libvirt-uri",
-            &lab.libvirt_uri(),
-        ],
-    )
+    RunningAgent::on_lab(CONFIG, lab)
 }
 
 fn wait_sampling(a: &RunningAgent) {

@@ -389,7 +389,7 @@ fn live_scrape() -> (Scrape, Lab) {
     let creds = creds_dir.path().join("creds.toml");
     std::fs::write(&creds, "access_key_id = \"k\"\nsecret_access_key = \"s\"\n").unwrap();
     std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let agent = RunningAgent::start(
+    let agent = RunningAgent::on_lab(
         &format!(
             "[agent]\nmetrics_listen = \"{addr}\"\n[bundle]\nbefore_s = 5\nafter_s = 1\ncommand_timeout_ms = 5000\n\
              [blast_radius]\ncritical_groups = [{{ name = \"webproxy\", pattern = \"^tools-webproxy-\" }}, \
@@ -400,14 +400,7 @@ fn live_scrape() -> (Scrape, Lab) {
             creds.display(),
             gw = lab.gateway_ip
         ),
-        &[
-            "--interval-ms",
-            "200",
-            "--netns",
-            &lab.hv_ns,
-            "--libvirt-uri",
-            &lab.libvirt_uri(),
-        ],
+        &lab,
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !agent.socket().exists() {

@@ -35,17 +35,7 @@ fn metrics_follow_the_lab_needs_root() {
     })
     .unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let agent = RunningAgent::start(
-        &format!("[agent]\nmetrics_listen = \"{addr}\"\n"),
-        &[
-            "--interval-ms",
-            "200",
-            "--netns",
-            &lab.hv_ns,
-            "--libvirt-uri",
-            &lab.libvirt_uri(),
-        ],
-    );
+    let agent = RunningAgent::on_lab(&format!("[agent]\nmetrics_listen = \"{addr}\"\n"), &lab);
     // The agent runs inside the lab's network namespace, but the test
     // reaches its loopback only through that namespace: scrape from there.
     let scrape_in = |lab: &Lab| -> String {

@@ -500,29 +500,21 @@ fn bridges_default_to_libvirts_and_ip_netns_exec_works_needs_root() {
 
 /// VmHWM (the peak RSS since start) and RssFile of a process, in KiB.
 fn peak_and_file_kib(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = |key: &str| -> u64 {
-        s.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-    };
-    (kib("VmHWM:"), kib("RssFile:"))
+    let st = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.status())
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    (
+        st.vmhwm.expect("VmHWM in /proc/PID/status"),
+        st.rssfile.expect("RssFile in /proc/PID/status"),
+    )
 }
 
 /// The agent with `trim_pages_after_ms` (0 = no trimming at all) on the
 /// lab, after its third sample: (peak RSS since start, RssFile), KiB.
 fn start_up_memory(lab: &Lab, trim_pages_after_ms: u64) -> (u64, u64) {
-    let a = common::RunningAgent::start(
+    let a = common::RunningAgent::on_lab(
         &format!("[agent]\ntrim_pages_after_ms = {trim_pages_after_ms}\n"),
-        &[
-            "--interval-ms",
-            "200",
-            "--netns",
-            &lab.hv_ns,
-            "--libvirt-uri",
-            &lab.libvirt_uri(),
-        ],
+        lab,
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

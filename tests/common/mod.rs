@@ -37,6 +37,22 @@ impl RunningAgent {
         RunningAgent { child, dir }
     }
 
+    /// The agent on a lab's hypervisor namespace and libvirt node, sampling
+    /// every 200 ms, with `config`.
+    pub fn on_lab(config: &str, lab: &hvflight::lab::Lab) -> RunningAgent {
+        RunningAgent::start(
+            config,
+            &[
+                "--interval-ms",
+                "200",
+                "--netns",
+                &lab.hv_ns,
+                "--libvirt-uri",
+                &lab.libvirt_uri(),
+            ],
+        )
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("s.sock")
     }
